@@ -1,0 +1,65 @@
+# kdlib: two commands do everything on a fresh machine.
+#   make book   execute every notebook (default parameters) and build the HTML book
+#   make test   unit tests, ruff, nbval over the committed notebooks, book build from stored outputs
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.kdlib-installed
+NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
+# The book reads notebooks from this git-ignored folder: executed copies (make book) or the committed ones.
+BOOK_NOTEBOOKS := book/notebooks
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+
+.PHONY: help book test unit lint nbval book-stored data-offline clean
+
+help:
+	@echo "make book   execute the notebooks and build the HTML book (book/_build/html/index.html)"
+	@echo "make test   the whole test-suite (pytest, ruff, nbval, book build with warnings as errors)"
+
+# The virtual environment, created on first use; the stamp makes it idempotent.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+# Offline real data: Debian's dataset-fashion-mnist, installed where apt-get is usable (as root);
+# elsewhere kdlib falls back to torchvision's download.
+data-offline:
+	@if [ ! -d $(FASHION_MNIST) ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "installing dataset-fashion-mnist (offline Fashion-MNIST)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	fi
+
+book: $(STAMP) data-offline
+	rm -rf $(BOOK_NOTEBOOKS) && mkdir -p $(BOOK_NOTEBOOKS)
+	for nb in $(NOTEBOOKS); do \
+		$(PY) -m papermill --cwd notebooks --progress-bar "$$nb" "$(BOOK_NOTEBOOKS)/$$(basename $$nb)"; \
+	done
+	$(VENV)/bin/jupyter-book build book --quiet
+	@echo "book: $(CURDIR)/book/_build/html/index.html"
+
+test: unit lint nbval book-stored
+
+unit: $(STAMP) data-offline
+	$(PY) -m pytest tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+# nbval over the committed notebooks; pytest's exit 5 ("no tests collected") is fine only while there are none.
+nbval: $(STAMP) data-offline
+	@if [ -z "$(NOTEBOOKS)" ]; then echo "nbval: no notebooks yet"; else \
+		$(PY) -m pytest --nbval $(NOTEBOOKS) --sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider; fi
+
+# The book from the committed notebooks' stored outputs (no execution), Sphinx warnings as errors.
+book-stored: $(STAMP)
+	rm -rf $(BOOK_NOTEBOOKS) && mkdir -p $(BOOK_NOTEBOOKS)
+	$(if $(NOTEBOOKS),cp $(NOTEBOOKS) $(BOOK_NOTEBOOKS)/)
+	$(VENV)/bin/jupyter-book build book --quiet --warningiserror --nitpick --keep-going
+
+clean:
+	rm -rf book/_build $(BOOK_NOTEBOOKS) runs
