@@ -14,7 +14,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 BOOK_NOTEBOOKS := book/notebooks
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: help book test unit lint nbval book-stored data-offline clean
+.PHONY: help book test unit lint nbval book-stored data-offline browser clean
 
 help:
 	@echo "make book   execute the notebooks and build the HTML book (book/_build/html/index.html)"
@@ -34,17 +34,25 @@ data-offline:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
 	fi
 
+# Headless Chromium for the book's browser test (Debian's chromium and chromium-driver), where apt-get is usable.
+browser:
+	@if ! command -v chromedriver >/dev/null && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "installing chromium and chromium-driver (browser test of the book)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
+
 book: $(STAMP) data-offline
 	rm -rf $(BOOK_NOTEBOOKS) && mkdir -p $(BOOK_NOTEBOOKS)
 	for nb in $(NOTEBOOKS); do \
 		$(PY) -m papermill --cwd notebooks --progress-bar "$$nb" "$(BOOK_NOTEBOOKS)/$$(basename $$nb)"; \
 	done
-	$(VENV)/bin/jupyter-book build book --quiet
+	$(VENV)/bin/jupyter-book build book --all --quiet
 	@echo "book: $(CURDIR)/book/_build/html/index.html"
 
-test: unit lint nbval book-stored
+# The book is built first: the unit tests include the browser test of the built site.
+test: lint book-stored unit nbval
 
-unit: $(STAMP) data-offline
+unit: $(STAMP) data-offline browser
 	$(PY) -m pytest tests
 
 lint: $(STAMP)
@@ -59,7 +67,7 @@ nbval: $(STAMP) data-offline
 book-stored: $(STAMP)
 	rm -rf $(BOOK_NOTEBOOKS) && mkdir -p $(BOOK_NOTEBOOKS)
 	$(if $(NOTEBOOKS),cp $(NOTEBOOKS) $(BOOK_NOTEBOOKS)/)
-	$(VENV)/bin/jupyter-book build book --quiet --warningiserror --nitpick --keep-going
+	$(VENV)/bin/jupyter-book build book --all --quiet --warningiserror --nitpick --keep-going
 
 clean:
 	rm -rf book/_build $(BOOK_NOTEBOOKS) runs

@@ -1,0 +1,246 @@
+"""The Distiller: one module owning the student, the frozen teacher and a method's trainable parts.
+
+Pattern from mdistiller's ``distillers/_base.py``: ``forward(x, y, epoch)`` returns the student logits and a
+dict of *named, weighted* loss terms; the trainer sums the dict. The optimiser takes
+``distiller.trainable_parameters()``, so no projector is ever forgotten, and the teacher never reaches it.
+
+Every method has a configuration dataclass (a subclass of :class:`MethodConfig`) whose defaults are the
+weights of methods.md section 6; the student objective is always
+``ce_weight·CE + kd_weight·KD_T + <method terms>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+Losses = dict[str, Tensor]
+
+
+@dataclass
+class MethodConfig:
+    """Weights shared by all methods: ``ce_weight·CE + kd_weight·KD_T`` plus the method's own terms.
+
+    Subclasses list allowed values of their string options in ``CHOICES``; ``__post_init__`` checks them,
+    so a bad variant fails when the configuration is made, before anything is loaded or trained.
+    """
+
+    ce_weight: float = 1.0
+    kd_weight: float = 0.0
+    T: float = 4.0
+
+    CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {}
+
+    def __post_init__(self) -> None:
+        for name, allowed in self.CHOICES.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                choices = ", ".join(map(str, allowed))
+                raise ValueError(f"invalid {name} {value!r}; choose one of: {choices}")
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if field.name.endswith("weight") and not (isinstance(value, int | float) and value >= 0):
+                raise ValueError(f"{field.name} must be a number >= 0, got {value!r}")
+        if self.T <= 0:
+            raise ValueError(f"T must be > 0, got {self.T!r}")
+
+
+class Distiller(nn.Module):
+    """Base class: student + frozen teacher + the method's parts; subclasses implement :meth:`forward`.
+
+    ``input_shape`` is one sample's (C, H, W); it sizes projectors through a dummy forward
+    (:meth:`probe`), never through hand-typed channel lists.
+    """
+
+    name: ClassVar[str]
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    needs_teacher: ClassVar[bool] = True
+    #: True for methods with a stage before distillation (IE-KD's auto-encoder); see :meth:`pretrain_loss`.
+    has_pretrain: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None = None,
+        config: MethodConfig | None = None,
+        input_shape: tuple[int, int, int] = (3, 32, 32),
+    ) -> None:
+        super().__init__()
+        if self.needs_teacher and teacher is None:
+            raise ValueError(f"method '{self.name}' needs a teacher")
+        self.config = config if config is not None else self.config_class()
+        if not isinstance(self.config, self.config_class):
+            raise TypeError(f"method '{self.name}' takes a {self.config_class.__name__}")
+        self.student = student
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.requires_grad_(False)
+        self.input_shape = tuple(input_shape)
+        #: Length of the training schedule, set by the trainer; methods with per-epoch weights (EDT) use it.
+        self.total_epochs: int | None = None
+        self.train()
+
+    # --- teacher handling -------------------------------------------------------------------------
+    @property
+    def teacher_train_mode(self) -> bool:
+        """Whether the teacher's BatchNorm uses batch statistics during training (default: no)."""
+        return False
+
+    def train(self, mode: bool = True) -> Distiller:
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.train(mode and self.teacher_train_mode)
+        return self
+
+    def teacher_forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+        """Teacher logits and features, without autograd (the teacher is never trained)."""
+        with torch.no_grad():
+            return self.teacher(x, with_features=True)
+
+    # --- parameters -------------------------------------------------------------------------------
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the optimiser trains: the student and the method's parts (never the teacher)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def pretrain_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained by the pre-distillation stage (none unless ``has_pretrain``)."""
+        return []
+
+    def pretrain_loss(self, x: Tensor) -> Losses:
+        """Named loss terms of the pre-distillation stage for a batch ``x`` (IE-KD's auto-encoder)."""
+        raise NotImplementedError(f"method '{self.name}' has no pre-distillation stage")
+
+    # --- helpers for subclasses -------------------------------------------------------------------
+    @torch.no_grad()
+    def probe(self, preact: bool = False) -> tuple[list[torch.Size], list[torch.Size]]:
+        """Per-sample feature shapes of student and teacher from one dummy forward (no state changes)."""
+        shapes = []
+        for model in (self.student, self.teacher):
+            if model is None:
+                shapes.append([])
+                continue
+            was_training = model.training
+            model.eval()
+            _, feats = model(torch.zeros(2, *self.input_shape), with_features=True, preact=preact)
+            model.train(was_training)
+            shapes.append([f.shape[1:] for f in feats])
+        return shapes[0], shapes[1]
+
+    def task_losses(self, logits_s: Tensor, logits_t: Tensor | None, y: Tensor) -> Losses:
+        """The weighted ``ce`` and ``kd`` terms (a term with weight 0 is left out)."""
+        # Imported here, not at module level: importing kdlib.losses.functional runs
+        # kdlib/losses/__init__.py, which imports every method module, which imports this module
+        # (an import cycle whenever kdlib.distill is imported first).
+        from kdlib.losses.functional import kd_loss
+
+        losses: Losses = {}
+        if self.config.ce_weight:
+            losses["ce"] = self.config.ce_weight * F.cross_entropy(logits_s, y)
+        if self.config.kd_weight:
+            if logits_t is None:
+                raise ValueError(f"method '{self.name}' has kd_weight > 0 but no teacher")
+            losses["kd"] = self.config.kd_weight * kd_loss(logits_s, logits_t, self.config.T)
+        return losses
+
+    def forward(self, x: Tensor, y: Tensor, epoch: int = 1) -> tuple[Tensor, Losses]:
+        """Student logits and the named, weighted loss terms for one batch (``epoch`` is 1-indexed)."""
+        raise NotImplementedError
+
+
+# --- registry -------------------------------------------------------------------------------------
+METHODS: dict[str, type[Distiller]] = {}
+
+
+def register(cls: type[Distiller]) -> type[Distiller]:
+    """Class decorator adding a distiller to :data:`METHODS` under its ``name``."""
+    METHODS[cls.name] = cls
+    return cls
+
+
+def _load_methods() -> None:
+    importlib.import_module("kdlib.losses")  # its __init__ imports every method module
+
+
+def available_methods() -> list[str]:
+    """Registered method names, in the order of the study's tables."""
+    _load_methods()
+    return list(METHODS)
+
+
+def get_method(name: str) -> type[Distiller]:
+    """The distiller class registered as ``name``; an unknown name raises an error listing them all."""
+    _load_methods()
+    if name not in METHODS:
+        raise ValueError(f"unknown method '{name}'; choose one of: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def _parse_value(raw: Any, kind: Any, name: str) -> Any:
+    """Convert a command-line string to a config field's type (bool, int, float, str, grid tuple)."""
+    if not isinstance(raw, str):
+        return tuple(raw) if typing.get_origin(kind) is tuple else raw
+    try:
+        if kind is bool:
+            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError
+            return raw.lower() in ("true", "1", "yes")
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if typing.get_origin(kind) is tuple:
+            return tuple(int(v) for v in raw.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"invalid value {raw!r} for {name}") from None
+    return raw
+
+
+def make_config(method: str, overrides: Mapping[str, Any] | None = None) -> MethodConfig:
+    """The method's configuration with ``overrides`` applied (strings are converted to the field type).
+
+    An unknown field raises an error listing the method's fields; an invalid value, one naming it.
+    """
+    config_class = get_method(method).config_class
+    hints = typing.get_type_hints(config_class)
+    names = [f.name for f in dataclasses.fields(config_class)]
+    values = {}
+    for key, raw in (overrides or {}).items():
+        if key not in names:
+            choices = ", ".join(names)
+            raise ValueError(f"unknown option '{key}' for method '{method}'; choose one of: {choices}")
+        values[key] = _parse_value(raw, hints[key], key)
+    return config_class(**values)
+
+
+def variant_string(config: MethodConfig) -> str:
+    """Canonical ``k=v,...`` of the options that differ from the defaults (``default`` when none)."""
+    default = type(config)()
+    changed = []
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if value != getattr(default, field.name):
+            text = "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
+            changed.append(f"{field.name}={text}")
+    return ",".join(sorted(changed)) or "default"
+
+
+def build_distiller(
+    method: str,
+    student: nn.Module,
+    teacher: nn.Module | None = None,
+    config: MethodConfig | Mapping[str, Any] | None = None,
+    input_shape: tuple[int, int, int] = (3, 32, 32),
+) -> Distiller:
+    """Make the distiller for ``method``; ``config`` is a config object or a mapping of overrides."""
+    cls = get_method(method)
+    if not isinstance(config, MethodConfig):
+        config = make_config(method, config)
+    return cls(student, teacher, config, input_shape=input_shape)
