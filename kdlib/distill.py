@@ -91,7 +91,7 @@ class Distiller(nn.Module):
     # --- teacher handling -------------------------------------------------------------------------
     @property
     def teacher_train_mode(self) -> bool:
-        """Whether the teacher's BatchNorm uses batch statistics during training (default: no)."""
+        """True when the teacher's BatchNorm uses batch statistics during training (default False)."""
         return False
 
     def train(self, mode: bool = True) -> Distiller:
@@ -156,6 +156,7 @@ class Distiller(nn.Module):
 
 
 # --- registry -------------------------------------------------------------------------------------
+#: Registered distiller classes by method name, in the order of the study's tables.
 METHODS: dict[str, type[Distiller]] = {}
 
 
@@ -186,7 +187,10 @@ def get_method(name: str) -> type[Distiller]:
 def _parse_value(raw: Any, kind: Any, name: str) -> Any:
     """Convert a command-line string to a config field's type (bool, int, float, str, grid tuple)."""
     if not isinstance(raw, str):
-        return tuple(raw) if typing.get_origin(kind) is tuple else raw
+        if typing.get_origin(kind) is tuple:
+            return tuple(raw)
+        # one canonical value per configuration: 1 and 1.0 give the same variant string and config_id
+        return float(raw) if kind is float and isinstance(raw, int) and not isinstance(raw, bool) else raw
     try:
         if kind is bool:
             if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):

@@ -333,7 +333,7 @@ def channel_pearson(f: Tensor, eps: float = 1e-6) -> Tensor:
     normalisation) and ``R_ij = cov_ij / sqrt(var_i·var_j + eps)`` [assumption: CCS has no public code; the
     abstract names Cov/Var, Pearson-style correlation]. ``eps`` guards dead (zero-variance) channels, whose
     rows and columns become 0; entries lie in [-1, 1]. Note ``eps`` is compared with ``var²`` (units of f⁴),
-    so it shrinks |R| for channels whose variance is not ≫ sqrt(eps) [assumption].
+    so it shrinks ``|R|`` for channels whose variance is not ≫ sqrt(eps) [assumption].
     """
     _check_4d("f", f)
     flat = f.reshape(f.shape[0], f.shape[1], -1)

@@ -1,0 +1,126 @@
+"""CD + GKD + EDT: Channel Distillation (Zhou et al., arXiv 2006.01683).
+
+Official code ``zhouzaida/channel-distillation@2464d30``. Per epoch ``e`` (1-indexed), with
+``w = edt_weights(e, edt_dataset, edt, total_epochs)`` (:func:`kdlib.losses.functional.edt_weights`):
+
+``L = ce_weight·w_ce·CE + kd_weight·KD_T + gkd_weight·w_gkd·L_GKD(gkd_T) + (cd_weight/6)·w_cd·L_CD``
+
+``w_cd`` already contains the official base weight 6 (``6·0.9^k``), so ``cd_weight`` scales *relative to the
+official 6*: the default ``cd_weight = 6`` gives exactly ``w_cd·L_CD`` (6·L_CD in the first epochs), and
+``cd_weight = 3`` halves it. ``edt=off`` uses ``w = {ce: 1, gkd: 1, cd: 6}`` in every epoch. The ``kd`` term
+(0 by default; not part of the official method) is not scheduled by EDT [assumption].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kdlib.distill import Distiller, Losses, MethodConfig, register
+from kdlib.losses.functional import EDT_DATASETS, EDT_VARIANTS, cd_loss, edt_weights, gkd_loss, kd_loss
+
+#: The official CD weight, already included in ``edt_weights(...)["cd"]``.
+CD_BASE_WEIGHT = 6.0
+
+
+def connector(in_channels: int, out_channels: int) -> nn.Sequential:
+    """CD's student connector ``Conv2d 1×1 (bias=False) → BN → ReLU`` [code: ``conv1x1_bn``], default init."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(),
+    )
+
+
+@dataclass
+class CDConfig(MethodConfig):
+    """CD options.
+
+    - ``cd_weight`` 6: the official CD weight; the applied weight is ``(cd_weight/6)·edt['cd']`` (see module).
+    - ``gkd_weight`` 0.1 (CIFAR; 1 on ImageNet), ``gkd_T`` 1 (GKD's temperature; ``T`` is for the kd term).
+    - ``edt``: ``code`` (CE and GKD off during the warm-up, CD decays), ``paper`` (only CD decays), ``off``.
+    - ``edt_dataset``: which official schedule (``cifar100`` 200 epochs, ``imagenet`` 100); its boundaries are
+      scaled to ``Distiller.total_epochs`` when the trainer sets it [assumption].
+    - ``teacher_bn``: ``eval`` (default, running statistics) or ``train`` (the official code's quirk: the
+      teacher's BatchNorm uses batch statistics, and its running statistics update, though it gets no
+      gradient and its forward still runs under ``no_grad``).
+    """
+
+    cd_weight: float = CD_BASE_WEIGHT
+    gkd_weight: float = 0.1
+    gkd_T: float = 1.0
+    edt: str = "code"
+    edt_dataset: str = "cifar100"
+    teacher_bn: str = "eval"
+
+    CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "edt": (*EDT_VARIANTS, "off"),
+        "edt_dataset": EDT_DATASETS,
+        "teacher_bn": ("eval", "train"),
+    }
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.gkd_T <= 0:
+            raise ValueError(f"gkd_T must be > 0, got {self.gkd_T!r}")
+
+
+@register
+class CD(Distiller):
+    """Channel distillation on the stage outputs ``feat[1:-1]``, with GKD and the EDT schedule.
+
+    One connector per paired stage, even when channels match [code]. When the models have different numbers
+    of stages, the last ``min(n_s, n_t)`` stages are paired [assumption: the official code only pairs
+    ResNets with 4 stages each]. Spatial sizes may differ (the loss pools each map).
+    """
+
+    name = "cd"
+    config_class = CDConfig
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        shapes_s, shapes_t = self.probe()
+        stages_s, stages_t = self.paired_stages(shapes_s, shapes_t)
+        self.connectors = nn.ModuleList(
+            connector(s[0], t[0]) for s, t in zip(stages_s, stages_t, strict=True)
+        )
+
+    @property
+    def teacher_train_mode(self) -> bool:
+        return self.config.teacher_bn == "train"
+
+    @staticmethod
+    def paired_stages(feats_s: list[Any], feats_t: list[Any]) -> tuple[list[Any], list[Any]]:
+        """The last ``min(n_s, n_t)`` stage outputs of each feature list (``feat[1:-1]``)."""
+        stages_s, stages_t = feats_s[1:-1], feats_t[1:-1]
+        k = min(len(stages_s), len(stages_t))
+        return stages_s[len(stages_s) - k :], stages_t[len(stages_t) - k :]
+
+    def edt_weights(self, epoch: int) -> dict[str, float]:
+        """EDT multipliers ``{ce, gkd, cd}`` of a 1-indexed epoch (``cd`` includes the base weight 6)."""
+        cfg = self.config
+        if cfg.edt == "off":
+            return {"ce": 1.0, "gkd": 1.0, "cd": CD_BASE_WEIGHT}
+        return edt_weights(epoch, cfg.edt_dataset, variant=cfg.edt, epochs=self.total_epochs)
+
+    def forward(self, x: Tensor, y: Tensor, epoch: int = 1) -> tuple[Tensor, Losses]:
+        cfg = self.config
+        logits, feats = self.student(x, with_features=True)
+        logits_t, feats_t = self.teacher_forward(x)
+        w = self.edt_weights(epoch)
+        losses: Losses = {}
+        if cfg.ce_weight * w["ce"]:
+            losses["ce"] = cfg.ce_weight * w["ce"] * F.cross_entropy(logits, y)
+        if cfg.kd_weight:
+            losses["kd"] = cfg.kd_weight * kd_loss(logits, logits_t, cfg.T)
+        if cfg.gkd_weight * w["gkd"]:
+            losses["gkd"] = cfg.gkd_weight * w["gkd"] * gkd_loss(logits, logits_t, y, T=cfg.gkd_T)
+        cd_scale = cfg.cd_weight / CD_BASE_WEIGHT * w["cd"]
+        if cd_scale:
+            stages_s, stages_t = self.paired_stages(feats, feats_t)
+            connected = [conn(f) for conn, f in zip(self.connectors, stages_s, strict=True)]
+            losses["cd"] = cd_scale * cd_loss(connected, stages_t)
+        return logits, losses
