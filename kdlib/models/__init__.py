@@ -5,7 +5,7 @@
 >>> teacher = load_teacher("resnet32x4.pth", name="resnet32x4")
 
 ``feats[1:-1]`` are the stage outputs, ``feats[-2]`` the last stage output, ``feats[-1]`` the pooled vector
-fed to the classifier. See :mod:`kdlib.models.registry` for the checkpoint formats.
+fed to the classifier. See ``kdlib.models.registry`` for the checkpoint formats.
 """
 
 from kdlib.models.registry import (

@@ -1,0 +1,5 @@
+"""``python -m kdlib``: see :mod:`kdlib.cli`."""
+
+from kdlib.cli import main
+
+raise SystemExit(main())

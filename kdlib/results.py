@@ -1,0 +1,379 @@
+"""Run records in, tidy tables out.
+
+- :func:`load_records`: ``record.json`` files (written by :func:`kdlib.train.train`) → one row per run.
+- :func:`summarize`: n, mean, std and a seeded 95% bootstrap interval of last- and best-epoch accuracy over
+  seeds, per configuration.
+- :func:`compare`: our summaries beside the published numbers of ``data/reported/reported_results.csv``,
+  through the committed label mapping ``data/reported/method_map.json``.
+- :func:`paired_differences`: per-seed differences to a baseline method (same seeds), with an interval.
+
+Accuracies are in percent, as in the papers. A reported error rate (``top1_err``) is compared as
+``100 − err``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+REPO_DATA = Path(__file__).resolve().parents[1] / "data"
+REPORTED_CSV = REPO_DATA / "reported" / "reported_results.csv"
+METHOD_MAP = REPO_DATA / "reported" / "method_map.json"
+
+#: Columns taken from each record (nested fields are flattened separately).
+RECORD_COLUMNS = (
+    "config_id",
+    "status",
+    "method",
+    "variant",
+    "teacher",
+    "student",
+    "dataset",
+    "subset",
+    "eval_subset",
+    "recipe_name",
+    "seed",
+    "epochs",
+    "precision",
+    "teacher_top1",
+    "top1_last",
+    "top5_last",
+    "top1_best",
+    "top5_best",
+    "best_epoch",
+    "wall_time_s",
+    "images_per_s",
+    "device",
+    "torch_version",
+    "git_commit",
+    "git_dirty",
+    "created_at",
+    "failure_reason",
+)
+#: What identifies a configuration across seeds (the default ``by`` of :func:`summarize`).
+CONFIG_KEYS = ("dataset", "teacher", "student", "method", "variant", "recipe", "epochs", "subset")
+STATUS_MEASURED = "measured"
+STATUS_NOT_MEASURED = "not yet measured"
+STATUS_OUT_OF_SCOPE = "not reproduced (out of scope)"
+
+
+# --- records --------------------------------------------------------------------------------------
+def _record_paths(paths_or_dir: str | Path | Iterable[str | Path]) -> list[Path]:
+    items = [paths_or_dir] if isinstance(paths_or_dir, str | Path) else list(paths_or_dir)
+    found: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            found += sorted(item.rglob("record.json"))
+        elif item.is_file():
+            found.append(item)
+        else:
+            raise FileNotFoundError(f"no record file or folder at '{item}'")
+    return found
+
+
+def load_records(paths_or_dir: str | Path | Iterable[str | Path], complete_only: bool = True) -> pd.DataFrame:
+    """One row per run record found in ``paths_or_dir`` (files, or folders searched for ``record.json``).
+
+    ``complete_only``: keep only records whose ``status`` is ``completed`` (a record is never taken as
+    complete unless its status says so). Unreadable files are skipped with a warning. Columns: those of
+    :data:`RECORD_COLUMNS` plus ``recipe`` (the name), ``cpu``, ``gpu``, ``path``.
+    """
+    rows = []
+    for path in _record_paths(paths_or_dir):
+        try:
+            record = json.loads(path.read_text())
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as error:
+            log.warning("skipping unreadable record %s: %s", path, error)
+            continue
+        if complete_only and record.get("status") != "completed":
+            continue
+        row = {key: record.get(key) for key in RECORD_COLUMNS}
+        recipe = record.get("recipe")
+        row["recipe"] = record.get("recipe_name") or (
+            recipe.get("name") if isinstance(recipe, dict) else recipe
+        )
+        hw = record.get("hardware") or {}
+        row.update(cpu=hw.get("cpu"), gpu=hw.get("gpu"), path=str(path))
+        rows.append(row)
+    columns = [*RECORD_COLUMNS, "recipe", "cpu", "gpu", "path"]
+    df = pd.DataFrame(rows, columns=columns)
+    for name in (
+        "teacher_top1",
+        "top1_last",
+        "top5_last",
+        "top1_best",
+        "top5_best",
+        "wall_time_s",
+        "images_per_s",
+    ):
+        df[name] = pd.to_numeric(df[name], errors="coerce").astype(float)
+    return df
+
+
+# --- statistics -----------------------------------------------------------------------------------
+def bootstrap_interval(
+    values: Sequence[float], n_boot: int = 10_000, confidence: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean (seeded; a single value gives a zero-width interval)."""
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
+    if len(x) == 0:
+        return math.nan, math.nan
+    if len(x) == 1:
+        return float(x[0]), float(x[0])
+    rng = np.random.default_rng(seed)
+    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
+    alpha = (1 - confidence) / 2
+    lo, hi = np.quantile(means, [alpha, 1 - alpha])
+    return float(lo), float(hi)
+
+
+def summarize(
+    df: pd.DataFrame,
+    by: Sequence[str] | None = None,
+    metrics: Sequence[str] = ("top1_last", "top1_best", "top5_last"),
+    n_boot: int = 10_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Per configuration (``by``, default :data:`CONFIG_KEYS`): ``n``, and for each metric ``<m>_mean``,
+    ``<m>_std`` (sample std, NaN for n = 1), ``<m>_lo``/``<m>_hi`` (bootstrap interval of the mean), plus
+    ``seeds`` (sorted list) and ``teacher_top1_mean``."""
+    by = list(by) if by is not None else [k for k in CONFIG_KEYS if k in df.columns]
+    rows = []
+    for key, group in df.groupby(by, dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        row: dict[str, Any] = {k: (None if _isnan(v) else v) for k, v in zip(by, key, strict=True)}
+        row["n"] = len(group)
+        if "seed" in group:
+            row["seeds"] = sorted(int(s) for s in group["seed"].dropna())
+        for metric in metrics:
+            values = group[metric].astype(float).to_numpy()
+            lo, hi = bootstrap_interval(values, n_boot, confidence, seed)
+            row.update(
+                {
+                    f"{metric}_mean": float(np.nanmean(values)) if len(values) else math.nan,
+                    f"{metric}_std": float(np.nanstd(values, ddof=1)) if len(values) > 1 else math.nan,
+                    f"{metric}_lo": lo,
+                    f"{metric}_hi": hi,
+                }
+            )
+        if "teacher_top1" in group:
+            t = group["teacher_top1"].astype(float)
+            row["teacher_top1_mean"] = float(t.mean()) if t.notna().any() else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _isnan(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def paired_differences(
+    df: pd.DataFrame,
+    baseline: tuple[str, str] = ("kd", "default"),
+    metric: str = "top1_last",
+    by: Sequence[str] = ("dataset", "teacher", "student", "recipe", "epochs", "subset"),
+    n_boot: int = 10_000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> pd.DataFrame:
+    """Each (method, variant) minus ``baseline`` on the same configuration and seed: n, mean, interval.
+
+    A baseline that trains without a teacher (``ce``) is paired ignoring the ``teacher`` column.
+    """
+    by = [k for k in by if k in df.columns]
+    is_base = (df["method"] == baseline[0]) & (df["variant"] == baseline[1])
+    base, others = df[is_base], df[~is_base]
+    keys = [k for k in by if not (k == "teacher" and base["teacher"].isna().all() and len(base))]
+    base = base[[*keys, "seed", metric]].rename(columns={metric: "baseline"})
+    merged = others.merge(base, on=[*keys, "seed"], how="inner", validate="many_to_one")
+    merged["difference"] = merged[metric].astype(float) - merged["baseline"].astype(float)
+    rows = []
+    for key, group in merged.groupby([*by, "method", "variant"], dropna=False, sort=True):
+        row = {k: (None if _isnan(v) else v) for k, v in zip([*by, "method", "variant"], key, strict=True)}
+        d = group["difference"].to_numpy()
+        lo, hi = bootstrap_interval(d, n_boot, confidence, seed)
+        row.update(
+            baseline=f"{baseline[0]}/{baseline[1]}",
+            metric=metric,
+            n=len(d),
+            mean=float(d.mean()),
+            std=float(d.std(ddof=1)) if len(d) > 1 else math.nan,
+            lo=lo,
+            hi=hi,
+            seeds=sorted(int(s) for s in group["seed"]),
+        )
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# --- published numbers ----------------------------------------------------------------------------
+def load_method_map(path: str | Path | None = None) -> dict[str, Any]:
+    """The committed mapping of reported labels and dataset names to ours (``method_map.json``)."""
+    return json.loads(Path(path or METHOD_MAP).read_text())
+
+
+def parse_reported_value(text: Any) -> float:
+    """The leading number of a reported value (``"70.04*"`` → 70.04; ``"0.00 (… N/A)"`` → NaN)."""
+    if isinstance(text, int | float):
+        return float(text)
+    match = re.match(r"\s*(-?\d+(?:\.\d+)?)", str(text))
+    if not match or "N/A" in str(text):
+        return math.nan
+    return float(match.group(1))
+
+
+def map_reported(reported: pd.DataFrame, mapping: dict[str, Any]) -> pd.DataFrame:
+    """Add ``dataset_id``, ``method_id``, ``variant``, ``role``, ``scope``, ``note`` and ``reported_acc``.
+
+    Methods map by (paper, dataset, label) first, then (paper, label), then label alone; ``role`` is
+    ``teacher`` for rows that report the teacher itself (compared with a ``ce`` run of the teacher
+    architecture).
+    """
+    datasets = mapping["datasets"]
+    out_of_scope = set(mapping.get("out_of_scope_datasets", []))
+    entries = mapping["methods"]
+
+    def lookup(paper: str, dataset: str, label: str) -> dict[str, Any] | None:
+        for want_paper, want_dataset in ((paper, dataset), (paper, None), (None, None)):
+            for entry in entries:
+                if (
+                    entry["label"] == label
+                    and entry.get("paper") == want_paper
+                    and entry.get("dataset") == want_dataset
+                ):
+                    return entry
+        return None
+
+    df = reported.copy()
+    extra = []
+    for row in df.itertuples(index=False):
+        entry = lookup(row.paper, row.dataset, row.method)
+        metric = str(row.metric)
+        value = parse_reported_value(row.value)
+        acc = value if metric.endswith("_acc") else 100 - value if metric.endswith("_err") else math.nan
+        extra.append(
+            {
+                "dataset_id": datasets.get(row.dataset),
+                "method_id": entry.get("method") if entry else None,
+                "variant": entry.get("variant", "default") if entry and entry.get("method") else None,
+                "role": entry.get("role", "student") if entry else None,
+                "scope": "out" if row.dataset in out_of_scope else "in",
+                "note": entry.get("note") if entry else None,
+                "reported_acc": acc,
+                "metric_kind": "top5"
+                if metric.startswith("top5")
+                else "top1"
+                if metric.startswith("top1")
+                else None,
+            }
+        )
+    return pd.concat([df.reset_index(drop=True), pd.DataFrame(extra)], axis=1)
+
+
+def compare(
+    summary: pd.DataFrame,
+    reported: pd.DataFrame | str | Path | None = None,
+    mapping: dict[str, Any] | str | Path | None = None,
+) -> pd.DataFrame:
+    """Every reported row beside the matching measured summary row(s), with a ``status`` column.
+
+    Join keys: dataset, teacher_id, student_id, method and variant (a ``ce`` run matches on the student
+    only; a reported teacher row matches a ``ce`` run of the teacher architecture). Statuses: ``measured``,
+    ``not yet measured`` (unmapped labels too: their ``method_id`` is empty), ``not reproduced (out of
+    scope)`` (segmentation, detection). Measured columns: ``n``, ``measured_last``, ``measured_best``
+    (top-1 or top-5 by the reported metric) with their intervals, ``diff_last``/``diff_best`` = measured −
+    reported. Filter ``summary`` first (e.g. full-data runs of one recipe): every match is kept.
+    """
+    if reported is None or isinstance(reported, str | Path):
+        reported = pd.read_csv(reported or REPORTED_CSV, dtype=str, keep_default_na=False, na_values=[""])
+    if not isinstance(mapping, dict):
+        mapping = load_method_map(mapping)
+    rep = map_reported(reported, mapping)
+    rep["_row"] = np.arange(len(rep))
+    rep["_student"] = np.where(rep["role"] == "teacher", rep["teacher_id"], rep["student_id"])
+    no_teacher = "-"  # one sentinel on both sides: merge keys never rely on None/NaN matching
+    rep["_teacher"] = np.where(rep["method_id"] == "ce", no_teacher, rep["teacher_id"].fillna(no_teacher))
+
+    measured = summary.copy()
+    if "teacher" not in measured:
+        measured["teacher"] = None
+    measured["_teacher"] = np.where(
+        measured["method"] == "ce",
+        no_teacher,
+        measured["teacher"].astype(object).where(measured["teacher"].notna(), no_teacher),
+    )
+    keep = [
+        c
+        for c in measured.columns
+        if c.startswith(("top1_", "top5_")) or c in ("n", "recipe", "epochs", "subset", "seeds")
+    ]
+    measured = measured[["dataset", "_teacher", "student", "method", "variant", *keep]]
+    joined = rep.merge(
+        measured,
+        how="left",
+        left_on=["dataset_id", "_teacher", "_student", "method_id", "variant"],
+        right_on=["dataset", "_teacher", "student", "method", "variant"],
+        suffixes=("", "_measured"),
+    )
+    for stat in ("mean", "lo", "hi"):
+        for which in ("last", "best"):
+            top1, top5 = f"top1_{which}_{stat}", f"top5_{which}_{stat}"
+            col = f"measured_{which}" if stat == "mean" else f"measured_{which}_{stat}"
+            t1 = joined[top1] if top1 in joined else np.nan
+            t5 = joined[top5] if top5 in joined else np.nan
+            joined[col] = np.where(joined["metric_kind"] == "top5", t5, t1)
+    joined["diff_last"] = joined["measured_last"] - joined["reported_acc"]
+    joined["diff_best"] = joined["measured_best"] - joined["reported_acc"]
+    has = joined["n"].notna() if "n" in joined else pd.Series(False, index=joined.index)
+    joined["status"] = np.where(
+        joined["scope"] == "out", STATUS_OUT_OF_SCOPE, np.where(has, STATUS_MEASURED, STATUS_NOT_MEASURED)
+    )
+    columns = [
+        "paper",
+        "dataset",
+        "teacher",
+        "student",
+        "teacher_id",
+        "student_id",
+        "method",
+        "metric",
+        "value",
+        "reported_acc",
+        "dataset_id",
+        "method_id",
+        "variant",
+        "role",
+        "status",
+        "n",
+        "recipe",
+        "epochs",
+        "subset",
+        "measured_last",
+        "measured_last_lo",
+        "measured_last_hi",
+        "measured_best",
+        "measured_best_lo",
+        "measured_best_hi",
+        "diff_last",
+        "diff_best",
+        "note",
+        "source",
+    ]
+    for c in columns:
+        if c not in joined:
+            joined[c] = None
+    return joined.sort_values("_row", kind="stable")[columns].reset_index(drop=True)

@@ -1,0 +1,145 @@
+"""Helpers writing tiny datasets in the real on-disk formats, and tiny teachers, for the tests.
+
+- :func:`write_cifar100` / :func:`write_cifar10`: torchvision's pickles
+  (``cifar-100-python/{train,test,meta}``,
+  ``cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}``), read back by the real loaders.
+- :func:`write_fashion_mnist`: the four IDX files (big-endian headers), uncompressed in
+  ``<root>/FashionMNIST/raw/`` or gzipped in a folder laid out like the Debian package.
+- :func:`write_teacher`: a freshly initialised model saved as kdlib's ``model.pt``.
+
+Images are class-dependent (a per-class mean intensity plus noise) so that tiny runs can learn something.
+"""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def class_images(labels: np.ndarray, shape: tuple[int, ...], seed: int, num_classes: int) -> np.ndarray:
+    """uint8 images whose mean grows with the label, plus uniform noise."""
+    rng = np.random.default_rng(seed)
+    base = (labels.astype(np.float64) + 0.5) / num_classes * 200
+    noise = rng.uniform(-40, 40, size=(len(labels), *shape))
+    return np.clip(base.reshape(-1, *([1] * len(shape))) + noise + 20, 0, 255).astype(np.uint8)
+
+
+def _labels(num_classes: int, per_class: int, seed: int) -> np.ndarray:
+    labels = np.repeat(np.arange(num_classes), per_class)
+    return np.random.default_rng(seed).permutation(labels)
+
+
+def write_cifar100(root: str | Path, train_per_class: int = 3, test_per_class: int = 2) -> Path:
+    """A CIFAR-100 with ``100·train_per_class`` training and ``100·test_per_class`` test images."""
+    folder = Path(root) / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, per_class, seed in (("train", train_per_class, 1), ("test", test_per_class, 2)):
+        fine = _labels(100, per_class, seed)
+        data = class_images(fine, (3 * 32 * 32,), seed, 100)
+        entry = {
+            "batch_label": f"{split} batch",
+            "filenames": [f"{split}_{i}.png" for i in range(len(fine))],
+            "fine_labels": fine.tolist(),
+            "coarse_labels": (fine // 5).tolist(),
+            "data": data,
+        }
+        with open(folder / split, "wb") as f:
+            pickle.dump(entry, f)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump(
+            {
+                "fine_label_names": [f"class_{i}" for i in range(100)],
+                "coarse_label_names": [f"super_{i}" for i in range(20)],
+            },
+            f,
+        )
+    return Path(root)
+
+
+def write_cifar10(root: str | Path, train_per_class: int = 5, test_per_class: int = 3) -> Path:
+    """A CIFAR-10 whose training images are spread over the five ``data_batch_*`` files."""
+    folder = Path(root) / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = _labels(10, train_per_class, 3)
+    data = class_images(labels, (3 * 32 * 32,), 3, 10)
+    for i, part in enumerate(np.array_split(np.arange(len(labels)), 5), start=1):
+        entry = {
+            "batch_label": f"training batch {i} of 5",
+            "labels": labels[part].tolist(),
+            "data": data[part],
+            "filenames": [f"train_{j}.png" for j in part],
+        }
+        with open(folder / f"data_batch_{i}", "wb") as f:
+            pickle.dump(entry, f)
+    test_labels = _labels(10, test_per_class, 4)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump(
+            {
+                "batch_label": "testing batch 1 of 1",
+                "labels": test_labels.tolist(),
+                "data": class_images(test_labels, (3 * 32 * 32,), 4, 10),
+                "filenames": [f"test_{j}.png" for j in range(len(test_labels))],
+            },
+            f,
+        )
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump(
+            {"label_names": [f"class_{i}" for i in range(10)], "num_cases_per_batch": 10, "num_vis": 3072}, f
+        )
+    return Path(root)
+
+
+def _idx_images(images: np.ndarray) -> bytes:
+    return struct.pack(">IIII", 2051, len(images), 28, 28) + images.astype(np.uint8).tobytes()
+
+
+def _idx_labels(labels: np.ndarray) -> bytes:
+    return struct.pack(">II", 2049, len(labels)) + labels.astype(np.uint8).tobytes()
+
+
+def fashion_mnist_files(train_per_class: int = 10, test_per_class: int = 6) -> dict[str, bytes]:
+    """The four IDX files' contents of a tiny Fashion-MNIST."""
+    files = {}
+    for prefix, per_class, seed in (("train", train_per_class, 5), ("t10k", test_per_class, 6)):
+        labels = _labels(10, per_class, seed)
+        files[f"{prefix}-images-idx3-ubyte"] = _idx_images(class_images(labels, (28, 28), seed, 10))
+        files[f"{prefix}-labels-idx1-ubyte"] = _idx_labels(labels)
+    return files
+
+
+def write_fashion_mnist(root: str | Path, train_per_class: int = 10, test_per_class: int = 6) -> Path:
+    """Uncompressed IDX files in ``root/FashionMNIST/raw`` (what torchvision reads with download=False)."""
+    raw = Path(root) / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    for name, content in fashion_mnist_files(train_per_class, test_per_class).items():
+        (raw / name).write_bytes(content)
+    return Path(root)
+
+
+def write_fashion_mnist_gz(folder: str | Path, train_per_class: int = 10, test_per_class: int = 6) -> Path:
+    """Gzipped IDX files in ``folder``, laid out like the Debian package ``dataset-fashion-mnist``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, content in fashion_mnist_files(train_per_class, test_per_class).items():
+        (folder / f"{name}.gz").write_bytes(gzip.compress(content))
+    return folder
+
+
+def write_teacher(path: str | Path, arch: str = "resnet14", num_classes: int = 10, seed: int = 0) -> Path:
+    """A freshly initialised ``arch`` saved as kdlib's ``model.pt`` (BN statistics from random inputs)."""
+    from kdlib.models import create_model
+
+    torch.manual_seed(seed)
+    model = create_model(arch, num_classes=num_classes)
+    with torch.no_grad():  # non-trivial BatchNorm running statistics
+        model.train()
+        model(torch.randn(16, 3, 32, 32))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": model.state_dict(), "arch": arch, "num_classes": num_classes}, path)
+    return path

@@ -1,0 +1,213 @@
+"""Records in, tables out, on hand-made records (kdlib.results)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kdlib import results
+from kdlib.distill import available_methods, make_config, variant_string
+
+
+def make_record(
+    method: str = "ickd",
+    variant: str = "default",
+    teacher: str | None = "resnet32x4",
+    student: str = "resnet8x4",
+    seed: int = 0,
+    top1_last: float = 75.0,
+    top1_best: float | None = None,
+    top5_last: float = 93.0,
+    status: str = "completed",
+    **extra: Any,
+) -> dict[str, Any]:
+    return {
+        "status": status,
+        "config_id": f"{method}-{variant}-{teacher}-{student}",
+        "method": method,
+        "variant": variant,
+        "teacher": teacher,
+        "student": student,
+        "dataset": "cifar100",
+        "subset": None,
+        "recipe_name": "repdistiller",
+        "recipe": {"name": "repdistiller", "epochs": 240},
+        "seed": seed,
+        "epochs": 240,
+        "teacher_top1": 79.0 if teacher else None,
+        "top1_last": top1_last,
+        "top1_best": top1_best if top1_best is not None else top1_last + 1,
+        "top5_last": top5_last,
+        "best_epoch": 200,
+        "hardware": {"cpu": "test", "gpu": None},
+        **extra,
+    }
+
+
+def write_records(folder: Path, records: list[dict[str, Any]]) -> None:
+    for i, record in enumerate(records):
+        path = folder / f"run{i}" / "record.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(record))
+
+
+@pytest.fixture
+def three_seeds(tmp_path: Path) -> Path:
+    write_records(
+        tmp_path,
+        [make_record(seed=s, top1_last=v) for s, v in enumerate([74.0, 75.0, 76.0])]
+        + [
+            make_record(seed=3, top1_last=10.0, status="running"),
+            make_record(seed=4, top1_last=11.0, status="failed", failure_reason="non-finite loss"),
+            {"method": "ickd", "top1_last": 99.0},  # no status: never complete
+        ],
+    )
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "record.json").write_text("{not json")
+    return tmp_path
+
+
+def test_load_records_keeps_only_complete_runs(three_seeds: Path) -> None:
+    df = results.load_records(three_seeds)
+    assert len(df) == 3 and set(df["status"]) == {"completed"}
+    assert sorted(df["top1_last"]) == [74.0, 75.0, 76.0]
+    assert set(df["recipe"]) == {"repdistiller"} and df["path"].str.endswith("record.json").all()
+    everything = results.load_records(three_seeds, complete_only=False)
+    assert len(everything) == 6  # the broken file is skipped
+    one = results.load_records([three_seeds / "run0" / "record.json"])
+    assert len(one) == 1
+    with pytest.raises(FileNotFoundError):
+        results.load_records(three_seeds / "absent")
+
+
+def test_summarize_three_seeds(three_seeds: Path) -> None:
+    summary = results.summarize(results.load_records(three_seeds))
+    assert len(summary) == 1
+    row = summary.iloc[0]
+    assert row["n"] == 3 and row["seeds"] == [0, 1, 2]
+    assert row["top1_last_mean"] == pytest.approx(75.0) and row["top1_last_std"] == pytest.approx(1.0)
+    assert 74.0 <= row["top1_last_lo"] < 75.0 < row["top1_last_hi"] <= 76.0
+    assert row["top1_best_mean"] == pytest.approx(76.0)
+    assert row["teacher_top1_mean"] == pytest.approx(79.0)
+    again = results.summarize(results.load_records(three_seeds))
+    assert again.equals(summary)  # the bootstrap is seeded
+
+
+def test_bootstrap_interval_edge_cases() -> None:
+    assert results.bootstrap_interval([70.0]) == (70.0, 70.0)
+    assert all(math.isnan(v) for v in results.bootstrap_interval([]))
+    lo, hi = results.bootstrap_interval(np.arange(100.0), seed=1)
+    assert lo < 49.5 < hi and hi - lo < 15
+
+
+def test_summarize_groups_by_configuration() -> None:
+    df = pd.DataFrame(
+        [
+            make_record(seed=0, top1_last=70.0),
+            make_record(method="kd", seed=0, top1_last=72.0),
+            make_record(method="ce", teacher=None, seed=0, top1_last=69.0),
+        ]
+    )
+    df["recipe"] = df["recipe_name"]
+    summary = results.summarize(df)
+    assert sorted(summary["method"]) == ["ce", "ickd", "kd"]
+    assert pd.isna(summary.loc[summary["method"] == "ce", "teacher"].iloc[0])
+    assert np.isnan(summary["top1_last_std"]).all()  # n = 1
+
+
+def _summary(records: list[dict[str, Any]]) -> pd.DataFrame:
+    df = pd.DataFrame(records)
+    df["recipe"] = df["recipe_name"]
+    return results.summarize(df)
+
+
+def test_compare_joins_the_reported_numbers() -> None:
+    summary = _summary(
+        [
+            *(make_record(seed=s, top1_last=v) for s, v in enumerate([74.1, 74.3, 74.5])),  # ICKD w/o KL
+            make_record(variant="kd_weight=1.0", top1_last=75.0),  # ICKD with KL
+            make_record(method="ce", teacher=None, student="resnet8x4", top1_last=72.0),  # vanilla student
+            make_record(method="ce", teacher=None, student="resnet32x4", top1_last=79.1),  # the teacher
+        ]
+    )
+    table = results.compare(summary)
+    pair = table[
+        (table["paper"] == "ICKD")
+        & (table["dataset"] == "CIFAR-100")
+        & (table["teacher_id"] == "resnet32x4")
+        & (table["student_id"] == "resnet8x4")
+    ]
+    wo_kl = pair[pair["method"] == "ICKD-C(w/o KL)"].iloc[0]
+    assert wo_kl["reported_acc"] == 75.25 and (wo_kl["method_id"], wo_kl["variant"]) == ("ickd", "default")
+    assert wo_kl["status"] == "measured" and wo_kl["n"] == 3
+    assert wo_kl["measured_last"] == pytest.approx(74.3)
+    assert wo_kl["diff_last"] == pytest.approx(74.3 - 75.25)
+    assert pair[pair["method"] == "ICKD-C(Ours)"].iloc[0]["measured_last"] == pytest.approx(75.0)
+    assert pair[pair["method"] == "Vanilla"].iloc[0]["measured_last"] == pytest.approx(72.0)
+    teacher = pair[pair["method"] == "Teacher"].iloc[0]
+    assert (teacher["reported_acc"], teacher["measured_last"]) == (79.42, pytest.approx(79.1))
+    kd = pair[pair["method"] == "KD"].iloc[0]
+    assert kd["status"] == "not yet measured" and pd.isna(kd["measured_last"])
+    # every reported row stays, in order, with a status
+    reported = pd.read_csv(results.REPORTED_CSV)
+    assert len(table) == len(reported) and list(table["value"].astype(str)) == list(
+        reported["value"].astype(str)
+    )
+    assert set(table["status"]) == {"measured", "not yet measured", "not reproduced (out of scope)"}
+    assert (
+        table.loc[table["dataset"].str.contains("VOC|COCO|Cityscapes"), "status"]
+        == "not reproduced (out of scope)"
+    ).all()
+    cc = table[table["method"] == "CC"]
+    assert cc["method_id"].isna().all() and (cc["status"] == "not yet measured").all()
+
+
+def test_compare_converts_error_rates() -> None:
+    table = results.compare(_summary([make_record()]))
+    row = table[
+        (table["paper"] == "CD")
+        & (table["dataset"] == "CIFAR-100")
+        & (table["method"] == "KD")
+        & (table["metric"] == "top1_err")
+    ].iloc[0]
+    assert row["reported_acc"] == pytest.approx(100 - 20.36)
+    assert results.parse_reported_value("70.04*") == 70.04
+    assert results.parse_reported_value("74.3 (final epoch)") == 74.3
+    assert math.isnan(results.parse_reported_value("0.00 (RepDistiller lists N/A)"))
+
+
+def test_method_map_covers_the_reported_labels() -> None:
+    mapping = results.load_method_map()
+    reported = pd.read_csv(results.REPORTED_CSV)
+    labels = {entry["label"] for entry in mapping["methods"]}
+    assert set(reported["method"]) <= labels
+    assert set(reported["dataset"]) <= set(mapping["datasets"]) | set(mapping["out_of_scope_datasets"])
+    methods = set(available_methods())
+    for entry in mapping["methods"]:
+        if entry.get("method") is None:
+            assert entry.get("note"), entry
+            continue
+        assert entry["method"] in methods, entry
+        variant = entry.get("variant", "default")
+        options = {} if variant == "default" else dict(kv.split("=") for kv in variant.split(","))
+        assert variant_string(make_config(entry["method"], options)) == variant, entry
+
+
+def test_paired_differences() -> None:
+    records = [make_record(method="kd", seed=s, top1_last=v) for s, v in enumerate([73.0, 73.5, 74.0])]
+    records += [make_record(seed=s, top1_last=v) for s, v in enumerate([74.0, 75.0, 75.0])]
+    records += [make_record(method="ce", teacher=None, seed=s, top1_last=72.0) for s in range(3)]
+    df = pd.DataFrame(records)
+    df["recipe"] = df["recipe_name"]
+    diffs = results.paired_differences(df)
+    ickd = diffs[diffs["method"] == "ickd"].iloc[0]
+    assert ickd["n"] == 3 and ickd["mean"] == pytest.approx((1.0 + 1.5 + 1.0) / 3)
+    assert 1.0 <= ickd["lo"] <= ickd["mean"] <= ickd["hi"] <= 1.5
+    vs_ce = results.paired_differences(df, baseline=("ce", "default"))
+    assert vs_ce.set_index("method").loc["kd", "mean"] == pytest.approx(1.5)
