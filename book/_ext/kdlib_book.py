@@ -1,5 +1,13 @@
 """Sphinx extension for the kdlib book.
 
+- ``kdlib-table`` directive: renders one of :data:`kdlib.report.TABLES` from ``data/`` at build time, so no
+  number in the book is typed by hand. Usage (MyST)::
+
+      ```{kdlib-table} reported-vs-measured
+      :paper: ICKD
+      ```
+
+  A table with no rows renders as a sentence saying so (e.g. before any run is committed).
 - ``html-page-context``: drop script tags that jupyter-book 1.0.4 registers twice (sphinx-thebe and
   sphinx-togglebutton are set up once per read, which declares ``const THEBE_JS_URL`` twice and
   raises a console error in every page).
@@ -8,6 +16,48 @@
 from __future__ import annotations
 
 from typing import Any
+
+from docutils import nodes
+from docutils.parsers.rst import directives
+from docutils.statemachine import StringList
+from sphinx.util.docutils import SphinxDirective
+
+from kdlib import report
+
+EMPTY = {
+    "measured": "No measured runs are committed yet.",
+    "teachers": "No committed run has evaluated a teacher yet.",
+    "runs": "No measured runs are committed yet.",
+    "bench": "No benchmark has been recorded yet (`make bench` appends to `bench/results.csv`).",
+    "provenance": "No measured runs are committed yet.",
+}
+
+
+class KdlibTable(SphinxDirective):
+    """Render ``kdlib.report.TABLES[name](**options)`` as a table."""
+
+    required_arguments = 1
+    option_spec = {"paper": directives.unchanged, "methods": directives.unchanged}
+
+    def run(self) -> list[nodes.Node]:
+        name = self.arguments[0]
+        if name not in report.TABLES:
+            raise self.error(f"unknown kdlib-table '{name}'; choose one of: {', '.join(report.TABLES)}")
+        kwargs: dict[str, Any] = {}
+        if "paper" in self.options:
+            kwargs["paper"] = self.options["paper"]
+        if "methods" in self.options:
+            kwargs["methods"] = self.options["methods"].split()
+        table = report.TABLES[name](**kwargs)
+        self.env.note_dependency(str(report.RESULTS_DIR))
+        if table.empty:
+            text = EMPTY.get(name, f"No rows for {', '.join(kwargs.values()) or name}.")
+        else:
+            text = report.to_markdown(table)
+        container = nodes.container(classes=["kdlib-table", f"kdlib-table-{name}"])
+        self.state.nested_parse(StringList(text.splitlines(), source=f"kdlib-table {name}"),
+                                self.content_offset, container)
+        return [container]
 
 
 def _dedupe_scripts(app: Any, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
@@ -23,5 +73,6 @@ def _dedupe_scripts(app: Any, pagename: str, templatename: str, context: dict, d
 
 
 def setup(app: Any) -> dict[str, Any]:
+    app.add_directive("kdlib-table", KdlibTable)
     app.connect("html-page-context", _dedupe_scripts, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
