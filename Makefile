@@ -14,7 +14,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 BOOK_NOTEBOOKS := book/notebooks
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 
-.PHONY: help book test unit lint nbval book-stored data-offline browser clean
+.PHONY: help book test unit lint nbval book-stored data-offline browser clean bench bench-gpu reproduce
 
 help:
 	@echo "make book   execute the notebooks and build the HTML book (book/_build/html/index.html)"
@@ -68,6 +68,26 @@ book-stored: $(STAMP)
 	rm -rf $(BOOK_NOTEBOOKS) && mkdir -p $(BOOK_NOTEBOOKS)
 	$(if $(NOTEBOOKS),cp $(NOTEBOOKS) $(BOOK_NOTEBOOKS)/)
 	$(VENV)/bin/jupyter-book build book --all --quiet --warningiserror --nitpick --keep-going
+
+# Speed, side by side (bench/README.md): the CPU variant here (under 5 minutes, no compilation); the CUDA one
+# with the Python that holds torch (PYTHONPATH=.; nothing to install), which appends a row per pair too.
+bench: $(STAMP)
+	$(PY) bench/bench.py --device cpu
+
+bench-gpu:
+	PYTHONPATH=. $(PYTHON) bench/bench.py --device cuda
+
+# The study at full scale: the notebooks executed through papermill with a profile's parameters
+# (notebooks/profiles/PROFILE.json: proxy = the CPU study, cifar100 and imagenet need a GPU); executed copies in
+# runs/reproduce/PROFILE/, run records in data/results/PROFILE/, then the book from the executed copies. Runs whose
+# completed record exists are skipped, so an interrupted call continues; JOBS=N trains N runs side by side.
+JOBS ?= 1
+reproduce: $(STAMP) data-offline
+	@test -n "$(PROFILE)" || { echo "usage: make reproduce PROFILE=proxy|cifar100|imagenet [JOBS=N]"; exit 2; }
+	$(PY) -m kdlib.study reproduce --profile $(PROFILE) --jobs $(JOBS)
+	rm -rf $(BOOK_NOTEBOOKS) && mkdir -p $(BOOK_NOTEBOOKS)
+	cp runs/reproduce/$(PROFILE)/*.ipynb $(BOOK_NOTEBOOKS)/
+	$(VENV)/bin/jupyter-book build book --all --quiet
 
 clean:
 	rm -rf book/_build $(BOOK_NOTEBOOKS) runs

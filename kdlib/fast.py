@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import math
+import types
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -196,8 +197,9 @@ class DeviceLoader:
     ``train=True``: each pass is a seeded permutation of all images, each image randomly cropped (padding
     ``pad``, ``pad_mode``) and flipped on the device; ``train=False``: images in order, unaugmented. Batches
     are ``batch_size`` images and a smaller last one (the DataLoader's ``drop_last=False``). Call
-    :meth:`set_epoch` before a pass to make it a function of that seed alone (as :meth:`kdlib.data.Data
-    .set_epoch`); without it, successive passes continue one generator seeded by ``seed``.
+    :meth:`set_epoch` before a pass to make it a function of that seed alone (as
+    :meth:`kdlib.data.Data.set_epoch`); without it, successive passes continue one generator seeded by
+    ``seed``.
 
     Augmentation runs ``chunk_batches`` batches at a time (a few kernels per chunk, none per step), so the
     memory beyond the stored images is one chunk of float32 inputs.
@@ -299,7 +301,7 @@ class DeviceLoader:
 class DeviceMetrics:
     """The named loss terms of an epoch summed on the device; :meth:`read` syncs once.
 
-    Each :meth:`add` is a handful of asynchronous kernels (stack the terms, accumulate them weighted by the
+    Each ``add`` is a handful of asynchronous kernels (stack the terms, accumulate them weighted by the
     batch size, store the step's total); nothing is copied to the host until :meth:`read`, which also
     reports the first step whose total was not finite. The terms' names must be the same at every step of an
     epoch (a method's loss dict is fixed within an epoch).
@@ -349,7 +351,7 @@ class CompiledOrEager:
     eager step per epoch instead of a second compilation and a second CUDA-graph memory pool.
 
     If ``torch.compile`` raises, or a call fails inside dynamo or the compiler backend (no Triton, no C++
-    compiler, an unsupported Python), the reason is logged and kept in :attr:`fallback_reason`, and this
+    compiler, an unsupported Python), the reason is logged and kept in ``fallback_reason``, and this
     and every later call run ``fn`` eagerly; errors of ``fn`` itself (e.g. a shape mismatch) still surface,
     from the eager call.
     """
@@ -394,25 +396,24 @@ class CompiledOrEager:
 
 
 # --- the teacher without autograd bookkeeping ------------------------------------------------------
+def _inference_teacher_forward(self: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
+    with torch.inference_mode():
+        logits, feats = self.teacher(x, with_features=True)
+    return logits.clone(), [f.clone() for f in feats]
+
+
 def run_teacher_in_inference_mode(distiller: nn.Module) -> None:
     """Make ``distiller.teacher_forward`` run the teacher under ``torch.inference_mode``.
 
     Inference mode skips the version counters and view tracking that ``no_grad`` still keeps. Its outputs
     are inference tensors, which autograd refuses to save for backward (a method may feed a teacher feature
     to a trainable module, as IE-KD's auto-encoder does, or multiply it with a student tensor), so they are
-    returned as clones: ordinary tensors without history. Set once per run (an instance attribute; the class
-    method is untouched), so a compiled distiller sees the same function at every step.
+    returned as clones: ordinary tensors without history. Set once per run, as a method bound to this
+    distiller (the class is untouched; a deep copy rebinds to the copy), so a compiled distiller sees the
+    same function at every step.
     """
-    teacher = distiller.teacher
-    if teacher is None:
-        return
-
-    def teacher_forward(x: Tensor) -> tuple[Tensor, list[Tensor]]:
-        with torch.inference_mode():
-            logits, feats = teacher(x, with_features=True)
-        return logits.clone(), [f.clone() for f in feats]
-
-    distiller.teacher_forward = teacher_forward
+    if distiller.teacher is not None:
+        distiller.teacher_forward = types.MethodType(_inference_teacher_forward, distiller)
 
 
 def fused_sgd_available(device: torch.device) -> bool:

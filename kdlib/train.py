@@ -721,6 +721,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
         )
         if state["train_time_s"] > 0:
             record["images_per_s"] = state["train_images"] / state["train_time_s"]
+        if fast:  # a compilation that failed at its first step fell back to eager: say so
+            record["speed"]["forward"] = forward.describe()
         ckpt = {
             "version": CHECKPOINT_VERSION,
             "config_id": record["config_id"],

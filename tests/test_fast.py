@@ -295,6 +295,9 @@ def test_inference_mode_teacher_trains_like_no_grad(method: str) -> None:
         sum(losses.values()).backward()
         grads = {n: p.grad.clone() for n, p in d.named_parameters() if p.grad is not None}
         results.append(({k: v.item() for k, v in losses.items()}, grads))
+        if inference:  # a deep copy runs its own teacher
+            twin = copy.deepcopy(d)
+            assert twin.teacher_forward.__self__ is twin
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
     assert results[0][1].keys() == results[1][1].keys()
     for name, grad in results[0][1].items():
@@ -357,6 +360,38 @@ def test_training_run_on_either_path(roots: dict[str, Path], tmp_path: Path, fas
     expected = {"path": "fast", "forward": "eager", "fused_sgd": False, "teacher": "inference_mode"} if fast \
         else {"path": "dataloader", "forward": "eager", "fused_sgd": False, "teacher": "no_grad"}
     assert record["speed"] == expected
+
+
+def test_fast_path_resume_matches_an_uninterrupted_run(
+    roots: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fast-path epoch is a function of (seed, epoch): a resumed run ends where a straight one does."""
+    teacher = write_teacher(tmp_path / "teacher" / "model.pt", arch="resnet14", num_classes=10)
+
+    def config(out: str, **kw) -> train.TrainConfig:
+        return train.TrainConfig(
+            method="kd", student="resnet8", dataset="fashion_mnist", out=tmp_path / out, teacher_ckpt=teacher,
+            recipe="smoke", epochs=2, subset=40, eval_subset=20, batch_size=16,
+            data_root=roots["fashion_mnist"], workers=0, download=False, progress=False, fast=True, **kw)
+
+    straight = train.train(config("straight"))
+    original = train.train_one_epoch_fast
+
+    def killed_at_epoch_2(*args, **kwargs):
+        if args[4] == 2:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(train, "train_one_epoch_fast", killed_at_epoch_2)
+        with pytest.raises(KeyboardInterrupt):
+            train.train(config("resumed"))
+    torch.manual_seed(123)  # what ran before in this process must not matter
+    resumed = train.train(config("resumed", resume=True))
+    assert resumed["history"] == straight["history"]
+    a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["distiller"]
+    b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["distiller"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_fast_epoch_reports_the_first_non_finite_step() -> None:
