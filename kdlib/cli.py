@@ -3,7 +3,8 @@
 Every argument is validated before anything is loaded (method, model names, dataset, recipe, ``--variant``
 keys and values, ``--set`` fields, teacher checkpoint for methods that need one, paths, output folder,
 device). An invalid argument prints one line ``kdlib: error: ...`` on stderr and exits with status 2, never
-a traceback. Missing data or a diverged run (non-finite loss) print one line and exit with status 1.
+a traceback; missing data (offline) and a folder already in use by another run are bad input too. A run that
+fails (non-finite loss, disk full) prints one line and exits with status 1.
 
 Examples::
 
@@ -12,6 +13,13 @@ Examples::
         --dataset cifar100 --variant kd_weight=1 --seed 1 --out runs/ickd_s1
     python -m kdlib train ... --recipe smoke --subset 256 --set lr=0.1 --set milestones=1
     python -m kdlib eval --model resnet32x4 --ckpt runs/t_resnet32x4/model.pt --dataset cifar100
+    torchrun --standalone --nproc_per_node 8 -m kdlib train --method ickd --recipe ickd_imagenet \\
+        --dataset imagenet --student resnet18 --student-weights torchvision --teacher resnet34 \\
+        --teacher-ckpt torchvision --workers 8 --out runs/ickd_imagenet_pretrained \\
+        --variant ce_weight=0.5,kd_weight=0.5,T=1,ickd_weight=500,variant=imagenet
+    python -m kdlib fetch-teachers --dest runs/teachers/cifar100
+
+Under ``torchrun`` only rank 0 logs and prints; every rank validates its arguments the same way.
 """
 
 from __future__ import annotations
@@ -19,8 +27,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -116,6 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
     t.add_argument("--no-download", action="store_true", help="never download data")
+    t.add_argument(
+        "--student-weights", metavar="PATH|torchvision",
+        help="initialise the student from a weights file (torchvision's or kdlib's), or from torchvision's "
+        "published weights (downloaded; e.g. the pretrained ResNet18 of ICKD's ImageNet run)",
+    )
+    t.add_argument(
+        "--bn", choices=("batch", "sync", "frozen"), default="batch",
+        help="BatchNorm of the student and the method's parts: per-process batch statistics (default), "
+        "SyncBatchNorm over processes (CUDA), or frozen running statistics (eval mode)",
+    )
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="top-1/top-5 of a checkpoint on a test set")
@@ -137,17 +155,37 @@ def build_parser() -> argparse.ArgumentParser:
         ("recipes", _recipes, "list training recipes"),
     ):
         sub.add_parser(name, help=text).set_defaults(func=func)
+
+    f = sub.add_parser(
+        "fetch-teachers",
+        help="download RepDistiller's CIFAR-100 teachers (mdistiller's release) and measure their accuracy",
+    )
+    f.add_argument(
+        "--url",
+        help="the archive's URL (default: cifar_teachers.tar of mdistiller's GitHub release 'checkpoints', "
+        "kdlib.weights.MDISTILLER_TEACHERS_URL, an assumption); file:// URLs work too",
+    )
+    f.add_argument(
+        "--dest", default="runs/teachers/cifar100",
+        help="folder for <arch>_vanilla/ckpt_epoch_240.pth and teachers.json (default: %(default)s)",
+    )
+    f.add_argument("--data-root", help="CIFAR-100 folder (default: $KDLIB_DATA or ~/.cache/kdlib)")
+    f.add_argument("--device", default="auto")
+    f.add_argument("--workers", type=_nonnegative_int, default=2)
+    f.add_argument("--no-eval", action="store_true", help="only download and extract")
+    f.add_argument("--no-download", action="store_true", help="never download CIFAR-100")
+    f.set_defaults(func=_fetch_teachers)
     return parser
 
 
 def _check_out(out: Path, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out '{out}' exists and is not a folder")
-    existing = out
-    while not existing.exists():
-        existing = existing.parent
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"--out '{out}' is not writable")
+    try:  # create it and a scratch file in it: the only sure test (os.access says yes to root everywhere)
+        out.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out).close()
+    except OSError as error:
+        raise UsageError(f"--out '{out}' is not writable ({error.strerror}: '{error.filename}')") from None
     if (out / "last.pt").exists() and not resume:
         raise UsageError(
             f"--out '{out}' already holds a run (last.pt); pass --resume or choose another folder"
@@ -156,6 +194,9 @@ def _check_out(out: Path, resume: bool) -> None:
 
 def _setup_logging() -> None:
     logger = logging.getLogger("kdlib")
+    if _rank() != 0:  # torchrun: rank 0 speaks for the run
+        logger.setLevel(logging.WARNING)
+        return
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
@@ -178,6 +219,7 @@ class _StderrHandler(logging.StreamHandler):
 def _train(args: argparse.Namespace) -> int:
     from kdlib.data import DataError
     from kdlib.models import CheckpointError
+    from kdlib.runlock import FolderInUse
     from kdlib.train import ResumeError, TrainConfig, TrainingFailed, plan, train
 
     config = TrainConfig(
@@ -205,6 +247,8 @@ def _train(args: argparse.Namespace) -> int:
         fast=args.fast,
         progress=False if args.no_progress else None,
         download=not args.no_download,
+        student_weights=args.student_weights,
+        bn=args.bn,
     )
     try:
         plan(config)
@@ -214,10 +258,12 @@ def _train(args: argparse.Namespace) -> int:
     _setup_logging()
     try:
         record = train(config)
-    except (CheckpointError, ResumeError) as error:
+    except (CheckpointError, ResumeError, DataError, FolderInUse) as error:
         raise UsageError(str(error)) from None
-    except (DataError, TrainingFailed) as error:
+    except (TrainingFailed, OSError) as error:  # OSError: e.g. the disk filled up (the record says failed)
         _fail(str(error), 1)
+    if _rank() != 0:
+        return 0
     print(
         f"{Path(args.out) / 'record.json'}: {record['status']}, top1 last {record['top1_last']:.2f}, "
         f"best {record['top1_best']:.2f} (epoch {record['best_epoch']})"
@@ -253,12 +299,45 @@ def _eval(args: argparse.Namespace) -> int:
             workers=args.workers,
             download=not args.no_download,
         )
-    except CheckpointError as error:
+    except (CheckpointError, DataError) as error:
         raise UsageError(str(error)) from None
-    except DataError as error:
-        _fail(str(error), 1)
     print(json.dumps(result))
     return 0
+
+
+def _fetch_teachers(args: argparse.Namespace) -> int:
+    from kdlib.data import DataError
+    from kdlib.train import resolve_device
+    from kdlib.weights import MDISTILLER_TEACHERS_URL, fetch_teachers
+
+    try:
+        resolve_device(args.device)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    dest = Path(args.dest)
+    if dest.exists() and not dest.is_dir():
+        raise UsageError(f"--dest '{dest}' exists and is not a folder")
+    _setup_logging()
+    try:
+        summary = fetch_teachers(
+            dest, args.url or MDISTILLER_TEACHERS_URL, evaluate=not args.no_eval, data_root=args.data_root,
+            device=args.device, workers=args.workers, download_data=not args.no_download,
+        )
+    except DataError as error:  # offline, or a bad archive: like missing data
+        raise UsageError(str(error)) from None
+    for row in summary["teachers"]:
+        measured = f"{row['top1']:.2f}" if row.get("top1") is not None else "-"
+        advertised = f"{row['advertised_top1']:.2f}" if row.get("advertised_top1") is not None else "-"
+        note = f"  ({row['error']})" if row.get("error") else ""
+        print(f"{row['arch']:12s} top1 {measured:>6s}  advertised {advertised:>6s}  {row['path']}{note}")
+    print(f"{dest / 'teachers.json'}")
+    return 0
+
+
+def _rank() -> int:
+    from kdlib.distributed import env_rank
+
+    return env_rank()
 
 
 def _methods(args: argparse.Namespace) -> int:

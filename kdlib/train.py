@@ -25,6 +25,17 @@ False); then per epoch: reseed from ``(seed, epoch)``, train, step the MultiStep
 top-1/top-5, and atomically write ``OUT/last.pt`` (resume state), ``OUT/model.pt`` (the student,
 RepDistiller format) and ``OUT/record.json`` (the run record, see :func:`new_record`).
 
+Several processes (``torchrun``; :mod:`kdlib.distributed`): the distiller is wrapped in
+DistributedDataParallel (gloo on CPU, nccl on CUDA); the recipe's batch is the global batch, split evenly,
+and its learning rate is kept; every process draws the same global batches (the last partial one is dropped);
+loss means and evaluation counts are summed over processes, each test image evaluated once; only rank 0
+writes the record and checkpoints; ``--resume`` loads ``last.pt`` in every process.
+
+Where each epoch's time went is in the record's ``epoch_times`` (beside ``history``, which holds only what a
+resumed run reproduces exactly): ``data_s``, the time spent waiting for the next batch (loader workers, or the
+fast path's on-device augmentation), and ``compute_s``, the rest of the training epoch (forward, backward,
+step; on CUDA measured without per-step syncs, the epoch ending with one), both on rank 0.
+
 Determinism and resume: each epoch starts by reseeding python, numpy and torch and the loader (order and
 per-sample augmentation, :mod:`kdlib.data`) from ``(seed, epoch)``, so epoch k does not depend on whether
 epochs 1..k-1 ran in this process; model, optimiser, scheduler and history come from ``last.pt``. On CPU a
@@ -41,6 +52,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+import io
 import json
 import logging
 import os
@@ -64,11 +76,12 @@ try:  # not tqdm.auto: its asyncio variant calls iter() twice (extra loader pass
 except ImportError:  # bench/bench.py runs where only torch is installed: no progress bars there
     tqdm = None
 
-from kdlib import models
-from kdlib.data import Data, get_dataset_spec, load_data, mix_seed
+from kdlib import distributed, models, weights
+from kdlib.data import Data, get_dataset_spec, load_data, mix_seed, resolve_dataset_spec
 from kdlib.distill import Distiller, MethodConfig, build_distiller, get_method, make_config, variant_string
 from kdlib.fast import CompiledOrEager, DeviceLoader, DeviceMetrics, run_teacher_in_inference_mode
 from kdlib.recipes import Recipe, get_recipe
+from kdlib.runlock import one_run_per_folder
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +98,10 @@ class TrainConfig:
     ``variant``: method option overrides (``make_config``); ``recipe_overrides``: recipe fields (``--set``).
     ``amp`` (bf16 autocast), ``channels_last`` and ``compile`` (``torch.compile``) apply on CUDA only.
     ``fast``: the fast path (:mod:`kdlib.fast`; None: on CUDA only); ``compile`` None: with the fast path.
+    ``teacher_ckpt`` and ``student_weights`` (the student's initialisation; None: random) are files, or
+    ``"torchvision"`` for torchvision's published weights of the architecture (:mod:`kdlib.weights`).
+    ``bn``: BatchNorm of the student and the method's parts, ``batch`` | ``sync`` | ``frozen``
+    (:mod:`kdlib.distributed`).
     """
 
     method: str
@@ -111,6 +128,8 @@ class TrainConfig:
     fast: bool | None = None
     progress: bool | None = None  # None: only when stderr is a terminal
     download: bool = True
+    student_weights: str | Path | None = None
+    bn: str = "batch"
 
 
 class TrainingFailed(RuntimeError):
@@ -139,6 +158,8 @@ class Plan:
     recipe: Recipe
     device: torch.device
     needs_teacher: bool
+    #: Processes the run is split over (``WORLD_SIZE`` of a launcher such as torchrun; 1 without one).
+    world_size: int = 1
 
 
 def resolve_device(name: str) -> torch.device:
@@ -166,7 +187,7 @@ def plan(config: TrainConfig) -> Plan:
     _check_model(config.student, "student")
     if config.teacher is not None:
         _check_model(config.teacher, "teacher")
-    get_dataset_spec(config.dataset)
+    spec = get_dataset_spec(config.dataset)
     if not method.needs_teacher and (config.teacher or config.teacher_ckpt):
         raise ValueError(f"method '{config.method}' trains without a teacher; drop --teacher/--teacher-ckpt")
     if method.needs_teacher and not config.teacher_ckpt:
@@ -174,8 +195,19 @@ def plan(config: TrainConfig) -> Plan:
             f"method '{config.method}' needs a teacher: pass --teacher-ckpt PATH "
             "(a model.pt from a '--method ce' run or a RepDistiller checkpoint)"
         )
-    if config.teacher_ckpt is not None and not Path(config.teacher_ckpt).is_file():
+    if weights.is_torchvision(config.teacher_ckpt):
+        if config.teacher is None:
+            choices = ", ".join(weights.TORCHVISION_WEIGHTS)
+            raise ValueError(f"--teacher-ckpt {weights.TORCHVISION} needs --teacher, one of: {choices}")
+        weights.torchvision_weights_name(config.teacher)
+    elif config.teacher_ckpt is not None and not Path(config.teacher_ckpt).is_file():
         raise ValueError(f"teacher checkpoint '{config.teacher_ckpt}' does not exist")
+    if weights.is_torchvision(config.student_weights):
+        weights.torchvision_weights_name(config.student)
+    elif config.student_weights is not None and not Path(config.student_weights).is_file():
+        raise ValueError(f"student weights '{config.student_weights}' do not exist")
+    if config.bn not in distributed.BN_MODES:
+        raise ValueError(f"invalid bn '{config.bn}'; choose one of: {', '.join(distributed.BN_MODES)}")
     for name in ("epochs", "subset", "eval_subset", "batch_size"):
         value = getattr(config, name)
         if value is not None and (not isinstance(value, int) or value < 1):
@@ -188,7 +220,17 @@ def plan(config: TrainConfig) -> Plan:
     if config.batch_size is not None:
         overrides["batch_size"] = config.batch_size
     recipe = get_recipe(config.recipe, config.student, **overrides)
-    return Plan(config, method_config, recipe, resolve_device(config.device), method.needs_teacher)
+    spec.with_image_size(recipe.image_size)  # a fixed-size dataset refuses another image size
+    world_size = distributed.env_world_size()
+    distributed.per_process_batch(recipe.batch_size, world_size)
+    device = distributed.process_device(resolve_device(config.device))
+    if config.fast and world_size > 1:
+        raise ValueError(f"the fast path (--fast) runs in one process, not {world_size}; drop --fast")
+    if config.fast and not spec.device_resident:
+        raise ValueError(f"the fast path keeps the whole dataset on the device, too much for '{spec.name}'")
+    if config.bn == "sync" and device.type != "cuda":
+        raise ValueError("bn 'sync' (SyncBatchNorm) needs CUDA; choose one of: batch, frozen")
+    return Plan(config, method_config, recipe, device, method.needs_teacher, world_size)
 
 
 # --- small utilities ------------------------------------------------------------------------------
@@ -229,16 +271,28 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((p["version"], tuple(p["state"].tolist()), p["gauss_next"]))
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write ``path`` through a temporary file in the same folder and ``os.replace``."""
+def atomic_write(path: Path, write: Callable[[io.BytesIO], None]) -> None:
+    """``write`` the content into memory, then to a temporary file in the same folder, fsync, ``os.replace``:
+    ``path`` is never seen half-written, even by a run killed mid-write. A full disk raises ``OSError``
+    naming ``path`` (torch.save into a file reports only a zip-writer error) and removes the temporary file.
+    """
+    buffer = io.BytesIO()
+    write(buffer)
     tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise OSError(error.errno, f"cannot write '{path}': {error.strerror}") from None
     os.replace(tmp, path)
 
 
 def save_json(obj: Any, path: Path) -> None:
-    def write(tmp: Path) -> None:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    def write(buffer: io.BytesIO) -> None:
+        buffer.write((json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n").encode())
 
     atomic_write(path, write)
 
@@ -310,6 +364,8 @@ class Runtime:
     progress: bool
     #: Steps between finite-loss checks (each check is a host sync), 1 on CPU, more on CUDA.
     check_every: int = 1
+    #: This process's place among the run's processes (one process by default).
+    dist: distributed.Dist = field(default_factory=distributed.Dist)
 
     def to_device(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         x = x.to(self.device, non_blocking=True)
@@ -325,6 +381,39 @@ class Runtime:
             return iterable
         return tqdm(iterable, desc=desc, leave=False, dynamic_ncols=True)
 
+    def means(self, sums: dict[str, Tensor], seen: int) -> dict[str, float]:
+        """Per-image means of the loss sums over all processes (one host sync)."""
+        if not self.dist.enabled:
+            return {name: float(total) / seen for name, total in sums.items()}
+        totals = torch.stack([torch.as_tensor(v, device=self.device).double() for v in sums.values()]
+                             + [torch.tensor(float(seen), dtype=torch.float64, device=self.device)])
+        totals = self.dist.sum(totals).tolist()
+        return {name: total / totals[-1] for name, total in zip(sums, totals, strict=False)}
+
+
+class TimedIterable:
+    """Iterates ``iterable`` and adds the time spent waiting for each item to ``waited`` (seconds)."""
+
+    def __init__(self, iterable: Any) -> None:
+        self.iterable = iterable
+        self.waited = 0.0
+
+    def __len__(self) -> int:
+        return len(self.iterable)
+
+    def __iter__(self) -> Iterator[Any]:
+        tick = time.perf_counter()
+        iterator = iter(self.iterable)  # loader workers start here: data time too
+        while True:
+            try:
+                item = next(iterator)
+            except StopIteration:
+                self.waited += time.perf_counter() - tick
+                return
+            self.waited += time.perf_counter() - tick
+            yield item
+            tick = time.perf_counter()
+
 
 class FiniteCheck:
     """Finds the first step whose loss terms are not all finite, naming the term.
@@ -334,8 +423,9 @@ class FiniteCheck:
     the last good epoch's checkpoint).
     """
 
-    def __init__(self, where: str, every: int = 1) -> None:
+    def __init__(self, where: str, every: int = 1, dist: distributed.Dist | None = None) -> None:
         self.where, self.every = where, every
+        self.dist = dist or distributed.Dist()  # several processes: all stop at the same step
         self.pending: list[tuple[int, dict[str, Tensor]]] = []
 
     def __call__(self, step: int, losses: dict[str, Tensor]) -> None:
@@ -349,9 +439,13 @@ class FiniteCheck:
         ok = torch.stack(
             [torch.stack([torch.isfinite(v).all() for v in t.values()]).all() for _, t in self.pending]
         )
+        if self.dist.enabled:
+            ok = self.dist.min(ok.to(torch.int32)).bool()
         if not bool(ok.all()):
             step, terms = self.pending[int((~ok).nonzero()[0])]
-            name = next(k for k, v in terms.items() if not bool(torch.isfinite(v).all()))
+            name = next((k for k, v in terms.items() if not bool(torch.isfinite(v).all())), None)
+            if name is None:
+                raise NonFiniteLoss(f"non-finite loss in another process at {self.where}, step {step}")
             raise NonFiniteLoss(
                 f"non-finite loss term '{name}' = {terms[name].item()} at {self.where}, step {step}"
             )
@@ -368,7 +462,7 @@ def train_one_epoch(
 ) -> dict[str, float]:
     """One pass over ``loader``; returns the mean of each named loss term (weighted, as summed)."""
     distiller.train()
-    check = FiniteCheck(f"epoch {epoch}", rt.check_every)
+    check = FiniteCheck(f"epoch {epoch}", rt.check_every, rt.dist)
     sums: dict[str, Tensor] = {}
     seen = 0
     for step, (x, y) in enumerate(rt.bar(loader, f"epoch {epoch}")):
@@ -383,7 +477,7 @@ def train_one_epoch(
             sums[name] = sums.get(name, 0.0) + value.detach().float() * len(y)
         seen += len(y)
     check.flush()
-    return {name: float(total) / seen for name, total in sums.items()}
+    return rt.means(sums, seen)
 
 
 def fast_step(
@@ -444,9 +538,10 @@ def pretrain_one_epoch(
 ) -> dict[str, float]:
     """One epoch of the pre-distillation stage (``distiller.pretrain_loss``; labels unused)."""
     distiller.train()
-    check = FiniteCheck(f"pretrain epoch {epoch}", rt.check_every)
+    check = FiniteCheck(f"pretrain epoch {epoch}", rt.check_every, rt.dist)
     sums: dict[str, Tensor] = {}
     seen = 0
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     for step, (x, y) in enumerate(rt.bar(loader, f"pretrain {epoch}")):
         x, _ = rt.to_device(x, y)
         with rt.autocast():
@@ -454,17 +549,19 @@ def pretrain_one_epoch(
         check(step, losses)
         optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
+        rt.dist.average_gradients(params)  # this stage bypasses DDP: average by hand
         optimizer.step()
         for name, value in losses.items():
             sums[name] = sums.get(name, 0.0) + value.detach().float() * len(x)
         seen += len(x)
     check.flush()
-    return {name: float(total) / seen for name, total in sums.items()}
+    return rt.means(sums, seen)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Any, rt: Runtime, desc: str = "eval") -> dict[str, float]:
-    """Top-1 and top-5 accuracy (percent) of ``model`` in eval mode over ``loader``."""
+    """Top-1 and top-5 accuracy (percent) of ``model`` in eval mode over ``loader``, and the number of
+    ``images`` (with several processes: over every process's share, each image counted once)."""
     was_training = model.training
     model.eval()
     correct = torch.zeros(2, dtype=torch.int64, device=rt.device)  # top-1, top-5 hits: read once, at the end
@@ -478,8 +575,9 @@ def evaluate(model: nn.Module, loader: Any, rt: Runtime, desc: str = "eval") -> 
         correct += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum()])
         n += len(y)
     model.train(was_training)
-    correct1, correct5 = correct.tolist()
-    return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n}
+    totals = rt.dist.sum(torch.cat([correct, torch.tensor([n], dtype=torch.int64, device=rt.device)]))
+    correct1, correct5, n = totals.tolist()
+    return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "images": n}
 
 
 def _sgd(
@@ -488,6 +586,14 @@ def _sgd(
     """SGD; ``fused`` (CUDA, the fast path): one kernel for the whole update, same arithmetic."""
     extra = {"fused": True} if fused else {}
     return torch.optim.SGD(params, lr=lr, momentum=momentum, nesterov=nesterov, weight_decay=wd, **extra)
+
+
+def _optimizer(recipe: Recipe, params: list[nn.Parameter], fused: bool = False) -> torch.optim.Optimizer:
+    """The recipe's optimiser for the distillation stage: SGD, or AdamW (default betas and eps)."""
+    if recipe.optimizer == "adamw":
+        extra = {"fused": True} if fused else {}
+        return torch.optim.AdamW(params, lr=recipe.lr, weight_decay=recipe.weight_decay, **extra)
+    return _sgd(params, recipe.lr, recipe.momentum, recipe.nesterov, recipe.weight_decay, fused=fused)
 
 
 def _trainable_state(distiller: Distiller) -> dict[str, Tensor]:
@@ -504,9 +610,23 @@ def _teacher_arch(ckpt: str | Path, given: str | None) -> str | None:
         return None
 
 
-def new_record(p: Plan, teacher: str | None, teacher_sha: str | None, precision: str) -> dict[str, Any]:
-    """The run record's fixed part (see :mod:`kdlib.results` for how records are read)."""
+def new_record(
+    p: Plan,
+    teacher: str | None,
+    teacher_sha: str | None,
+    precision: str,
+    student_weights: tuple[str, str] | None = None,
+) -> dict[str, Any]:
+    """The run record's fixed part (see :mod:`kdlib.results` for how records are read).
+
+    ``student_weights``: (description, SHA-256) of the student's initial weights (default: read from
+    ``config.student_weights`` when it is a file). Options added after record version 1 (student weights,
+    ``bn``, the recipe's :data:`~kdlib.recipes.LATER_FIELDS`) enter ``config_id`` only when set, so runs
+    without them keep their earlier ``config_id``; the process count never does (like the hardware).
+    """
     c = p.config
+    if student_weights is None and c.student_weights and not weights.is_torchvision(c.student_weights):
+        student_weights = (str(c.student_weights), file_sha256(c.student_weights))
     identity = {
         "method": c.method,
         "method_config": dataclasses.asdict(p.method_config),
@@ -516,10 +636,14 @@ def new_record(p: Plan, teacher: str | None, teacher_sha: str | None, precision:
         "dataset": c.dataset,
         "subset": c.subset,
         "eval_subset": c.eval_subset,
-        "recipe": p.recipe.as_dict(),
+        "recipe": p.recipe.identity(),
         "seed": c.seed,
         "precision": precision,
     }
+    if student_weights is not None:
+        identity["student_weights_sha256"] = student_weights[1]
+    if c.bn != "batch":
+        identity["bn"] = c.bn
     commit, dirty = git_info()
     return {
         "record_version": RECORD_VERSION,
@@ -560,6 +684,11 @@ def new_record(p: Plan, teacher: str | None, teacher_sha: str | None, precision:
         "updated_at": None,
         "failure_reason": None,
         "resumes": [],
+        "student_weights": student_weights[0] if student_weights else None,
+        "student_weights_sha256": student_weights[1] if student_weights else None,
+        "bn": c.bn,
+        "test_images": None,
+        "epoch_times": [],  # per epoch: data_s (waiting for batches), compute_s (the rest of training)
     }
 
 
@@ -578,25 +707,52 @@ def _summarise_history(record: dict[str, Any]) -> None:
 
 
 @contextmanager
-def _record_failures(record: dict[str, Any], out: Path) -> Iterator[None]:
-    """Mark the record ``failed`` (with the reason) on any exception, write it, and re-raise."""
+def _record_failures(record: dict[str, Any], out: Path, write: bool = True) -> Iterator[None]:
+    """Mark the record ``failed`` (with the reason) on any exception, write it (if ``write``), re-raise."""
     try:
         yield
     except NonFiniteLoss as error:
         record.update(status="failed", failure_reason=str(error))
-        save_json(record, out / "record.json")
-        log.error("run failed: %s (last good checkpoint kept in %s)", error, out)
+        if write:
+            save_json(record, out / "record.json")
+            log.error("run failed: %s (last good checkpoint kept in %s)", error, out)
         raise TrainingFailed(str(error), record) from None
     except BaseException as error:
         reason = "interrupted" if isinstance(error, KeyboardInterrupt) else f"{type(error).__name__}: {error}"
         record.update(status="failed", failure_reason=reason)
-        save_json(record, out / "record.json")
+        if write:
+            save_json(record, out / "record.json")
         raise
 
 
+@one_run_per_folder(validate=plan)  # OUT/.lock held for the run's life: one process per folder
 def train(config: TrainConfig) -> dict[str, Any]:
-    """Run (or resume) one training run and return its record (also in ``OUT/record.json``)."""
+    """Run (or resume) one training run and return its record (also in ``OUT/record.json``).
+
+    Under a launcher (``torchrun``) this process first joins the run's process group
+    (:mod:`kdlib.distributed`).
+    """
     p = plan(config)
+    with distributed.process_group(p.device) as dist:
+        return _train_process(p, dist)
+
+
+def _weights_file(spec: str | Path, arch: str | None, dist: distributed.Dist) -> tuple[Path, str]:
+    """(file, description) of a weights argument; ``torchvision`` is downloaded by rank 0 before the others
+    look for it (:func:`kdlib.weights.resolve_weights`)."""
+    if not weights.is_torchvision(spec):
+        return Path(spec), str(spec)
+    if dist.is_main:
+        found = weights.resolve_weights(spec, arch)
+    dist.barrier()
+    if not dist.is_main:
+        found = weights.resolve_weights(spec, arch)
+    return found
+
+
+def _train_process(p: Plan, dist: distributed.Dist) -> dict[str, Any]:
+    """:func:`train` in one process (rank ``dist.rank`` of ``dist.world_size``; only rank 0 writes)."""
+    config = p.config
     c, recipe, device = config, p.recipe, p.device
     out = Path(c.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -605,20 +761,27 @@ def train(config: TrainConfig) -> dict[str, Any]:
         device,
         amp=c.amp and cuda,
         channels_last=c.channels_last and cuda,
-        progress=sys.stderr.isatty() if c.progress is None else c.progress,
+        progress=(sys.stderr.isatty() if c.progress is None else c.progress) and dist.is_main,
         check_every=CUDA_CHECK_EVERY if cuda else 1,
+        dist=dist,
     )
-    fast = cuda if c.fast is None else c.fast
+    spec = resolve_dataset_spec(c.dataset, c.data_root, recipe.image_size)  # ImageNet: its class folders
+    fast = (cuda and spec.device_resident and not dist.enabled) if c.fast is None else c.fast
     if cuda:
         torch.backends.cudnn.benchmark = True
 
     # teacher (first: a bad checkpoint fails fast), data, student, distiller
-    spec = get_dataset_spec(c.dataset)
     teacher_model, teacher_name, teacher_sha = None, None, None
     if p.needs_teacher:
-        teacher_name = _teacher_arch(c.teacher_ckpt, c.teacher)
-        teacher_model = models.load_teacher(c.teacher_ckpt, c.teacher, num_classes=spec.num_classes)
-        teacher_sha = file_sha256(c.teacher_ckpt)
+        teacher_file, teacher_text = _weights_file(c.teacher_ckpt, c.teacher, dist)
+        teacher_name = _teacher_arch(teacher_file, c.teacher)
+        teacher_model = models.load_teacher(teacher_file, c.teacher, num_classes=spec.num_classes)
+        teacher_sha = file_sha256(teacher_file)
+    student_weights = None
+    if c.student_weights is not None:
+        student_file, student_text = _weights_file(c.student_weights, c.student, dist)
+        initial = models.load_teacher(student_file, c.student, num_classes=spec.num_classes).state_dict()
+        student_weights = (student_text, file_sha256(student_file))
     data: Data = load_data(
         c.dataset,
         c.data_root,
@@ -630,16 +793,28 @@ def train(config: TrainConfig) -> dict[str, Any]:
         seed=c.seed,
         download=c.download,
         pin_memory=cuda,
+        image_size=recipe.image_size,
+        rank=dist.rank,
+        world_size=dist.world_size,
     )
     seed_everything(c.seed)
     student = models.create_model(c.student, num_classes=spec.num_classes)
+    if c.student_weights is not None:  # after create_model: the same random draws as a run from scratch
+        student.load_state_dict(initial)
     distiller = build_distiller(
         c.method, student, teacher_model, p.method_config, input_shape=spec.input_shape
     )
     distiller.total_epochs = recipe.epochs  # per-epoch loss weights (EDT) scale to the schedule
+    distiller.world_size = dist.world_size  # losses normalised by the squared batch use the global one
+    distributed.apply_bn_mode(distiller, c.bn)
     distiller.to(device)
     if rt.channels_last:
         distiller.to(memory_format=torch.channels_last)
+    module: nn.Module = distiller
+    if dist.enabled:  # gradients averaged over processes; unused: e.g. CD's student head during EDT's warm-up
+        module = nn.parallel.DistributedDataParallel(
+            distiller, device_ids=[device.index] if cuda else None, find_unused_parameters=True
+        )
     if fast:  # the same data, resident on the device (kdlib.fast); the DataLoaders stay unused
         train_loader = DeviceLoader.from_dataset(
             data.train.dataset, spec, batch_size=recipe.batch_size, train=True, pad_mode=recipe.pad_mode,
@@ -652,13 +827,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
     else:
         train_loader, test_loader, set_epoch = data.train, data.test, data.set_epoch
         train_epoch = train_one_epoch
-        forward = torch.compile(distiller) if c.compile and cuda else distiller
+        forward = torch.compile(module) if c.compile and cuda else module
 
-    record = new_record(p, teacher_name, teacher_sha, "bf16" if rt.amp else "fp32")
-    optimizer = _sgd(
-        distiller.trainable_parameters(), recipe.lr, recipe.momentum, recipe.nesterov, recipe.weight_decay,
-        fused=fast and cuda,
-    )
+    record = new_record(p, teacher_name, teacher_sha, "bf16" if rt.amp else "fp32", student_weights)
+    if teacher_model is not None:
+        record["teacher_ckpt"] = teacher_text  # torchvision:<weights> for downloaded weights
+    optimizer = _optimizer(recipe, distiller.trainable_parameters(), fused=fast and cuda)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(recipe.milestones), recipe.gamma)
     pre_optimizer = None
     if get_method(c.method).has_pretrain:
@@ -687,6 +861,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         if pre_optimizer is not None and ckpt["pretrain_optimizer"] is not None:
             pre_optimizer.load_state_dict(ckpt["pretrain_optimizer"])
         current = {k: record[k] for k in ("device", "hardware", "torch_version", "git_commit", "git_dirty")}
+        current["world_size"] = dist.world_size
         record.update(ckpt["record"], status="running", failure_reason=None)
         record.setdefault("resumes", []).append(  # provenance of each session after the first
             {
@@ -706,14 +881,17 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     record["speed"] = {  # how this session trains (provenance; the recipe is the same either way)
         "path": "fast" if fast else "dataloader",
-        "forward": forward.describe() if fast else ("compiled" if forward is not distiller else "eager"),
+        "forward": forward.describe() if fast else ("compiled" if forward is not module else "eager"),
         "fused_sgd": fast and cuda,
         "teacher": "inference_mode" if fast else "no_grad",
     }
+    record["distributed"] = dist.describe(recipe.batch_size, data.images_per_epoch, c.bn)
     started = time.perf_counter()
     wall_before = state["wall_time_s"]
 
     def checkpoint() -> None:
+        if not dist.is_main:  # one writer: rank 0
+            return
         state["wall_time_s"] = wall_before + time.perf_counter() - started
         record.update(
             wall_time_s=state["wall_time_s"],
@@ -744,11 +922,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
         )
         save_json(record, out / "record.json")
 
-    with _record_failures(record, out):
-        save_json(record, out / "record.json")
+    with _record_failures(record, out, write=dist.is_main):
+        if dist.is_main:
+            save_json(record, out / "record.json")
         if teacher_model is not None and record["teacher_top1"] is None:
             measured = evaluate(distiller.teacher, test_loader, rt, desc="teacher")
             record.update(teacher_top1=measured["top1"], teacher_top5=measured["top5"])
+            record["test_images"] = measured["images"]
             log.info("teacher %s: top1 %.2f top5 %.2f", teacher_name, measured["top1"], measured["top5"])
 
         if pre_optimizer is not None and state["pretrain_epoch"] < recipe.pretrain_epochs:
@@ -770,32 +950,41 @@ def train(config: TrainConfig) -> dict[str, Any]:
             seed_everything(epoch_seed)
             set_epoch(epoch_seed)
             lr = optimizer.param_groups[0]["lr"]
+            timed = TimedIterable(train_loader)
             tick = time.perf_counter()
-            losses = train_epoch(forward, distiller, train_loader, optimizer, epoch, rt)
-            state["train_time_s"] += time.perf_counter() - tick
-            state["train_images"] += data.train_size
+            losses = train_epoch(forward, distiller, timed, optimizer, epoch, rt)  # ends with a host sync
+            elapsed = time.perf_counter() - tick
+            state["train_time_s"] += elapsed
+            state["train_images"] += data.images_per_epoch
             scheduler.step()
             metrics = evaluate(distiller.student, test_loader, rt)
+            record["test_images"] = metrics.pop("images")
             record["history"].append(
                 {"epoch": epoch, "lr": lr, "losses": losses, "loss": sum(losses.values()), **metrics}
+            )
+            record["epoch_times"].append(
+                {"epoch": epoch, "data_s": timed.waited, "compute_s": elapsed - timed.waited}
             )
             _summarise_history(record)
             state["epoch"] = epoch
             log.info(
-                "epoch %d/%d lr %.4g %s top1 %.2f top5 %.2f",
+                "epoch %d/%d lr %.4g %s top1 %.2f top5 %.2f (data %.1fs, compute %.1fs)",
                 epoch,
                 recipe.epochs,
                 lr,
                 _fmt(losses),
                 metrics["top1"],
                 metrics["top5"],
+                timed.waited,
+                elapsed - timed.waited,
             )
             if epoch == recipe.epochs:
                 record["status"] = "completed"
             checkpoint()
         if record["status"] != "completed":  # resumed a run whose epochs were all done
             record["status"] = "completed"
-            save_json(record, out / "record.json")
+            if dist.is_main:
+                save_json(record, out / "record.json")
     return record
 
 
@@ -822,7 +1011,8 @@ def evaluate_checkpoint(
     """Top-1/top-5 of a checkpoint (kdlib ``model.pt`` or RepDistiller's ``{'model': ...}``) on a test set."""
     dev = resolve_device(device)
     rt = Runtime(dev, amp=dev.type == "cuda", channels_last=False, progress=sys.stderr.isatty())
-    net = models.load_teacher(ckpt, model, num_classes=get_dataset_spec(dataset).num_classes).to(dev)
+    spec = resolve_dataset_spec(dataset, data_root)
+    net = models.load_teacher(ckpt, model, num_classes=spec.num_classes).to(dev)
     data = load_data(
         dataset,
         data_root,
@@ -837,6 +1027,6 @@ def evaluate_checkpoint(
         "model": model or _teacher_arch(ckpt, None),
         "ckpt": str(ckpt),
         "dataset": dataset,
-        "n": data.test_size,
+        "n": metrics.pop("images"),
         **metrics,
     }

@@ -176,7 +176,7 @@ def test_eval_checkpoint_of_another_architecture(
     assert "holds a 'resnet14' model, but 'resnet8' was requested" in _usage_error(capsys, argv)
 
 
-def test_missing_data_exits_1_with_one_line(
+def test_missing_data_exits_2_with_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tiny: dict[str, Path]
 ) -> None:
     monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
@@ -185,7 +185,7 @@ def test_missing_data_exits_1_with_one_line(
     with pytest.raises(SystemExit) as info:
         main(argv)
     err = capsys.readouterr().err.strip().splitlines()
-    assert info.value.code == 1 and len(err) == 1 and "dataset-fashion-mnist" in err[0]
+    assert info.value.code == 2 and len(err) == 1 and "dataset-fashion-mnist" in err[0]
 
 
 def test_train_then_eval(tiny: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
