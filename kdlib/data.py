@@ -1,8 +1,16 @@
-"""Datasets and loaders: CIFAR-100, CIFAR-10 and Fashion-MNIST, one :class:`DatasetSpec` each.
+"""Datasets and loaders: CIFAR-100, CIFAR-10, Fashion-MNIST and ImageNet, one :class:`DatasetSpec` each.
 
 A dataset is one entry of ``DATASETS``: its number of classes, one sample's input shape, the
 normalisation constants, a function returning the raw (untransformed) torchvision dataset and one making the
-transforms. ImageNet (an ``ImageFolder``) will be one more entry.
+transforms.
+
+ImageNet is an ``ImageFolder`` tree, ``<data root>/imagenet/{train,val}/<class>/<image>`` (or ``train/`` and
+``val/`` directly under the data root); it is never downloaded. Its transforms are the torchvision reference
+scripts': ``RandomResizedCrop(224)`` + ``RandomHorizontalFlip`` for training, ``Resize(256)`` +
+``CenterCrop(224)`` for evaluation, then ``Normalize`` with the ImageNet mean and std. The image size is a
+recipe field (``--set image_size=64`` scales the crop to 64 and the resize to ``round(64·256/224)``), used by
+the tests and CPU proxies; the class count is the number of class folders in ``train/``
+(:func:`resolve_dataset_spec`), 1000 for ILSVRC-2012.
 
 Augmentation is RepDistiller's [code: RepDistiller ``dataset/cifar100.py``]: ``RandomCrop(32, padding=4)`` +
 ``RandomHorizontalFlip`` + ``Normalize``; the crop's pad mode comes from the recipe (``constant`` = zeros as
@@ -16,6 +24,11 @@ of loader workers and whether earlier epochs ran in this process:
   (:class:`SeededTransform`), so worker processes and their own seeds play no part;
 - workers still get ``worker_init_fn`` seeding numpy and ``random`` for transforms that use them.
 
+Several processes (``torchrun``, :mod:`kdlib.distributed`): every process draws the same permutation and takes
+every ``world_size``-th position of it (:class:`EpochSampler`), so the global batches are the one-process
+run's; with more than one process the last, partial global batch is dropped. The test set is split the same
+way without padding, so each test image is evaluated by exactly one process.
+
 The test set is full unless ``eval_subset`` is given; ``subset`` draws a class-balanced, deterministic subset
 of the training set (:func:`balanced_subset`; it depends on ``subset_seed``, not on the run's seed, so runs
 with different seeds see the same images).
@@ -23,6 +36,7 @@ with different seeds see the same images).
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import logging
 import os
@@ -73,6 +87,26 @@ class DatasetSpec:
     #: ``make_transform(spec, train, pad_mode)``: the per-sample transform (PIL image -> normalised tensor).
     make_transform: Callable[[DatasetSpec, bool, str], Callable[[Any], torch.Tensor]]
     source: str = ""
+    #: True when the transforms crop to ``input_shape``'s size, so a recipe's ``image_size`` may change it.
+    resizable: bool = False
+    #: Counts the classes of the data under a root (an ImageFolder counts its class folders), or None.
+    count_classes: Callable[[Path], int] | None = None
+    #: False for datasets too large to hold on the device (the fast path needs it, :mod:`kdlib.fast`).
+    device_resident: bool = True
+
+    def with_image_size(self, size: int | None) -> DatasetSpec:
+        """This spec with ``size``×``size`` inputs (None: unchanged); an error for fixed-size datasets."""
+        if size is None or size == self.input_shape[-1]:
+            return self
+        if not self.resizable:
+            resizable = ", ".join(n for n, s in DATASETS.items() if s.resizable)
+            raise ValueError(
+                f"dataset '{self.name}' has a fixed image size {self.input_shape[-1]}, got image_size "
+                f"{size}; image_size applies to: {resizable}"
+            )
+        if not isinstance(size, int) or size < 8:
+            raise ValueError(f"image_size must be an integer >= 8, got {size!r}")
+        return dataclasses.replace(self, input_shape=(self.input_shape[0], size, size))
 
 
 def cifar_transform(spec: DatasetSpec, train: bool, pad_mode: str = "constant") -> Callable:
@@ -95,6 +129,22 @@ def fashion_mnist_transform(spec: DatasetSpec, train: bool, pad_mode: str = "con
         steps += [T.RandomCrop(32, padding=4, padding_mode=pad_mode), T.RandomHorizontalFlip()]
     steps += [T.Grayscale(num_output_channels=3), T.ToTensor(), T.Normalize(spec.mean, spec.std)]
     return T.Compose(steps)
+
+
+def imagenet_transform(spec: DatasetSpec, train: bool, pad_mode: str = "constant") -> Callable:
+    """The torchvision reference scripts' ImageNet transform at size S = ``input_shape[-1]`` (224 by default).
+
+    Training: ``RandomResizedCrop(S)`` (scale 0.08-1, ratio 3/4-4/3, bilinear) + ``RandomHorizontalFlip``;
+    evaluation: ``Resize(round(S·256/224))`` (the shorter side) + ``CenterCrop(S)``; then ``ToTensor`` and
+    ``Normalize`` [code: torchvision ``references/classification/presets.py``; CD @ 2464d30 and the ICKD
+    ImageNet code use the same]. ``pad_mode`` does not apply.
+    """
+    size = spec.input_shape[-1]
+    if train:
+        steps: list[Any] = [T.RandomResizedCrop(size), T.RandomHorizontalFlip()]
+    else:
+        steps = [T.Resize(round(size * 256 / 224)), T.CenterCrop(size)]
+    return T.Compose([*steps, T.ToTensor(), T.Normalize(spec.mean, spec.std)])
 
 
 class _CIFAR10(tv_datasets.CIFAR10):
@@ -190,6 +240,67 @@ def _load_fashion_mnist(root: Path, train: bool, download: bool) -> Dataset:
         ) from None
 
 
+IMAGENET_LAYOUT = "imagenet/train/<class>/<image> and imagenet/val/<class>/<image>"
+
+
+def imagenet_folder(root: Path) -> Path:
+    """The ImageNet folder (with ``train/`` and ``val/``) under ``root``: ``root/imagenet`` or ``root``."""
+    for candidate in (root / "imagenet", root):
+        if (candidate / "train").is_dir() and (candidate / "val").is_dir():
+            return candidate
+    raise DataError(
+        f"ImageNet not found under {root}: expected {IMAGENET_LAYOUT} (or train/ and val/ directly under "
+        "the data root: --data-root or $KDLIB_DATA); it is never downloaded: get ILSVRC-2012 from "
+        "image-net.org and sort the validation images into class folders (README: 'ImageNet and several "
+        "GPUs')"
+    )
+
+
+def _class_folders(folder: Path) -> list[str]:
+    return sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+
+
+def imagenet_classes(root: Path) -> list[str]:
+    """The class names: the sorted folder names under ``train/`` (what ``ImageFolder`` uses)."""
+    folder = imagenet_folder(root)
+    classes = _class_folders(folder / "train")
+    if not classes:
+        raise DataError(f"ImageNet: {folder / 'train'} holds no class folders (expected {IMAGENET_LAYOUT})")
+    return classes
+
+
+class _ImageFolder(tv_datasets.ImageFolder):
+    """``ImageFolder`` with the class list given (the training set's), so that validation labels are the
+    training labels even where ``val/`` lacks a class."""
+
+    def __init__(self, root: Path, classes: list[str], allow_empty: bool) -> None:
+        self._given_classes = classes
+        super().__init__(str(root), allow_empty=allow_empty)
+
+    def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
+        return self._given_classes, {name: i for i, name in enumerate(self._given_classes)}
+
+
+def _load_imagenet(root: Path, train: bool, download: bool) -> Dataset:
+    folder = imagenet_folder(root)
+    classes = imagenet_classes(root)
+    split = folder / ("train" if train else "val")
+    if not train:
+        unknown = sorted(set(_class_folders(split)) - set(classes))
+        if unknown:
+            raise DataError(
+                f"ImageNet: {split} has class folders that train/ lacks ({', '.join(unknown[:5])}"
+                f"{', ...' if len(unknown) > 5 else ''}); val/ must use the training set's class folder names"
+            )
+    try:
+        dataset = _ImageFolder(split, classes, allow_empty=not train)
+    except (FileNotFoundError, OSError) as error:
+        raise DataError(f"ImageNet: cannot read {split}: {error}") from None
+    if len(dataset) == 0:
+        raise DataError(f"ImageNet: {split} holds no images (expected {IMAGENET_LAYOUT})")
+    return dataset
+
+
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in (
@@ -223,6 +334,20 @@ DATASETS: dict[str, DatasetSpec] = {
             make_transform=fashion_mnist_transform,
             source="[assumption] offline stand-in: zero-padded to 32x32, grey repeated to 3 channels",
         ),
+        DatasetSpec(
+            "imagenet",
+            1000,
+            (3, 224, 224),
+            mean=(0.485, 0.456, 0.406),
+            std=(0.229, 0.224, 0.225),
+            load_raw=_load_imagenet,
+            make_transform=imagenet_transform,
+            source="ILSVRC-2012 as an ImageFolder tree; torchvision reference transforms (RandomResizedCrop "
+            "224 + flip / resize 256 + center crop 224)",
+            resizable=True,
+            count_classes=lambda root: len(imagenet_classes(root)),
+            device_resident=False,
+        ),
     )
 }
 
@@ -236,6 +361,18 @@ def get_dataset_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
         raise ValueError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}")
     return DATASETS[name]
+
+
+def resolve_dataset_spec(
+    name: str, root: str | Path | None = None, image_size: int | None = None
+) -> DatasetSpec:
+    """The spec as a run sees it: ``image_size`` applied and, for ImageFolder datasets, the class count of
+    the folders under ``root`` (default :func:`default_data_root`); :class:`DataError` if they are missing."""
+    spec = get_dataset_spec(name).with_image_size(image_size)
+    if spec.count_classes is not None:
+        root = Path(root).expanduser() if root is not None else default_data_root()
+        spec = dataclasses.replace(spec, num_classes=spec.count_classes(root))
+    return spec
 
 
 # --- subsets, seeded augmentation, loaders ---------------------------------------------------------
@@ -304,21 +441,33 @@ class EpochSampler(Sampler[int]):
 
     Unlike ``RandomSampler`` with a shared generator, the order does not depend on how often the generator
     was drawn from before (loader iterators also draw their workers' base seed from it).
+
+    With ``world_size`` processes (each with the same seed), the permutation is cut to whole global batches
+    of ``batch_size`` (``images_per_epoch``) and process ``rank`` takes positions ``rank, rank + world_size,
+    ...``: its k-th batch of ``batch_size / world_size`` is its share of the one-process run's k-th batch.
     """
 
-    def __init__(self, n: int, seed: int = 0) -> None:
+    def __init__(
+        self, n: int, seed: int = 0, *, rank: int = 0, world_size: int = 1, batch_size: int = 1
+    ) -> None:
         self.n = n
         self.seed = seed
+        self.rank, self.world_size = rank, world_size
+        #: Images trained per epoch over all processes (all in one process, whole global batches with more).
+        self.images_per_epoch = n if world_size == 1 else n // batch_size * batch_size
 
     def set_epoch(self, seed: int) -> None:
         self.seed = seed
 
     def __len__(self) -> int:
-        return self.n
+        return len(range(self.rank, self.images_per_epoch, self.world_size))
 
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed)
-        return iter(torch.randperm(self.n, generator=generator).tolist())
+        order = torch.randperm(self.n, generator=generator)
+        if self.world_size > 1:
+            order = order[: self.images_per_epoch][self.rank :: self.world_size]
+        return iter(order.tolist())
 
 
 def seed_worker(worker_id: int) -> None:
@@ -335,6 +484,8 @@ class Data:
     spec: DatasetSpec
     train: DataLoader
     test: DataLoader
+    #: The whole test set's size (with several processes, ``test`` holds only this process's share).
+    test_images: int | None = None
 
     @property
     def train_size(self) -> int:
@@ -342,7 +493,12 @@ class Data:
 
     @property
     def test_size(self) -> int:
-        return len(self.test.dataset)
+        return self.test_images if self.test_images is not None else len(self.test.dataset)
+
+    @property
+    def images_per_epoch(self) -> int:
+        """Training images per epoch over all processes (whole global batches only with several)."""
+        return self.train.sampler.images_per_epoch
 
     def set_epoch(self, seed: int) -> None:
         """Make the next pass over ``train`` (order and augmentation) a function of ``seed`` alone."""
@@ -365,15 +521,23 @@ def load_data(
     seed: int = 0,
     download: bool = True,
     pin_memory: bool = False,
+    image_size: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> Data:
     """Train and test loaders for dataset ``name`` (see the module docstring for the randomness contract).
 
+    ``batch_size`` is the global batch: with ``world_size`` processes each loader yields
+    ``batch_size / world_size`` images per step (``eval_batch_size``, default twice the batch size, is global
+    too), and process ``rank`` gets its share of the training order and of the test set.
     Raises :class:`DataError` with instructions when the files are missing and cannot be downloaded.
     """
-    spec = get_dataset_spec(name)
+    root = Path(root).expanduser() if root is not None else default_data_root()
+    spec = resolve_dataset_spec(name, root, image_size)
+    if batch_size % world_size:
+        raise ValueError(f"the global batch size {batch_size} is not divisible by the {world_size} processes")
     if pad_mode not in PAD_MODES:
         raise ValueError(f"invalid pad_mode '{pad_mode}'; choose one of: {', '.join(PAD_MODES)}")
-    root = Path(root).expanduser() if root is not None else default_data_root()
     raw_train = spec.load_raw(root, True, download)
     raw_test = spec.load_raw(root, False, download)
     train_indices = balanced_subset(dataset_targets(raw_train), subset, subset_seed) if subset else None
@@ -385,9 +549,11 @@ def load_data(
         train_indices if train_indices is not None else np.arange(len(raw_train)),
         spec.make_transform(spec, True, pad_mode),
     )
+    test_indices = test_indices if test_indices is not None else np.arange(len(raw_test))
+    test_images = len(test_indices)
     test_set = SeededTransform(
         raw_test,
-        test_indices if test_indices is not None else np.arange(len(raw_test)),
+        test_indices[rank::world_size],  # each test image in exactly one process's share, no padding
         spec.make_transform(spec, False, pad_mode),
     )
     common = dict(
@@ -395,16 +561,22 @@ def load_data(
     )
     generator = torch.Generator()
     generator.manual_seed(seed)
+    sampler = EpochSampler(len(train_set), seed, rank=rank, world_size=world_size, batch_size=batch_size)
+    if sampler.images_per_epoch == 0:
+        raise DataError(
+            f"{name}: {len(train_set)} training images do not fill one global batch of {batch_size} "
+            f"(needed with {world_size} processes)"
+        )
     train = DataLoader(
         train_set,
-        batch_size=batch_size,
-        sampler=EpochSampler(len(train_set), seed),
+        batch_size=batch_size // world_size,
+        sampler=sampler,
         generator=generator,
         **common,
     )
     test = DataLoader(
         test_set,
-        batch_size=eval_batch_size or 2 * batch_size,
+        batch_size=max(1, (eval_batch_size or 2 * batch_size) // world_size),
         shuffle=False,
         generator=torch.Generator().manual_seed(seed),
         **common,
@@ -414,6 +586,6 @@ def load_data(
         name,
         len(train_set),
         f" (class-balanced subset of {len(raw_train)})" if subset else "",
-        len(test_set),
+        test_images,
     )
-    return Data(spec, train, test)
+    return Data(spec, train, test, test_images)

@@ -7,6 +7,25 @@
 - ``iekd_cifar``: 160 epochs, batch 128, SGD Nesterov momentum 0.9, lr 0.1, ×0.1 at 80/120, weight decay
   5e-4, reflect-padded crop.
 - ``smoke``: 2 epochs, batch 64, otherwise as ``repdistiller`` with its milestones scaled to 2 epochs.
+- ``imagenet``: ResNet34 → ResNet18 on ImageNet as in CD (and torchvision's reference): 100 epochs, global
+  batch 256, SGD momentum 0.9, lr 0.1, ×0.1 at 30/60/90, weight decay 1e-4.
+- ``ickd_imagenet``: ICKD's ImageNet run: as ``imagenet`` but AdamW, lr 2e-4, weight decay 5e-4. The recipe is
+  the optimiser and schedule only; the rest of ICKD's configuration is given with the run:
+
+  - the loss, ``0.5·CE + 0.5·KD(T=1) + 500·ICKD`` (``imagenet`` variant, on ``layer4`` = ``feat[-2]``), is a
+    method option like every loss weight: ``--variant ce_weight=0.5,kd_weight=0.5,T=1,ickd_weight=500,``
+    ``variant=imagenet`` (recorded, resolved, in the record's ``method_config``);
+  - the student's initialisation: ``--student-weights torchvision`` (or a local torchvision ``resnet18``
+    weights file) for the published run (72.19), none for the from-scratch run (68.34 in ICKD's issue #8).
+    The study runs both.
+
+The global batch size stays the recipe's whatever the number of processes (:mod:`kdlib.distributed`), and so
+does the learning rate.
+
+``optimizer`` is ``sgd`` (momentum, Nesterov as set) or ``adamw`` (torch's AdamW, default betas; ``momentum``
+and ``nesterov`` do not apply). ``image_size`` (None: the dataset's own) changes the crop size of datasets
+whose transforms crop (ImageNet); the tests and CPU proxies train ImageNet recipes at e.g.
+``--set image_size=64``.
 
 Every recipe also carries the pre-distillation stage of methods that have one (IE-KD's auto-encoder,
 methods.md section 5: 30 epochs, SGD Nesterov lr 0.1 constant, wd 5e-4, the recipe's batch size); methods
@@ -31,6 +50,8 @@ from typing import Any
 
 from kdlib.data import PAD_MODES
 
+#: Optimisers a recipe may name.
+OPTIMIZERS = ("sgd", "adamw")
 #: Students for which RepDistiller uses the smaller learning rate (``small_lr``).
 SMALL_LR_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 
@@ -63,6 +84,10 @@ class Recipe:
     #: Which epoch's accuracy the source reports, ``last`` or ``best`` (both are always recorded).
     reported_epoch: str = "last"
     source: str = ""
+    #: ``sgd`` or ``adamw`` (the distillation stage; the pre-distillation stage is always SGD).
+    optimizer: str = "sgd"
+    #: Input size of datasets whose transforms crop (224 for ImageNet), or None for the dataset's own.
+    image_size: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -88,6 +113,10 @@ class Recipe:
                 problems.append(f"{prefix}nesterov needs {prefix}momentum > 0")
         if self.pad_mode not in PAD_MODES:
             problems.append(f"invalid pad_mode '{self.pad_mode}'; choose one of: {', '.join(PAD_MODES)}")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"invalid optimizer '{self.optimizer}'; choose one of: {', '.join(OPTIMIZERS)}")
+        if self.image_size is not None and not (isinstance(self.image_size, int) and self.image_size >= 8):
+            problems.append(f"image_size must be an integer >= 8 or None, got {self.image_size!r}")
         if self.reported_epoch not in ("last", "best"):
             problems.append(f"invalid reported_epoch '{self.reported_epoch}'; choose one of: last, best")
         if problems:
@@ -102,6 +131,15 @@ class Recipe:
     def as_dict(self) -> dict[str, Any]:
         """Every field, JSON-ready (tuples as lists)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def identity(self) -> dict[str, Any]:
+        """:meth:`as_dict` without the fields added since record version 1 where they have their default
+        (:data:`LATER_FIELDS`): what enters a run's ``config_id``, so earlier runs keep theirs."""
+        return {k: v for k, v in self.as_dict().items() if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
+
+
+#: Recipe fields added after the first run records, with the default that leaves them out of ``config_id``.
+LATER_FIELDS: dict[str, Any] = {"optimizer": "sgd", "image_size": None}
 
 
 def scale_milestones(milestones: tuple[int, ...], epochs: int, new_epochs: int) -> tuple[int, ...]:
@@ -119,6 +157,20 @@ _REPDISTILLER = Recipe(
     small_lr_students=SMALL_LR_STUDENTS,
     source="RepDistiller @ b84f547 train_student.py / scripts/run_cifar_distill.sh (methods.md section 7); "
     "reports the last epoch",
+)
+
+_IMAGENET = Recipe(
+    name="imagenet",
+    epochs=100,
+    batch_size=256,
+    lr=0.1,
+    momentum=0.9,
+    weight_decay=1e-4,
+    milestones=(30, 60, 90),
+    gamma=0.1,
+    source="channel-distillation @ 2464d30 ImageNet config (methods.md section 3; torchvision's reference "
+    "recipe): SGD 0.1, wd 1e-4, x0.1 at 30/60/90, 100 epochs, global batch 256; IE-KD stage A keeps the "
+    "CIFAR code's 30 epochs [assumption]",
 )
 
 RECIPES: dict[str, Recipe] = {
@@ -157,6 +209,17 @@ RECIPES: dict[str, Recipe] = {
             source="CPU smoke test: repdistiller with 2 epochs (milestones scaled), IE-KD stage A 1 epoch; "
             "not a protocol of any paper",
         ),
+        _IMAGENET,
+        dataclasses.replace(
+            _IMAGENET,
+            name="ickd_imagenet",
+            optimizer="adamw",
+            lr=2e-4,
+            weight_decay=5e-4,
+            source="ICKD @ 403b8d3 ImageNet config (methods.md section 1): AdamW lr 2e-4 wd 5e-4, 100 "
+            "epochs, x0.1 at 30/60/90, batch 256; loss weights via --variant, pretrained student via "
+            "--student-weights",
+        ),
     )
 }
 
@@ -186,6 +249,8 @@ def _parse(raw: Any, kind: Any, name: str) -> Any:
             return float(text)
         if kind == float | None:
             return None if text.lower() in ("none", "") else float(text)
+        if kind == int | None:
+            return None if text.lower() in ("none", "") else int(text)
         if kind == tuple[int, ...]:
             return tuple(int(v) for v in text.replace("/", ",").split(",") if v.strip())
         if kind == tuple[str, ...]:

@@ -6,6 +6,8 @@
 - :func:`write_fashion_mnist`: the four IDX files (big-endian headers), uncompressed in
   ``<root>/FashionMNIST/raw/`` or gzipped in a folder laid out like the Debian package.
 - :func:`write_teacher`: a freshly initialised model saved as kdlib's ``model.pt``.
+- :func:`write_image_folder`: an ImageNet-style ``imagenet/{train,val}/<class>/`` tree of small PNGs;
+  :func:`write_torchvision_weights`: a torchvision model's bare state dict (torchvision's weight files).
 
 Images are class-dependent (a per-class mean intensity plus noise) so that tiny runs can learn something.
 """
@@ -142,4 +144,48 @@ def write_teacher(path: str | Path, arch: str = "resnet14", num_classes: int = 1
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": model.state_dict(), "arch": arch, "num_classes": num_classes}, path)
+    return path
+
+
+def write_image_folder(
+    root: str | Path,
+    num_classes: int = 4,
+    train_per_class: int = 4,
+    val_per_class: int | list[int] = 3,
+    size: int = 64,
+) -> Path:
+    """An ImageNet-style tree ``root/imagenet/{train,val}/<class>/<n>.png`` of RGB PNGs (``size``×``size``).
+
+    ``val_per_class`` may be a list (one count per class, 0 for a class that val/ lacks).
+    """
+    from PIL import Image
+
+    folder = Path(root) / "imagenet"
+    counts = {"train": [train_per_class] * num_classes, "val": val_per_class}
+    if isinstance(counts["val"], int):
+        counts["val"] = [counts["val"]] * num_classes
+    for seed, (split, per_class) in enumerate(counts.items(), start=7):
+        labels = np.repeat(np.arange(num_classes), per_class)
+        images = class_images(labels, (size, size, 3), seed, num_classes)
+        for i, (label, image) in enumerate(zip(labels, images, strict=True)):
+            path = folder / split / f"n{label:08d}" / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(path)
+    return folder
+
+
+def write_torchvision_weights(
+    path: str | Path, arch: str = "resnet18", num_classes: int = 4, seed: int = 0
+) -> Path:
+    """A freshly initialised torchvision ``arch`` saved as torchvision saves weights: a bare state dict."""
+    from kdlib.models import create_model
+
+    torch.manual_seed(seed)
+    model = create_model(arch, num_classes=num_classes)
+    with torch.no_grad():  # non-trivial BatchNorm running statistics
+        model.train()
+        model(torch.randn(8, 3, 64, 64))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), path)
     return path

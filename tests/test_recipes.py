@@ -10,7 +10,9 @@ from kdlib.recipes import RECIPES, available_recipes, get_recipe, recipe_fields,
 
 
 def test_recipes_are_named_and_sourced() -> None:
-    assert available_recipes() == ["repdistiller", "cd_cifar", "iekd_cifar", "smoke"]
+    assert available_recipes() == [
+        "repdistiller", "cd_cifar", "iekd_cifar", "smoke", "imagenet", "ickd_imagenet"  # test_imagenet.py
+    ]
     for recipe in RECIPES.values():
         assert recipe.source, recipe.name
 

@@ -133,7 +133,8 @@ def _interrupt_at(monkeypatch: pytest.MonkeyPatch, function: str, epoch: int) ->
 
 
 def _comparable(record: dict[str, Any]) -> dict[str, Any]:
-    skip = {"wall_time_s", "images_per_s", "created_at", "updated_at", "hardware", "teacher_ckpt", "resumes"}
+    skip = {"wall_time_s", "images_per_s", "created_at", "updated_at", "hardware", "teacher_ckpt", "resumes",
+            "epoch_times"}
     return {k: v for k, v in record.items() if k not in skip}
 
 

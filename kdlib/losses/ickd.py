@@ -55,6 +55,11 @@ class ICKD(Distiller):
 
     name = "ickd"
     config_class = ICKDConfig
+    #: Processes the global batch is split over (set by the trainer). The ``imagenet`` variant divides by the
+    #: squared batch size; each process divides its share by ``world_size`` once more, so that the averaged
+    #: gradient is that of the global batch B (``Σ / (C·B²)``) whatever the process count [assumption: the
+    #: ImageNet fork's own process layout is unknown].
+    world_size: int = 1
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -68,5 +73,7 @@ class ICKD(Distiller):
         cfg = self.config
         if cfg.ickd_weight:
             loss = ickd_loss(self.embed(feats[-2]), feats_t[-2], variant=cfg.variant, grid=cfg.grid)
+            if cfg.variant == "imagenet" and self.world_size > 1:
+                loss = loss / self.world_size
             losses["ickd"] = cfg.ickd_weight * loss
         return logits, losses
