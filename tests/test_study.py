@@ -1,0 +1,361 @@
+"""The study runner (kdlib.study): parameter checks, run planning and identity, resumable grids, profiles."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from helpers import write_fashion_mnist, write_teacher
+
+from kdlib import cli, study, train
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("study")
+    write_fashion_mnist(root / "data", train_per_class=8, test_per_class=4)
+    teachers = root / "teachers"
+    write_teacher(teachers / "fashion_mnist" / "resnet14" / "model.pt", arch="resnet14", num_classes=10)
+    return {"root": root, "data": root / "data", "teachers": teachers}
+
+
+def good(tiny: dict[str, Path], tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    values: dict[str, Any] = dict(
+        method="ickd", dataset="fashion_mnist", pairs=["resnet14->resnet8"], epochs=1, recipe="smoke",
+        seeds=[0], variants=["default"], baselines=["ce"], device="cpu", subset=40, eval_subset=20,
+        out_dir=tmp_path / "runs", teachers_dir=tiny["teachers"], data_root=tiny["data"], batch_size=20,
+    )
+    values.update(overrides)
+    return values
+
+
+# --- parameters -----------------------------------------------------------------------------------
+def test_good_parameters_are_normalised(tiny: dict[str, Path], tmp_path: Path) -> None:
+    variants = ["default", {"variant": "paper"}, "kd_weight=1"]
+    p = study.check_parameters(**good(tiny, tmp_path, variants=variants))
+    assert [v.label for v in p.variants] == ["ickd/default", "ickd/variant=paper", "ickd/kd_weight=1.0"]
+    assert [v.label for v in p.baselines] == ["ce/default"]
+    assert p.pairs == [study.Pair("resnet14", "resnet8")]
+    assert p.teacher_ckpts["resnet14"] == tiny["teachers"] / "fashion_mnist" / "resnet14" / "model.pt"
+    assert p.label == study.SMOKE_LABEL and p.results_dir is None
+    summary = p.summary()
+    assert summary["epochs"] == 1 and summary["variants"][1] == "ickd/variant=paper"
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("dataset", "mnist"), ("dataset", 3),
+    ("pairs", "resnet14->resnet9"), ("pairs", []), ("pairs", ["resnet14"]), ("pairs", 5),
+    ("pairs", ["resnet14->resnet8", "resnet14->resnet8"]),
+    ("epochs", 0), ("epochs", "2"), ("epochs", 2.5), ("epochs", True),
+    ("recipe", "fast"), ("recipe", None),
+    ("seeds", -1), ("seeds", [0, 0]), ("seeds", "a,b"), ("seeds", []), ("seeds", [0.5]),
+    ("variants", ["variant=nope"]), ("variants", ["nokey=1"]), ("variants", ["variant"]), ("variants", [3]),
+    ("variants", [{"ickd_weight": -1}]),
+    ("baselines", ["nomethod"]), ("baselines", ["ce:kd_weight=1"]),
+    ("device", "tpu"), ("device", 0),
+    ("subset", 0), ("subset", "all"), ("eval_subset", -3),
+    ("out_dir", "data/results/x"), ("out_dir", 3), ("out_dir", ""),
+    ("jobs", 0), ("jobs", 1.0), ("threads", 0), ("label", ""), ("batch_size", 0),
+])
+def test_bad_parameter_is_named(tiny: dict[str, Path], tmp_path: Path, name: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=f"parameter '{name}'"):
+        study.check_parameters(**good(tiny, tmp_path, **{name: value}))
+
+
+def test_missing_teacher_is_an_error_naming_pairs(tiny: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="parameter 'pairs'.*no checkpoint of teacher 'resnet20'"):
+        study.check_parameters(**good(tiny, tmp_path, pairs=["resnet20->resnet8"]))
+    # a grid without a teacher-needing method, or with require_teachers=False, does not need it
+    p = study.check_parameters(**good(tiny, tmp_path, pairs=["resnet20->resnet8"], variants=[],
+                                      baselines=["ce"], method=None))
+    assert p.teacher_ckpts == {}
+    with pytest.raises(ValueError, match="parameter 'pairs'"):  # but 00_teachers (not training) needs it
+        study.check_parameters(**good(tiny, tmp_path, pairs=["resnet20->resnet8"], variants=[], method=None,
+                                      require_teachers=True))
+
+
+def test_string_forms_of_list_parameters(tiny: dict[str, Path], tmp_path: Path) -> None:
+    p = study.check_parameters(**good(
+        tiny, tmp_path, method=None, pairs="resnet14->resnet8; resnet14 → resnet14", seeds="0,1",
+        variants="ce;kd;ickd:variant=paper,kd_weight=1", baselines=[]))
+    assert [str(x) for x in p.pairs] == ["resnet14 → resnet8", "resnet14 → resnet14"]
+    assert p.seeds == [0, 1]
+    assert [v.label for v in p.variants] == ["ce/default", "kd/default", "ickd/kd_weight=1.0,variant=paper"]
+    dicts = study.parse_variants([{"method": "cd", "edt": "paper"}, "cwt"], None)
+    assert [v.label for v in dicts] == ["cd/edt=paper", "cwt/default"]
+
+
+def test_relative_paths_are_relative_to_the_repository(tiny: dict[str, Path], tmp_path: Path) -> None:
+    p = study.check_parameters(**good(tiny, tmp_path, out_dir="runs/x", results_dir="data/results/x"))
+    assert p.out_dir == study.REPO / "runs" / "x" and p.results_dir == study.REPO / "data" / "results" / "x"
+    assert p.label.startswith("study run")
+
+
+# --- planning and identity ------------------------------------------------------------------------
+def test_plan_runs_keys_and_dedup(tiny: dict[str, Path], tmp_path: Path) -> None:
+    p = study.check_parameters(**good(tiny, tmp_path, pairs=["resnet14->resnet8", "resnet14->resnet14"],
+                                      seeds=[0, 1], variants=["default", "kd_weight=1"]))
+    runs = study.plan_runs(p)
+    keys = [r.key for r in runs]
+    assert len(keys) == len(set(keys)) == 2 * (1 + 2) * 2  # per pair: ce + 2 variants, 2 seeds
+    assert "fashion_mnist/smoke/resnet8/ce/default/seed0" in keys
+    assert "fashion_mnist/smoke/resnet14-resnet8/ickd/kd_weight=1.0/seed1" in keys
+    assert all(r.out == p.out_dir / r.key for r in runs)
+    assert len({r.config_id for r in runs}) == len(runs)
+
+
+@pytest.mark.parametrize("method", ["ce", "ickd", "iekd"])
+def test_config_id_matches_the_trainer(tiny: dict[str, Path], tmp_path: Path, method: str) -> None:
+    variants = [] if method == "ce" else ["default"]
+    p = study.check_parameters(**good(tiny, tmp_path, method=None if method == "ce" else method,
+                                      variants=variants, baselines=["ce"] if method == "ce" else []))
+    (run,) = study.plan_runs(p)
+    record = train.train(run.config)
+    assert record["config_id"] == run.config_id == study.config_id_of(run.config)
+
+
+def test_cli_arguments_reproduce_the_configuration(tiny: dict[str, Path], tmp_path: Path) -> None:
+    p = study.check_parameters(**good(tiny, tmp_path, variants=[{"variant": "paper", "grid": [2, 2]}]))
+    for run in study.plan_runs(p):
+        args = cli.build_parser().parse_args(study.cli_args(run.config))
+        config = train.TrainConfig(
+            method=args.method, student=args.student, dataset=args.dataset, out=args.out,
+            teacher=args.teacher, teacher_ckpt=args.teacher_ckpt, recipe=args.recipe, epochs=args.epochs,
+            subset=args.subset,
+            eval_subset=args.eval_subset, batch_size=args.batch_size, seed=args.seed, device=args.device,
+            variant=cli.parse_pairs(args.variant, "--variant"), data_root=args.data_root,
+        )
+        assert study.config_id_of(config) == run.config_id
+        assert args.resume and args.no_progress
+
+
+# --- the grid -------------------------------------------------------------------------------------
+def test_run_grid_trains_skips_and_copies_records_only(tiny: dict[str, Path], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    results = tmp_path / "results"
+    p = study.check_parameters(**good(tiny, tmp_path, results_dir=results))
+    runs = study.plan_runs(p)
+    first = study.run_grid(runs, p.results_dir)
+    assert [o.status for o in first] == ["trained", "trained"]
+    assert "[2/2] ickd/default resnet14 → resnet8 seed 0: trained" in capsys.readouterr().out
+    copied = sorted(x.relative_to(results).as_posix() for x in results.rglob("*") if x.is_file())
+    assert copied == sorted(f"{r.key}/record.json" for r in runs)
+    assert all((r.out / "last.pt").is_file() for r in runs)
+    for o in first:
+        assert json.loads(o.record_path.read_text())["config_id"] == o.run.config_id
+
+    again = study.run_grid(runs, p.results_dir)
+    assert [o.status for o in again] == ["skipped", "skipped"]
+    assert [o.record["top1_last"] for o in again] == [o.record["top1_last"] for o in first]
+
+    # a figure needs the model: a missing checkpoint makes the run train again
+    (runs[1].out / "last.pt").unlink()
+    third = study.run_grid(runs, p.results_dir, need_checkpoint=lambda r: r.variant.method == "ickd")
+    assert [o.status for o in third] == ["skipped", "trained"]
+    assert third[1].record["top1_last"] == first[1].record["top1_last"]  # deterministic on CPU
+
+
+def test_run_grid_replaces_another_configuration(tiny: dict[str, Path], tmp_path: Path) -> None:
+    p1 = study.check_parameters(**good(tiny, tmp_path, variants=[]))
+    p2 = study.check_parameters(**good(tiny, tmp_path, variants=[], subset=30))
+    (run1,), (run2,) = study.plan_runs(p1), study.plan_runs(p2)
+    assert run1.key == run2.key and run1.config_id != run2.config_id
+    assert [o.status for o in study.run_grid([run1])] == ["trained"]
+    (outcome,) = study.run_grid([run2])
+    assert outcome.status == "trained" and outcome.record["config_id"] == run2.config_id
+
+
+def test_run_grid_resumes_an_interrupted_run(tiny: dict[str, Path], tmp_path: Path) -> None:
+    p = study.check_parameters(**good(tiny, tmp_path, variants=[], epochs=2))
+    (run,) = study.plan_runs(p)
+    reference = study.run_grid([run])[0].record
+    # interrupt after epoch 1: keep the checkpoint of a 2-epoch run stopped early
+    interrupted = study.check_parameters(**good(tiny, tmp_path / "b", variants=[], epochs=2))
+    (run_b,) = study.plan_runs(interrupted)
+
+    class Stop(Exception):
+        pass
+
+    calls = {"n": 0}
+    original = train.evaluate
+
+    def evaluate_then_stop(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second evaluation = the end of epoch 2
+            raise Stop
+        return original(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train, "evaluate", evaluate_then_stop)
+        with pytest.raises(Stop):
+            study.run_grid([run_b])
+    record = json.loads((run_b.out / "record.json").read_text())
+    assert record["status"] == "failed" and len(record["history"]) == 1
+    (resumed,) = study.run_grid([run_b])
+    assert resumed.status == "trained" and len(resumed.record["history"]) == 2
+    assert resumed.record["top1_last"] == reference["top1_last"]
+
+
+def test_failed_run_is_reported_and_not_copied(tiny: dict[str, Path], tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    p = study.check_parameters(**good(tiny, tmp_path, method=None, variants=["kd:kd_weight=1e308,T=0.01"],
+                                      baselines=["ce"], results_dir=results))
+    outcomes = study.run_grid(study.plan_runs(p), p.results_dir, verbose=False)
+    assert [o.status for o in outcomes] == ["trained", "failed"]
+    assert "non-finite" in outcomes[1].message
+    assert not (results / outcomes[1].run.key).exists()
+    assert study.failures(outcomes) == [outcomes[1]]
+    table = study.outcomes_table(outcomes)
+    assert list(table["status"]) == ["trained", "failed"]
+    metrics = json.loads(study.metrics(outcomes))
+    assert metrics[1]["status"] == "failed" and metrics[0]["losses_last"]["ce"] > 0
+
+
+@pytest.mark.slow
+def test_run_grid_in_subprocesses(tiny: dict[str, Path], tmp_path: Path) -> None:
+    p = study.check_parameters(**good(tiny, tmp_path, seeds=[0, 1], variants=[], threads=1))
+    runs = study.plan_runs(p)
+    outcomes = study.run_grid(runs, jobs=2, threads=1, verbose=False)
+    assert [o.status for o in outcomes] == ["trained", "trained"]
+    here = study.run_grid(study.plan_runs(study.check_parameters(**good(tiny, tmp_path / "b", seeds=[0, 1],
+                                                                        variants=[]))), verbose=False)
+    assert [o.record["top1_last"] for o in outcomes] == [o.record["top1_last"] for o in here]
+
+
+def test_load_distiller_restores_the_trained_parts(tiny: dict[str, Path], tmp_path: Path) -> None:
+    p = study.check_parameters(**good(tiny, tmp_path, method="cwt", variants=["default"], baselines=[]))
+    outcomes = study.run_grid(study.plan_runs(p), verbose=False)
+    distiller = study.trained(outcomes, "cwt")
+    saved = torch.load(outcomes[0].run.out / "model.pt", weights_only=True)["model"]
+    for key, value in distiller.student.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+    state = torch.load(outcomes[0].run.out / "last.pt", weights_only=True)["distiller"]
+    assert torch.equal(distiller.transform[0].weight, state["transform.0.weight"])
+    assert not distiller.training
+    with pytest.raises(LookupError, match="no completed run of ce/default"):
+        study.trained(outcomes, "ce")
+
+
+# --- profiles -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("profile", study.PROFILES)
+def test_profiles_give_parameters_for_every_notebook(profile: str) -> None:
+    for notebook in study.NOTEBOOKS:
+        params = study.notebook_parameters(profile, notebook, jobs=3)
+        declared = study.parameter_defaults(notebook)
+        assert set(params) <= set(declared)
+        assert params["jobs"] == 3 and params["dataset"]
+        for name in ("dataset", "pairs", "epochs", "recipe", "seeds", "device", "subset", "out_dir"):
+            assert name in params, (profile, notebook, name)
+        assert not str(params["out_dir"]).startswith("data")
+        if "results_dir" in params:
+            assert params["results_dir"] == f"data/results/{profile}"
+    table = study.estimate(profile, images_per_s=1000.0)
+    total = table[table["notebook"] == "total"].iloc[0]
+    assert total["runs"] > 0 and total["estimated hours"] > 0
+
+
+def test_proxy_profile_follows_the_protocol() -> None:
+    common = study.load_profile("proxy")["common"]
+    (pair,) = study.parse_pairs(common["pairs"])
+    assert pair == study.Pair("resnet32", "resnet8") and common["epochs"] == 5 and common["subset"] == 10000
+    assert common["seeds"] == [0, 1, 2] and common["recipe"] == "repdistiller"
+    assert common["eval_subset"] is None
+    head = study.notebook_parameters("proxy", "06_head_to_head")
+    labels = [v.label for v in study.parse_variants(head["variants"])]
+    assert labels == [
+        "ce/default", "kd/default", "fitnet/default", "at/default", "sp/default", "rkd/default",
+        "pkt/default",
+        "ickd/default", "ickd/variant=paper", "ickd/kd_weight=1.0", "ickd/kd_weight=1.0,variant=paper",
+        "ccs/default", "ccs/inter_variant=sample", "cd/default", "cd/edt=paper", "cd/teacher_bn=train",
+        "cwt/default", "iekd/default", "iekd/split=random", "iekd/rec=l2",
+    ]
+    if study.teacher_checkpoint("fashion_mnist", pair.teacher) is not None:  # the committed teacher
+        for notebook in study.NOTEBOOKS:
+            params = {**study.parameter_defaults(notebook), **study.notebook_parameters("proxy", notebook)}
+            study.check_notebook_parameters(notebook, params)
+
+
+def test_profile_errors() -> None:
+    with pytest.raises(ValueError, match="unknown profile 'nope'; choose one of: cifar100, imagenet, proxy"):
+        study.load_profile("nope")
+    bad = {"common": {"dataset": "fashion_mnist"}, "notebooks": {"01_ickd": {"variantz": ["default"]}}}
+    with pytest.raises(ValueError, match=r"\['variantz'\] for 01_ickd are not among its parameters"):
+        study.notebook_parameters(bad, "01_ickd")
+    with pytest.raises(ValueError, match="unknown notebook"):
+        study.notebook_parameters(bad, "07_nope")
+
+
+def test_reproduce_checks_every_notebook_before_running_any(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    profile = json.loads((study.PROFILES_DIR / "proxy.json").read_text())
+    profile["notebooks"]["03_cd"]["variants"] = ["default", {"edt": "sometimes"}]
+    (tmp_path / "broken.json").write_text(json.dumps(profile))
+    monkeypatch.setattr(study, "PROFILES_DIR", tmp_path)
+    message = "profile 'broken', notebook 03_cd: parameter 'variants': invalid edt"
+    with pytest.raises(ValueError, match=message):
+        study.reproduce("broken", out_dir=tmp_path / "executed")
+    assert not (tmp_path / "executed").exists()
+
+
+def test_estimate_from_bench_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    csv = tmp_path / "results.csv"
+    csv.write_text("date,device,device_name,pair,ours_images_per_s,ours_eval_s\n"
+                   "2026-01-01,cuda,H100,kd resnet56->resnet20,9000,1.0\n"
+                   "2026-01-02,cuda,H100,kd resnet56->resnet20,8000,2.0\n"
+                   "2026-01-02,cuda,H100,ickd resnet32x4->resnet8x4,5000,2.5\n")
+    ips, eval_ips, basis = study.bench_throughput("cuda", study.parse_pairs(["resnet56->resnet20"]), csv)
+    assert (ips, eval_ips) == (8000.0, 5000.0) and "kd resnet56->resnet20" in basis
+    assert study.bench_throughput("cuda", (), csv)[0] == 5000.0  # no matching pair: the slowest
+    with pytest.raises(ValueError, match="no cpu measurement"):
+        study.bench_throughput("cpu", (), csv)
+    assert study.main(["estimate", "--profile", "proxy", "--images-per-s", "100"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ESTIMATE (not a measurement) at 100 training images/s") and "total" in out
+    assert study.main(["params", "--profile", "proxy", "--notebook", "01_ickd"]) == 0
+    assert "results_dir: data/results/proxy" in capsys.readouterr().out
+    assert study.main(["reproduce", "--profile", "nope"]) == 2
+
+
+def test_every_figure_from_a_tiny_grid(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """The notebooks' figures, computed from trained models of a tiny grid (kdlib.plots)."""
+    from matplotlib.figure import Figure
+
+    from kdlib import plots, results
+
+    p = study.check_parameters(**good(tiny, tmp_path, method=None, seeds=[0, 1], variants=[
+        "kd", "ickd", "ccs", "cd", "cwt", "iekd", "iekd:split=random"]))
+    outcomes = study.run_grid(study.plan_runs(p), verbose=False)
+    assert not study.failures(outcomes)
+    x, y = study.sample_batch("fashion_mnist", 16, data_root=tiny["data"])
+    assert x.shape == (16, 3, 32, 32) and len(set(y.tolist())) == 10
+    vanilla = study.trained(outcomes, "ce").student
+    data_ickd = plots.ickd_data(study.trained(outcomes, "ickd"), vanilla, x)
+    assert {k: v.shape for k, v in data_ickd.items()} == {
+        "teacher": (64, 64), "ICKD student e(f_s)": (64, 64), "vanilla student": (64, 64)}
+    data_ccs = plots.ccs_data(study.trained(outcomes, "ccs"), vanilla, x)
+    assert all(abs(m).max() <= 1 + 1e-6 for part in data_ccs.values() for m in part.values())
+    data_cd = plots.cd_data(study.trained(outcomes, "cd"), vanilla, x)
+    assert sorted(data_cd["stage"].unique()) == [1, 2, 3]
+    data_cwt = plots.cwt_data(study.trained(outcomes, "cwt"), x)
+    assert data_cwt["W1"].shape == (64, 64) and len(data_cwt["corr_transformed"]) == 64
+    iekd = {o.run.label: study.load_distiller(o) for o in study.completed(outcomes, "iekd", seed=0)}
+    data_iekd = plots.iekd_data(iekd, x)
+    assert set(data_iekd["part"]) == {"inheritance", "exploration"} and data_iekd["run"].nunique() == 2
+    frame = study.records_frame(outcomes)
+    (title, group), = study.comparison_groups(frame)
+    assert "resnet14 → resnet8" in title and set(group["method"]) == {"ce", "kd", "ickd", "ccs", "cd", "cwt",
+                                                                       "iekd"}
+    figures = [
+        plots.training_curves(study.records_of(outcomes), title="t"),
+        plots.loss_terms(study.records_of(outcomes)),
+        plots.ickd_correlations(data_ickd), plots.ccs_matrices(data_ccs), plots.cd_attention(data_cd),
+        plots.cwt_transform({"cwt/default": data_cwt}), plots.iekd_similarity(data_iekd),
+        plots.ranking(results.paired_differences(group)),
+        plots.ranking(results.summarize(group), value="top1_last_mean", lo="top1_last_lo", hi="top1_last_hi",
+                      reference=None),
+        plots.training_curves([]),
+    ]
+    assert all(isinstance(f, Figure) and f.axes for f in figures)
