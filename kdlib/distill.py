@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from kdlib.fields import parse_field
+
 Losses = dict[str, Tensor]
 
 
@@ -184,29 +186,6 @@ def get_method(name: str) -> type[Distiller]:
     return METHODS[name]
 
 
-def _parse_value(raw: Any, kind: Any, name: str) -> Any:
-    """Convert a command-line string to a config field's type (bool, int, float, str, grid tuple)."""
-    if not isinstance(raw, str):
-        if typing.get_origin(kind) is tuple:
-            return tuple(raw)
-        # one canonical value per configuration: 1 and 1.0 give the same variant string and config_id
-        return float(raw) if kind is float and isinstance(raw, int) and not isinstance(raw, bool) else raw
-    try:
-        if kind is bool:
-            if raw.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return raw.lower() in ("true", "1", "yes")
-        if kind is int:
-            return int(raw)
-        if kind is float:
-            return float(raw)
-        if typing.get_origin(kind) is tuple:
-            return tuple(int(v) for v in raw.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"invalid value {raw!r} for {name}") from None
-    return raw
-
-
 def make_config(method: str, overrides: Mapping[str, Any] | None = None) -> MethodConfig:
     """The method's configuration with ``overrides`` applied (strings are converted to the field type).
 
@@ -220,7 +199,7 @@ def make_config(method: str, overrides: Mapping[str, Any] | None = None) -> Meth
         if key not in names:
             choices = ", ".join(names)
             raise ValueError(f"unknown option '{key}' for method '{method}'; choose one of: {choices}")
-        values[key] = _parse_value(raw, hints[key], key)
+        values[key] = parse_field(raw, hints[key], key)
     return config_class(**values)
 
 

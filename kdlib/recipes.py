@@ -44,11 +44,13 @@ Overrides (:func:`get_recipe`):
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass
 from typing import Any
 
 from kdlib.data import PAD_MODES
+from kdlib.fields import parse_field
 
 #: Optimisers a recipe may name.
 OPTIMIZERS = ("sgd", "adamw")
@@ -97,13 +99,13 @@ class Recipe:
         if not isinstance(self.pretrain_epochs, int) or self.pretrain_epochs < 0:
             problems.append(f"pretrain_epochs must be an integer >= 0, got {self.pretrain_epochs!r}")
         for name in ("lr", "pretrain_lr", "gamma"):
-            if not getattr(self, name) > 0:
-                problems.append(f"{name} must be > 0, got {getattr(self, name)!r}")
-        if self.small_lr is not None and not self.small_lr > 0:
-            problems.append(f"small_lr must be > 0, got {self.small_lr!r}")
+            if not 0 < getattr(self, name) < math.inf:
+                problems.append(f"{name} must be a finite number > 0, got {getattr(self, name)!r}")
+        if self.small_lr is not None and not 0 < self.small_lr < math.inf:
+            problems.append(f"small_lr must be a finite number > 0, got {self.small_lr!r}")
         for name in ("momentum", "weight_decay", "pretrain_momentum", "pretrain_weight_decay"):
-            if not getattr(self, name) >= 0:
-                problems.append(f"{name} must be >= 0, got {getattr(self, name)!r}")
+            if not 0 <= getattr(self, name) < math.inf:
+                problems.append(f"{name} must be a finite number >= 0, got {getattr(self, name)!r}")
         if any(not isinstance(m, int) or m < 1 for m in self.milestones) or list(self.milestones) != sorted(
             self.milestones
         ):
@@ -233,33 +235,6 @@ def recipe_fields() -> list[str]:
     return [f.name for f in dataclasses.fields(Recipe)]
 
 
-def _parse(raw: Any, kind: Any, name: str) -> Any:
-    """Convert a command-line string to the field's type."""
-    if not isinstance(raw, str):
-        return tuple(raw) if typing.get_origin(kind) is tuple else raw
-    text = raw.strip()
-    try:
-        if kind is bool:
-            if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError
-            return text.lower() in ("true", "1", "yes")
-        if kind is int:
-            return int(text)
-        if kind is float:
-            return float(text)
-        if kind == float | None:
-            return None if text.lower() in ("none", "") else float(text)
-        if kind == int | None:
-            return None if text.lower() in ("none", "") else int(text)
-        if kind == tuple[int, ...]:
-            return tuple(int(v) for v in text.replace("/", ",").split(",") if v.strip())
-        if kind == tuple[str, ...]:
-            return tuple(v.strip() for v in text.split(",") if v.strip())
-    except ValueError:
-        raise ValueError(f"invalid value {raw!r} for recipe field '{name}'") from None
-    return text
-
-
 def get_recipe(name: str, student: str | None = None, **overrides: Any) -> Recipe:
     """Recipe ``name`` resolved for ``student`` (its learning rate) with ``overrides`` applied.
 
@@ -275,7 +250,7 @@ def get_recipe(name: str, student: str | None = None, **overrides: Any) -> Recip
     for key, raw in overrides.items():
         if key not in fields:
             raise ValueError(f"unknown recipe field '{key}'; choose one of: {', '.join(fields)}")
-        values[key] = _parse(raw, hints[key], key)
+        values[key] = parse_field(raw, hints[key], f"recipe field '{key}'")
     if "epochs" in values and isinstance(values["epochs"], int) and values["epochs"] >= 1:
         new = values["epochs"]
         values.setdefault("milestones", scale_milestones(base.milestones, base.epochs, new))

@@ -114,6 +114,9 @@ def test_invalid_overrides_name_the_problem() -> None:
         get_recipe("repdistiller", milestones="5,2")
     with pytest.raises(ValueError, match="nesterov needs momentum > 0"):
         get_recipe("iekd_cifar", momentum="0")
+    for field, value in (("lr", "inf"), ("lr", "nan"), ("gamma", "0"), ("weight_decay", "inf")):
+        with pytest.raises(ValueError, match=f"{field} must be a finite number"):
+            get_recipe("repdistiller", **{field: value})
 
 
 def test_recipes_are_frozen() -> None:
