@@ -73,6 +73,9 @@ def reported_vs_measured(paper: str, records: pd.DataFrame | None = None) -> pd.
         "reported": rows["value"],
         "ours: kdlib method": [f"{m}/{v}" if isinstance(m, str) else "" for m, v in
                                zip(rows["method_id"], rows["variant"], strict=True)],
+        "ours: scale": [scale(d, sub, e, r) if ok else "" for d, sub, e, r, ok in
+                        zip(rows["dataset_id"], rows["subset"], rows["epochs"], rows["recipe"], measured_here,
+                            strict=True)],
         "ours: last epoch": ours("last"),
         "ours: best epoch": ours("best"),
         "source": rows["source"],
@@ -181,8 +184,13 @@ def provenance(records: pd.DataFrame | None = None) -> pd.DataFrame:
     if not len(records):
         return pd.DataFrame()
     root = results.REPO_DATA.parent
+
+    def where(path: str) -> str:
+        resolved = Path(path).resolve()
+        return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)
+
     return pd.DataFrame({
-        "record": [str(Path(p).resolve().relative_to(root)) for p in records["path"]],
+        "record": [where(p) for p in records["path"]],
         "method": records["method"], "variant": records["variant"],
         "pair": [pair(t, s) for t, s in zip(records["teacher"], records["student"], strict=True)],
         "seed": records["seed"].astype(int).astype(str),
