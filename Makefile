@@ -19,6 +19,8 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 help:
 	@echo "make book   execute the notebooks and build the HTML book (book/_build/html/index.html)"
 	@echo "make test   the whole test-suite (pytest, ruff, nbval, book build with warnings as errors)"
+	@echo "make reproduce PROFILE=proxy|cifar100|imagenet [JOBS=N]   the study at full scale (README)"
+	@echo "make bench / make bench-gpu   speed of the trainer, side by side with a conventional loop"
 
 # The virtual environment, created on first use; the stamp makes it idempotent.
 $(STAMP): pyproject.toml
@@ -61,7 +63,7 @@ lint: $(STAMP)
 # nbval over the committed notebooks; pytest's exit 5 ("no tests collected") is fine only while there are none.
 nbval: $(STAMP) data-offline
 	@if [ -z "$(NOTEBOOKS)" ]; then echo "nbval: no notebooks yet"; else \
-		$(PY) -m pytest --nbval $(NOTEBOOKS) --sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider; fi
+		$(PY) -m pytest --nbval $(NOTEBOOKS) --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider; fi
 
 # The book from the committed notebooks' stored outputs (no execution), Sphinx warnings as errors.
 book-stored: $(STAMP)
