@@ -110,6 +110,7 @@ def cifar_shaped(root: Path | None, seed: int = 0) -> tuple[ImageArrays, ImageAr
 def make_distiller(method: str, teacher: str, student: str, device: torch.device) -> Distiller:
     torch.manual_seed(0)  # the same weights in every loop
     d = build_distiller(method, models.create_model(student), models.create_model(teacher))
+    d.set_epoch(1)  # the trainer's first epoch (CD: EDT's warm-up weights)
     return d.to(device).train()
 
 
@@ -183,7 +184,7 @@ def ours_loop(ours: Ours) -> Iterator[None]:
     while True:
         metrics = DeviceMetrics(len(ours.loader), ours.rt.device)
         for x, y in ours.loader:
-            metrics.add(train.fast_step(ours.forward, ours.optimizer, x, y, 1, ours.rt), len(y))
+            metrics.add(train.fast_step(ours.forward, ours.optimizer, x, y, ours.rt), len(y))
             yield
         metrics.read()
 
@@ -195,7 +196,7 @@ def bare_loop(ours: Ours, count: int = 4) -> Iterator[None]:
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ours.rt.amp else nullcontext()
     for x, y in itertools.cycle(batches):
         with autocast:
-            _, losses = forward(x, y, 1)
+            _, losses = forward(x, y)
         loss = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,12 +1,19 @@
 """The Distiller: one module owning the student, the frozen teacher and a method's trainable parts.
 
-Pattern from mdistiller's ``distillers/_base.py``: ``forward(x, y, epoch)`` returns the student logits and a
+Pattern from mdistiller's ``distillers/_base.py``: ``forward(x, y)`` returns the student logits and a
 dict of *named, weighted* loss terms; the trainer sums the dict. The optimiser takes
 ``distiller.trainable_parameters()``, so no projector is ever forgotten, and the teacher never reaches it.
 
 Every method has a configuration dataclass (a subclass of :class:`MethodConfig`) whose defaults are the
 weights of methods.md section 6; the student objective is always
 ``ce_weight·CE + kd_weight·KD_T + <method terms>``.
+
+Per-epoch state (CD's EDT weights) reaches ``forward`` as tensor data: the trainer calls
+``distiller.set_epoch(epoch)`` before each distillation epoch, and a method whose losses change per epoch
+overrides it to write the new values into a buffer in place. ``forward`` never reads Python per-epoch values:
+the fast path compiles the distiller (``torch.compile(dynamic=False)``), which specialises every Python number
+the traced code reads, so such a value would recompile the distiller every epoch, and after dynamo's recompile
+limit (8) it would run eagerly for the rest of the run (tests/test_compile.py).
 """
 
 from __future__ import annotations
@@ -88,6 +95,8 @@ class Distiller(nn.Module):
         self.input_shape = tuple(input_shape)
         #: Length of the training schedule, set by the trainer; methods with per-epoch weights (EDT) use it.
         self.total_epochs: int | None = None
+        #: The 1-indexed epoch of the last :meth:`set_epoch` (1 until then), for information only.
+        self.epoch = 1
         self.train()
 
     # --- teacher handling -------------------------------------------------------------------------
@@ -152,8 +161,26 @@ class Distiller(nn.Module):
             losses["kd"] = self.config.kd_weight * kd_loss(logits_s, logits_t, self.config.T)
         return losses
 
-    def forward(self, x: Tensor, y: Tensor, epoch: int = 1) -> tuple[Tensor, Losses]:
-        """Student logits and the named, weighted loss terms for one batch (``epoch`` is 1-indexed)."""
+    # --- per-epoch state --------------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Prepare distillation epoch ``epoch`` (1-indexed); the trainer calls it before the first step.
+
+        The base class stores ``epoch`` as :attr:`epoch`, for information: :meth:`forward` must not read it,
+        nor any other Python value that changes per epoch (a compiled distiller would be specialised on it and
+        recompiled every epoch). A method whose losses change per epoch overrides this to write the new values
+        into a buffer in place (CD's EDT weights, :class:`kdlib.losses.cd.CD`); call it again after changing
+        :attr:`total_epochs`. A new distiller is at epoch 1.
+        """
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 1:
+            raise ValueError(f"epoch must be an integer >= 1 (1-indexed), got {epoch!r}")
+        self.epoch = epoch
+
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Losses]:
+        """Student logits and the named, weighted loss terms of one batch (per-epoch state: ``set_epoch``).
+
+        The names of the terms must not change from epoch to epoch (a term whose per-epoch weight is 0 is
+        still returned, as 0), so that the compiled graph is the same at every epoch.
+        """
         raise NotImplementedError
 
 

@@ -2,7 +2,8 @@
 
 The path of a batch (:func:`train_one_epoch`)::
 
-    x, y → device (channels_last on CUDA) → autocast(bf16 on CUDA) → distiller(x, y, epoch)
+    distiller.set_epoch(epoch) (once, before the epoch's first step: per-epoch weights, as tensor data)
+    x, y → device (channels_last on CUDA) → autocast(bf16 on CUDA) → distiller(x, y)
          → (logits, {name: weighted loss}) → finite check → sum → backward → optimizer.step()
 
 No host sync per step on CUDA: loss sums stay on the device and the finite check runs every
@@ -43,8 +44,8 @@ resumed run ends with exactly the metrics of an uninterrupted one (tested). RNG 
 ``last.pt`` too (as tensors, so ``torch.load(weights_only=True)`` reads the file) and restored on resume.
 
 A non-finite loss term stops the run at that step (the fast path: at the end of that epoch): the last good
-checkpoint is kept, the record is marked ``failed`` with a reason naming the term, epoch and step, and
-:class:`TrainingFailed` is raised.
+checkpoint is kept, the record is marked ``diverged`` with a reason naming the term, epoch and step, and
+:class:`TrainingFailed` is raised. Any other exception marks it ``failed`` (``interrupted`` for Ctrl-C).
 """
 
 from __future__ import annotations
@@ -133,7 +134,7 @@ class TrainConfig:
 
 
 class TrainingFailed(RuntimeError):
-    """The run stopped (e.g. a non-finite loss); ``record`` is the failed run record, already written."""
+    """The run stopped (a non-finite loss); ``record`` is its run record (``diverged``), already written."""
 
     def __init__(self, reason: str, record: dict[str, Any]) -> None:
         super().__init__(reason)
@@ -460,15 +461,17 @@ def train_one_epoch(
     epoch: int,
     rt: Runtime,
 ) -> dict[str, float]:
-    """One pass over ``loader``; returns the mean of each named loss term (weighted, as summed)."""
+    """One pass over ``loader`` at ``epoch`` (1-indexed, passed to ``distiller.set_epoch`` first); returns the
+    mean of each named loss term (weighted, as summed)."""
     distiller.train()
+    distiller.set_epoch(epoch)
     check = FiniteCheck(f"epoch {epoch}", rt.check_every, rt.dist)
     sums: dict[str, Tensor] = {}
     seen = 0
     for step, (x, y) in enumerate(rt.bar(loader, f"epoch {epoch}")):
         x, y = rt.to_device(x, y)
         with rt.autocast():
-            _, losses = forward(x, y, epoch)
+            _, losses = forward(x, y)
         check(step, losses)
         optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
@@ -485,12 +488,14 @@ def fast_step(
     optimizer: torch.optim.Optimizer,
     x: Tensor,
     y: Tensor,
-    epoch: int,
     rt: Runtime,
 ) -> dict[str, Tensor]:
-    """One step of the fast path, with no host sync: forward, sum, backward, step; returns the loss terms."""
+    """One step of the fast path, with no host sync: forward, sum, backward, step; returns the loss terms.
+
+    The epoch's state is the distiller's (``Distiller.set_epoch``), not an argument: the compiled forward
+    sees the same Python values at every step of the run."""
     with rt.autocast():
-        _, losses = forward(x, y, epoch)
+        _, losses = forward(x, y)
     optimizer.zero_grad(set_to_none=True)
     sum(losses.values()).backward()
     optimizer.step()
@@ -512,9 +517,10 @@ def train_one_epoch_fast(
     but nothing after the last good epoch's checkpoint is saved).
     """
     distiller.train()
+    distiller.set_epoch(epoch)  # before the first step: the compiled graph reads the epoch's buffers
     metrics = DeviceMetrics(len(loader), rt.device)
     for x, y in rt.bar(loader, f"epoch {epoch}"):
-        metrics.add(fast_step(forward, optimizer, x, y, epoch, rt), len(y))
+        metrics.add(fast_step(forward, optimizer, x, y, rt), len(y))
     means, bad_step = metrics.read()
     if bad_step is not None:
         name = next((k for k, v in means.items() if not np.isfinite(v)), "total")
@@ -708,14 +714,16 @@ def _summarise_history(record: dict[str, Any]) -> None:
 
 @contextmanager
 def _record_failures(record: dict[str, Any], out: Path, write: bool = True) -> Iterator[None]:
-    """Mark the record ``failed`` (with the reason) on any exception, write it (if ``write``), re-raise."""
+    """On an exception, mark the record (with the reason), write it (if ``write``) and re-raise: ``diverged``
+    for a non-finite loss (a result of the configuration: the same seed diverges again), ``failed`` for
+    anything else (an interruption, a crash: worth retrying)."""
     try:
         yield
     except NonFiniteLoss as error:
-        record.update(status="failed", failure_reason=str(error))
+        record.update(status="diverged", failure_reason=str(error))
         if write:
             save_json(record, out / "record.json")
-            log.error("run failed: %s (last good checkpoint kept in %s)", error, out)
+            log.error("run diverged: %s (last good checkpoint kept in %s)", error, out)
         raise TrainingFailed(str(error), record) from None
     except BaseException as error:
         reason = "interrupted" if isinstance(error, KeyboardInterrupt) else f"{type(error).__name__}: {error}"
@@ -811,7 +819,7 @@ def _train_process(p: Plan, dist: distributed.Dist) -> dict[str, Any]:
     if rt.channels_last:
         distiller.to(memory_format=torch.channels_last)
     module: nn.Module = distiller
-    if dist.enabled:  # gradients averaged over processes; unused: e.g. CD's student head during EDT's warm-up
+    if dist.enabled:  # gradients averaged over processes; unused: e.g. IE-KD's auto-encoder after stage A
         module = nn.parallel.DistributedDataParallel(
             distiller, device_ids=[device.index] if cuda else None, find_unused_parameters=True
         )

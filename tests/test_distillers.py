@@ -14,7 +14,7 @@ from torch import nn
 
 from kdlib.distill import Distiller, available_methods, build_distiller, get_method, make_config
 from kdlib.losses.baselines import ConvReg
-from kdlib.losses.functional import cd_loss, factor_distance
+from kdlib.losses.functional import cd_loss, factor_distance, gkd_loss
 from kdlib.models import create_model
 
 METHOD_ORDER = ["ce", "kd", "fitnet", "at", "sp", "rkd", "pkt", "ickd", "ccs", "cd", "cwt", "iekd"]
@@ -37,7 +37,8 @@ STANDARD_PAIRS = [
 ]
 SLOW_TEACHERS = {"ResNet50", "resnet110", "resnet152_cifar"}
 
-# Term names each method returns with its default configuration (CD at an epoch past the EDT warm-up).
+# Term names each method returns with its default configuration (CD: the same in every epoch; a term that EDT
+# switches off is returned as 0).
 DEFAULT_TERMS = {
     "ce": {"ce"},
     "kd": {"ce", "kd"},
@@ -205,7 +206,8 @@ def _one_step(method: str, teacher_name: str, student_name: str, epoch: int = LA
         assert not {id(p) for p in d.autoencoder.parameters()} & {id(p) for p in params}
 
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
-    logits, losses = d(x, y, epoch=epoch)
+    d.set_epoch(epoch)
+    logits, losses = d(x, y)
     assert logits.shape == (2, 100)
     assert set(losses) == DEFAULT_TERMS[method]
     total = sum(losses.values())
@@ -296,12 +298,13 @@ WEIGHTED = [
 def test_terms_are_weighted(method, field, term):
     overrides = {"kd_weight": 1.0} if field == "kd_weight" and method != "kd" else {}
     d = build(method, "wrn_16_2", "resnet8", **overrides).eval()
+    d.set_epoch(LATE_EPOCH)
     x, _ = batch(n=4)  # RKD is identically 0 for 2 samples
     with torch.no_grad():
         y = d.teacher(x).argmax(dim=1)  # teacher correct on every sample, so GKD is not 0
-        _, first = d(x, y, epoch=LATE_EPOCH)
+        _, first = d(x, y)
         setattr(d.config, field, 2 * getattr(d.config, field))
-        _, second = d(x, y, epoch=LATE_EPOCH)
+        _, second = d(x, y)
     assert first[term].abs() > 1e-6
     assert second[term].item() == pytest.approx(2 * first[term].item(), rel=1e-5)
     for other in set(first) - {term}:
@@ -310,7 +313,7 @@ def test_terms_are_weighted(method, field, term):
         assert first[term] < 0  # the exploration term pushes away from the teacher's factor
     setattr(d.config, field, 0.0)
     with torch.no_grad():
-        _, third = d(x, y, epoch=LATE_EPOCH)
+        _, third = d(x, y)
     assert term not in third
 
 
@@ -339,13 +342,14 @@ def _zero_case_value(method, overrides, term, part, student_like_teacher: bool) 
     teacher = model("resnet20")  # post-ReLU features, so the ReLUs of CD's connector / CWT are identities
     student = copy.deepcopy(teacher) if student_like_teacher else create_model("resnet20")
     d = build_distiller(method, student, teacher, overrides)
+    d.set_epoch(LATE_EPOCH)
     if part is not None:
         set_identity(getattr(d, part))
     d.eval()
     x, _ = batch(seed=5, n=4)  # RKD is identically 0 for 2 samples (one distance, no angle)
     with torch.no_grad():
         y = teacher(x).argmax(dim=1)  # GKD: every sample correct
-        _, losses = d(x, y, epoch=LATE_EPOCH)
+        _, losses = d(x, y)
     return losses[term].item()
 
 
@@ -388,16 +392,54 @@ def _cd_manual(d: Distiller, x: torch.Tensor) -> float:
     ],
 )
 def test_cd_edt_weights_reach_terms(overrides, epoch, total_epochs, terms, factor):
+    """``set_epoch``'s EDT weights reach the terms bit for bit as ``weight·w·loss`` (the formula of the former
+    ``forward(x, y, epoch)``); ``terms`` are those switched on, the others are returned as exactly 0."""
     d = build("cd", "resnet20", "resnet8", **overrides).eval()
     d.total_epochs = total_epochs
-    x, y = batch()
+    d.set_epoch(epoch)
+    assert d.epoch == epoch
+    x, _ = batch()
+    cfg, w = d.config, d.edt_weights(epoch)
     with torch.no_grad():
-        _, losses = d(x, y, epoch=epoch)
-    assert set(losses) == terms
+        y = d.teacher(x).argmax(dim=1)  # the teacher right on every sample: GKD is not 0 when it is on
+        _, losses = d(x, y)
+        logits, feats_s = d.student(x, with_features=True)
+        logits_t, feats_t = d.teacher(x, with_features=True)
+        stages_s, stages_t = d.paired_stages(feats_s, feats_t)
+        connected = [c(f) for c, f in zip(d.connectors, stages_s, strict=True)]
+        expected = {
+            "ce": cfg.ce_weight * w["ce"] * nn.functional.cross_entropy(logits, y),
+            "gkd": cfg.gkd_weight * w["gkd"] * gkd_loss(logits, logits_t, y, T=cfg.gkd_T),
+            "cd": cfg.cd_weight / 6 * w["cd"] * cd_loss(connected, stages_t),
+        }
+    assert set(losses) == set(expected)  # the same terms in every epoch (one compiled graph)
+    for name, value in expected.items():
+        assert torch.equal(losses[name], value), (name, losses[name], value)
+    assert {name for name, value in losses.items() if value != 0} == terms
     assert losses["cd"].item() == pytest.approx(factor * _cd_manual(d, x), rel=1e-5)
-    if "ce" in losses:
-        logits = d.student(x)
-        assert losses["ce"].item() == pytest.approx(nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+
+
+def test_cd_epoch_buffer_is_not_saved():
+    """The EDT buffer is not in the state dict: checkpoints keep their keys and load strictly either way."""
+    d = build("cd", "resnet20", "resnet8")
+    d.total_epochs = 240
+    d.set_epoch(240)
+    state = d.state_dict()
+    assert "edt_multipliers" not in state and not any("edt" in key for key in state)
+    fresh = build("cd", "resnet20", "resnet8")
+    fresh.load_state_dict(state, strict=True)
+    assert fresh.edt_multipliers.tolist() == pytest.approx([0.0, 0.0, 6.0])  # a new distiller: epoch 1
+    assert copy.deepcopy(d).edt_multipliers.tolist() == pytest.approx([1.0, 1.0, 6.0 * 0.81])
+
+
+def test_set_epoch_checks_and_stores_the_epoch():
+    d = build("kd", "resnet20", "resnet8")
+    assert d.epoch == 1
+    d.set_epoch(3)
+    assert d.epoch == 3
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="epoch must be an integer >= 1"):
+            d.set_epoch(bad)
 
 
 def test_cd_gkd_zero_when_teacher_wrong():
@@ -416,7 +458,8 @@ def test_cd_pairs_last_stages_when_counts_differ():
     assert [c[0].out_channels for c in d.connectors] == [256, 512, 512]
     assert [c[0].in_channels for c in d.connectors] == [16, 32, 64]
     x, y = batch()
-    _, losses = d(x, y, epoch=LATE_EPOCH)
+    d.set_epoch(LATE_EPOCH)
+    _, losses = d(x, y)
     assert torch.isfinite(sum(losses.values()))
 
 

@@ -85,7 +85,7 @@ class FitNet(Distiller):
             t_shape = (t_shape[0], *s_shape[1:])
         self.regressor = ConvReg(s_shape, t_shape)
 
-    def forward(self, x: Tensor, y: Tensor, epoch: int = 1) -> tuple[Tensor, Losses]:
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Losses]:
         logits, feats = self.student(x, with_features=True)
         logits_t, feats_t = self.teacher_forward(x)
         losses = self.task_losses(logits, logits_t, y)
@@ -120,7 +120,7 @@ class AT(Distiller):
     name = "at"
     config_class = ATConfig
 
-    def forward(self, x: Tensor, y: Tensor, epoch: int = 1) -> tuple[Tensor, Losses]:
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Losses]:
         logits, feats = self.student(x, with_features=True)
         logits_t, feats_t = self.teacher_forward(x)
         losses = self.task_losses(logits, logits_t, y)
@@ -146,7 +146,7 @@ class SP(Distiller):
     name = "sp"
     config_class = SPConfig
 
-    def forward(self, x: Tensor, y: Tensor, epoch: int = 1) -> tuple[Tensor, Losses]:
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Losses]:
         logits, feats = self.student(x, with_features=True)
         logits_t, feats_t = self.teacher_forward(x)
         losses = self.task_losses(logits, logits_t, y)
@@ -172,7 +172,7 @@ class RKD(Distiller):
     name = "rkd"
     config_class = RKDConfig
 
-    def forward(self, x: Tensor, y: Tensor, epoch: int = 1) -> tuple[Tensor, Losses]:
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Losses]:
         logits, feats = self.student(x, with_features=True)
         logits_t, feats_t = self.teacher_forward(x)
         losses = self.task_losses(logits, logits_t, y)
@@ -198,7 +198,7 @@ class PKT(Distiller):
     name = "pkt"
     config_class = PKTConfig
 
-    def forward(self, x: Tensor, y: Tensor, epoch: int = 1) -> tuple[Tensor, Losses]:
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Losses]:
         logits, feats = self.student(x, with_features=True)
         logits_t, feats_t = self.teacher_forward(x)
         losses = self.task_losses(logits, logits_t, y)

@@ -81,7 +81,7 @@ class CCS(Distiller):
         k = min(n_s, n_t) - 2  # stages are feat[1:-1]
         return list(range(n_s - 1 - k, n_s - 1)), list(range(n_t - 1 - k, n_t - 1))
 
-    def forward(self, x: Tensor, y: Tensor, epoch: int = 1) -> tuple[Tensor, Losses]:
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Losses]:
         logits, feats = self.student(x, with_features=True)
         logits_t, feats_t = self.teacher_forward(x)
         losses = self.task_losses(logits, logits_t, y)

@@ -9,6 +9,13 @@ Official code ``zhouzaida/channel-distillation@2464d30``. Per epoch ``e`` (1-ind
 official 6*: the default ``cd_weight = 6`` gives exactly ``w_cd·L_CD`` (6·L_CD in the first epochs), and
 ``cd_weight = 3`` halves it. ``edt=off`` uses ``w = {ce: 1, gkd: 1, cd: 6}`` in every epoch. The ``kd`` term
 (0 by default; not part of the official method) is not scheduled by EDT [assumption].
+
+``set_epoch(e)`` (the trainer calls it before each epoch) writes ``w`` into the buffer ``edt_multipliers``,
+which ``forward`` multiplies by, so a compiled CD is traced once for the whole run. For the same reason the
+terms are the same in every epoch: during EDT's warm-up (``edt=code``) ``ce`` and ``gkd`` are returned as
+``0·CE`` and ``0·L_GKD``, not left out. The student's classifier, which only those terms reach, then gets
+zero gradients rather than none, so weight decay shrinks it during the warm-up (an optimiser skips a parameter
+without a gradient) [assumption: the official code multiplies each loss by its EDT weight, 0 included].
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -24,6 +32,8 @@ from kdlib.losses.functional import EDT_DATASETS, EDT_VARIANTS, cd_loss, edt_wei
 
 #: The official CD weight, already included in ``edt_weights(...)["cd"]``.
 CD_BASE_WEIGHT = 6.0
+#: The terms EDT schedules, in the order of ``CD.edt_multipliers``.
+EDT_TERMS = ("ce", "gkd", "cd")
 
 
 def connector(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -87,6 +97,10 @@ class CD(Distiller):
         self.connectors = nn.ModuleList(
             connector(s[0], t[0]) for s, t in zip(stages_s, stages_t, strict=True)
         )
+        #: This epoch's EDT multipliers ``(ce, gkd, cd)``, written by :meth:`set_epoch`. Not persistent (not
+        #: in the state dict, so checkpoints keep their keys): a function of the epoch and the configuration.
+        self.register_buffer("edt_multipliers", torch.zeros(len(EDT_TERMS)), persistent=False)
+        self.set_epoch(1)
 
     @property
     def teacher_train_mode(self) -> bool:
@@ -106,21 +120,30 @@ class CD(Distiller):
             return {"ce": 1.0, "gkd": 1.0, "cd": CD_BASE_WEIGHT}
         return edt_weights(epoch, cfg.edt_dataset, variant=cfg.edt, epochs=self.total_epochs)
 
-    def forward(self, x: Tensor, y: Tensor, epoch: int = 1) -> tuple[Tensor, Losses]:
+    def set_epoch(self, epoch: int) -> None:
+        """Write the epoch's :meth:`edt_weights` into the buffer ``edt_multipliers``, in place.
+
+        The compiled graph reads the buffer, so it sees the new weights without being traced again.
+        """
+        super().set_epoch(epoch)
+        w = self.edt_weights(epoch)
+        with torch.no_grad():
+            self.edt_multipliers.copy_(torch.tensor([w[term] for term in EDT_TERMS], dtype=torch.float32))
+
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Losses]:
         cfg = self.config
         logits, feats = self.student(x, with_features=True)
         logits_t, feats_t = self.teacher_forward(x)
-        w = self.edt_weights(epoch)
+        w_ce, w_gkd, w_cd = self.edt_multipliers.float()  # fp32 weights even in a half-precision distiller
         losses: Losses = {}
-        if cfg.ce_weight * w["ce"]:
-            losses["ce"] = cfg.ce_weight * w["ce"] * F.cross_entropy(logits, y)
+        if cfg.ce_weight:
+            losses["ce"] = cfg.ce_weight * w_ce * F.cross_entropy(logits, y)
         if cfg.kd_weight:
             losses["kd"] = cfg.kd_weight * kd_loss(logits, logits_t, cfg.T)
-        if cfg.gkd_weight * w["gkd"]:
-            losses["gkd"] = cfg.gkd_weight * w["gkd"] * gkd_loss(logits, logits_t, y, T=cfg.gkd_T)
-        cd_scale = cfg.cd_weight / CD_BASE_WEIGHT * w["cd"]
-        if cd_scale:
+        if cfg.gkd_weight:
+            losses["gkd"] = cfg.gkd_weight * w_gkd * gkd_loss(logits, logits_t, y, T=cfg.gkd_T)
+        if cfg.cd_weight:
             stages_s, stages_t = self.paired_stages(feats, feats_t)
             connected = [conn(f) for conn, f in zip(self.connectors, stages_s, strict=True)]
-            losses["cd"] = cd_scale * cd_loss(connected, stages_t)
+            losses["cd"] = cfg.cd_weight / CD_BASE_WEIGHT * w_cd * cd_loss(connected, stages_t)
         return logits, losses

@@ -52,7 +52,7 @@ class CWT(Distiller):
         self.transform = nn.Sequential(*layers)
         self.pooled = tuple(shapes_s[-2][1:]) != tuple(shapes_t[-2][1:])
 
-    def forward(self, x: Tensor, y: Tensor, epoch: int = 1) -> tuple[Tensor, Losses]:
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Losses]:
         logits, feats = self.student(x, with_features=True)
         logits_t, feats_t = self.teacher_forward(x)
         losses = self.task_losses(logits, logits_t, y)

@@ -233,9 +233,10 @@ def gkd_loss(logits_s: Tensor, logits_t: Tensor, labels: Tensor, T: float = 1.0)
 
     Fixes relative to the official code (methods.md §3):
 
-    - The official code divides by K without a guard and **returns NaN when K = 0**; here the correct rows
-      are indexed and the sum is divided by ``max(K, 1)``, so K = 0 gives an exact 0 that is still a
-      differentiable function of ``logits_s`` (zero, finite gradient).
+    - The official code divides by K without a guard and **returns NaN when K = 0**; here the per-sample KL
+      is masked to the correct rows and the sum is divided by ``max(K, 1)``, so K = 0 gives an exact 0 that
+      is still a differentiable function of ``logits_s`` (zero, finite gradient). Masking (not indexing)
+      keeps every shape fixed and K on the device: no host sync, and one compiled graph for any K.
     - The official code masks the probabilities and replaces zeros by 1, which mis-handles teacher
       probabilities that underflow to 0; here both distributions are computed with ``log_softmax`` and the
       KL with ``F.kl_div(log_p_s, log_p_t, log_target=True, reduction="sum")``, finite for any logit gap.
@@ -247,11 +248,10 @@ def gkd_loss(logits_s: Tensor, logits_t: Tensor, labels: Tensor, T: float = 1.0)
     if labels.shape != logits_s.shape[:1]:
         raise ValueError(f"labels must have shape ({logits_s.shape[0]},), got {tuple(labels.shape)}")
     correct = logits_t.argmax(dim=1) == labels
-    k = int(correct.sum())
-    log_p_s = F.log_softmax(logits_s[correct] / T, dim=1)
-    log_p_t = F.log_softmax(logits_t[correct] / T, dim=1)
-    kl = F.kl_div(log_p_s, log_p_t, log_target=True, reduction="sum")  # 0 with grad_fn when k == 0
-    return kl * (T**2) / max(k, 1)
+    log_p_s = F.log_softmax(logits_s / T, dim=1)
+    log_p_t = F.log_softmax(logits_t / T, dim=1)
+    kl = F.kl_div(log_p_s, log_p_t, log_target=True, reduction="none").sum(dim=1)
+    return kl.where(correct, 0.0).sum() * (T**2) / correct.sum().clamp(min=1)
 
 
 def edt_weights(

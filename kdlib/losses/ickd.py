@@ -66,7 +66,7 @@ class ICKD(Distiller):
         shapes_s, shapes_t = self.probe()
         self.embed = conv1x1_bn(shapes_s[-2][0], shapes_t[-2][0])
 
-    def forward(self, x: Tensor, y: Tensor, epoch: int = 1) -> tuple[Tensor, Losses]:
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Losses]:
         logits, feats = self.student(x, with_features=True)
         logits_t, feats_t = self.teacher_forward(x)
         losses = self.task_losses(logits, logits_t, y)

@@ -133,7 +133,10 @@ class IEKD(Distiller):
             opt.zero_grad(); loss.backward(); opt.step()
         distiller.pretraining = False           # auto-encoder back to eval mode, frozen
         opt = SGD(distiller.trainable_parameters(), ...)  # student + the two encoders, not the auto-encoder
-        for epoch ...: logits, losses = distiller(x, y, epoch)   # stage B
+        for epoch in range(1, epochs + 1):      # stage B
+            distiller.set_epoch(epoch)
+            for x, y in loader:
+                logits, losses = distiller(x, y)     # then sum, backward, step as in stage A
 
     Setting ``pretraining`` re-applies the current train/eval mode, so the auto-encoder is in train mode only
     while ``pretraining`` is True and the distiller is training; ``train()``/``eval()`` keep it that way.
@@ -200,7 +203,7 @@ class IEKD(Distiller):
         return {"reconstruction": loss}
 
     # --- stage B ----------------------------------------------------------------------------------
-    def forward(self, x: Tensor, y: Tensor, epoch: int = 1) -> tuple[Tensor, Losses]:
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Losses]:
         cfg = self.config
         logits, feats = self.student(x, with_features=True)
         logits_t, feats_t = self.teacher_forward(x)

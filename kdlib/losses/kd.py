@@ -31,7 +31,7 @@ class CE(Distiller):
     config_class = CEConfig
     needs_teacher = False
 
-    def forward(self, x: Tensor, y: Tensor, epoch: int = 1) -> tuple[Tensor, Losses]:
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Losses]:
         logits = self.student(x)
         return logits, self.task_losses(logits, None, y)
 
@@ -51,7 +51,7 @@ class KD(Distiller):
     name = "kd"
     config_class = KDConfig
 
-    def forward(self, x: Tensor, y: Tensor, epoch: int = 1) -> tuple[Tensor, Losses]:
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Losses]:
         logits = self.student(x)
         logits_t, _ = self.teacher_forward(x)
         return logits, self.task_losses(logits, logits_t, y)
