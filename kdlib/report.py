@@ -13,8 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.figure import Figure
 
-from kdlib import results
+from kdlib import plots, results
 from kdlib.recipes import available_recipes, get_recipe
 
 RESULTS_DIR = results.REPO_DATA / "results"
@@ -22,23 +23,37 @@ BENCH_CSV = Path(__file__).resolve().parents[1] / "bench" / "results.csv"
 NOT_MEASURED = results.STATUS_NOT_MEASURED
 
 
+#: The statuses the book and the notebooks show (diverged runs are counted, never averaged).
+SHOWN = ("completed", results.STATUS_DIVERGED)
+
+
 def study_records(path: str | Path = RESULTS_DIR) -> pd.DataFrame:
-    """Completed records committed under ``data/results/`` (an empty table when there are none)."""
+    """Completed and diverged records under ``data/results/`` (an empty table when there are none)."""
     path = Path(path)
-    return results.load_records(path) if path.exists() else results.load_records([])
+    return results.load_records(path if path.exists() else [], statuses=SHOWN)
+
+
+def _completed(records: pd.DataFrame) -> pd.DataFrame:
+    return records[records["status"] == "completed"] if "status" in records else records
 
 
 def _num(value: float | None, digits: int = 2) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def _mean_ci(mean: float, lo: float, hi: float, n: float) -> str:
-    """``mean [lo, hi] (n=…)``; the interval is left out for a single run."""
+def _mean_ci(mean: float, lo: float, hi: float, n: float, diverged: float = 0) -> str:
+    """``mean [lo, hi] (n=…)``; the interval is left out for a single run; ``diverged`` when every run did."""
     if mean is None or math.isnan(mean):
-        return NOT_MEASURED
+        return results.STATUS_DIVERGED if diverged else NOT_MEASURED
     n = int(n)
     interval = f" [{_num(lo)}, {_num(hi)}]" if n > 1 else ""
     return f"{_num(mean)}{interval} (n={n})"
+
+
+def _diverged(diverged: float, n: float) -> str:
+    """``k of m runs`` where some runs of a configuration diverged, else empty."""
+    diverged = 0 if diverged is None or math.isnan(diverged) else int(diverged)
+    return f"{diverged} of {diverged + int(n or 0)} runs" if diverged else ""
 
 
 def scale(dataset: str, subset: float | None, epochs: float | None, recipe: str | None) -> str:
@@ -65,6 +80,8 @@ def reported_vs_measured(paper: str, records: pd.DataFrame | None = None) -> pd.
                     rows["n"], measured_here, rows["status"], strict=True)
         return [_mean_ci(m, lo, hi, n) if ok else status for m, lo, hi, n, ok, status in cells]
 
+    diverged_here = rows["status"].isin([results.STATUS_MEASURED, results.STATUS_DIVERGED])
+
     table = pd.DataFrame({
         "dataset": rows["dataset"],
         "pair": [pair(t, s) for t, s in zip(rows["teacher"], rows["student"], strict=True)],
@@ -78,17 +95,20 @@ def reported_vs_measured(paper: str, records: pd.DataFrame | None = None) -> pd.
                             strict=True)],
         "ours: last epoch": ours("last"),
         "ours: best epoch": ours("best"),
+        "ours: diverged": [_diverged(d, n) if here else "" for d, n, here in
+                           zip(rows["diverged"], rows["n"], diverged_here, strict=True)],
         "source": rows["source"],
     })
     return table.reset_index(drop=True)
 
 
 def _empty_summary() -> pd.DataFrame:
-    return pd.DataFrame(columns=[*results.CONFIG_KEYS, "n", "top1_last_mean", "top1_best_mean"])
+    return pd.DataFrame(columns=[*results.CONFIG_KEYS, "n", "diverged", "top1_last_mean", "top1_best_mean"])
 
 
 def measured(records: pd.DataFrame | None = None, methods: list[str] | None = None) -> pd.DataFrame:
-    """Our measurements per configuration: mean, 95% interval and n of last- and best-epoch top-1."""
+    """Our measurements per configuration: mean, 95% interval and n of last- and best-epoch top-1, and how
+    many runs diverged (non-finite loss; they have no accuracy)."""
     records = study_records() if records is None else records
     if methods is not None:
         records = records[records["method"].isin(methods)]
@@ -101,12 +121,80 @@ def measured(records: pd.DataFrame | None = None, methods: list[str] | None = No
         "pair": [pair(t, s) for t, s in zip(summary["teacher"], summary["student"], strict=True)],
         "scale": [scale(*v) for v in zip(summary["dataset"], summary["subset"], summary["epochs"],
                                          summary["recipe"], strict=True)],
-        "top-1, last epoch": [_mean_ci(*v) for v in zip(summary["top1_last_mean"], summary["top1_last_lo"],
-                                                         summary["top1_last_hi"], summary["n"], strict=True)],
-        "top-1, best epoch": [_mean_ci(*v) for v in zip(summary["top1_best_mean"], summary["top1_best_lo"],
-                                                         summary["top1_best_hi"], summary["n"], strict=True)],
+        **{f"top-1, {which} epoch": [
+            _mean_ci(*v) for v in zip(summary[f"top1_{which}_mean"], summary[f"top1_{which}_lo"],
+                                      summary[f"top1_{which}_hi"], summary["n"], summary["diverged"],
+                                      strict=True)]
+           for which in ("last", "best")},
+        "diverged": [_diverged(d, n) for d, n in zip(summary["diverged"], summary["n"], strict=True)],
         "teacher top-1": [_num(v) for v in summary["teacher_top1_mean"]],
     })
+
+
+def _verdict(lo: float, hi: float, n: int, baseline: str) -> str:
+    """What a paired interval allows to say (protocol: a gap whose interval contains zero is noise)."""
+    if n < 2:
+        return "one seed: no interval"
+    if lo > 0:
+        return f"above {baseline}"
+    if hi < 0:
+        return f"below {baseline}"
+    return "within the noise"
+
+
+def paired(records: pd.DataFrame | None = None, baseline: str = "kd") -> pd.DataFrame:
+    """Each method and variant minus ``baseline`` on the same seeds, per comparable group (best first): mean,
+    95% Student-t interval and n of the paired difference in last- and best-epoch top-1, what the
+    last-epoch interval allows to say, and how many runs diverged (no accuracy, so no difference)."""
+    records = study_records() if records is None else records
+    rows = []
+    for _, group in results.comparison_groups(records):
+        base = (baseline, "default")
+        has_base = ((group["method"] == baseline) & (group["variant"] == "default")
+                    & (group["status"] == "completed"))
+        if not has_base.any():
+            continue
+        b = group[has_base].iloc[0]
+        where = {"pair": pair(b["teacher"], b["student"]),
+                 "scale": scale(b["dataset"], b["subset"], b["epochs"], b["recipe"])}
+        last, best = (results.paired_differences(group, baseline=base, metric=f"top1_{which}")
+                      for which in ("last", "best"))
+        best = best.set_index(["method", "variant"])
+        summary = results.summarize(group, by=["method", "variant"]).set_index(["method", "variant"])
+        for r in last.sort_values("mean", ascending=False).itertuples():
+            at_best = best.loc[(r.method, r.variant)]
+            rows.append({
+                "method": r.method, "variant": r.variant, **where,
+                f"top-1 minus {baseline}, last epoch": _mean_ci(r.mean, r.lo, r.hi, r.n),
+                f"top-1 minus {baseline}, best epoch": _mean_ci(at_best["mean"], at_best["lo"], at_best["hi"],
+                                                                at_best["n"]),
+                "last epoch: verdict": _verdict(r.lo, r.hi, r.n, baseline),
+                "diverged": _diverged(summary.loc[(r.method, r.variant), "diverged"], r.n),
+            })
+        done = set(zip(last["method"], last["variant"], strict=True)) | {base}
+        for (method, variant), s in summary.iterrows():
+            if (method, variant) not in done:  # every run diverged
+                rows.append({"method": method, "variant": variant, **where,
+                             f"top-1 minus {baseline}, last epoch": results.STATUS_DIVERGED,
+                             f"top-1 minus {baseline}, best epoch": results.STATUS_DIVERGED,
+                             "last epoch: verdict": "", "diverged": _diverged(s["diverged"], s["n"])})
+    return pd.DataFrame(rows)
+
+
+def ranking(records: pd.DataFrame | None = None, baseline: str = "kd") -> list[Figure]:
+    """Per comparable group, the ranking of :func:`paired` as a figure (difference to ``baseline``, 95%
+    interval) when the group has the baseline, and the absolute last-epoch top-1 with its interval."""
+    records = study_records() if records is None else records
+    figures = []
+    for title, group in results.comparison_groups(_completed(records)):
+        if ((group["method"] == baseline) & (group["variant"] == "default")).any():
+            diffs = results.paired_differences(group, baseline=(baseline, "default"))
+            figures.append(plots.ranking(diffs, xlabel=f"top-1 (last epoch) minus {baseline}, same seeds",
+                                         title=title))
+        summary = results.summarize(group)
+        figures.append(plots.ranking(summary, value="top1_last_mean", lo="top1_last_lo", hi="top1_last_hi",
+                                     xlabel="top-1, last epoch (%)", title=title, reference=None))
+    return figures
 
 
 def reported_summary(datasets: tuple[str, ...] = ("CIFAR-100",)) -> pd.DataFrame:
@@ -157,7 +245,7 @@ def teachers(records: pd.DataFrame | None = None) -> pd.DataFrame:
 
 def runs(records: pd.DataFrame | None = None) -> pd.DataFrame:
     """Hardware and wall times of the committed runs, per dataset, recipe and device."""
-    records = study_records() if records is None else records
+    records = _completed(study_records() if records is None else records)
     if not len(records):
         return pd.DataFrame()
     keys = ["dataset", "recipe", "epochs", "device", "cpu", "gpu"]
@@ -194,6 +282,7 @@ def provenance(records: pd.DataFrame | None = None) -> pd.DataFrame:
         "method": records["method"], "variant": records["variant"],
         "pair": [pair(t, s) for t, s in zip(records["teacher"], records["student"], strict=True)],
         "seed": records["seed"].astype(int).astype(str),
+        "status": records["status"],
         "top-1 last": [_num(v) for v in records["top1_last"]],
         "commit": [(c or "")[:10] + ("+dirty" if d else "") for c, d in
                    zip(records["git_commit"], records["git_dirty"], strict=True)],
@@ -207,6 +296,7 @@ def provenance(records: pd.DataFrame | None = None) -> pd.DataFrame:
 TABLES: dict[str, Callable[..., pd.DataFrame]] = {
     "reported-vs-measured": reported_vs_measured,
     "measured": measured,
+    "paired": paired,
     "reported-summary": reported_summary,
     "recipes": recipes,
     "teachers": teachers,
@@ -214,6 +304,10 @@ TABLES: dict[str, Callable[..., pd.DataFrame]] = {
     "bench": bench,
     "provenance": provenance,
 }
+
+
+#: The figures of the book's ``kdlib-figure`` directive, by name (each returns a list of figures).
+FIGURES: dict[str, Callable[..., list[Figure]]] = {"ranking": ranking}
 
 
 def to_markdown(table: pd.DataFrame) -> str:

@@ -1,8 +1,8 @@
 """Run records in, tidy tables out.
 
 - :func:`load_records`: ``record.json`` files (written by :func:`kdlib.train.train`) → one row per run.
-- :func:`summarize`: n, mean, std and a seeded 95% bootstrap interval of last- and best-epoch accuracy over
-  seeds, per configuration.
+- :func:`summarize`: n, mean, std and a 95% Student-t interval of the mean of last- and best-epoch accuracy
+  over seeds, per configuration.
 - :func:`compare`: our summaries beside the published numbers of ``data/reported/reported_results.csv``,
   through the committed label mapping ``data/reported/method_map.json``.
 - :func:`paired_differences`: per-seed differences to a baseline method (same seeds), with an interval.
@@ -17,12 +17,13 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ CONFIG_KEYS = ("dataset", "teacher", "student", "method", "variant", "recipe", "
 STATUS_MEASURED = "measured"
 STATUS_NOT_MEASURED = "not yet measured"
 STATUS_OUT_OF_SCOPE = "not reproduced (out of scope)"
+STATUS_DIVERGED = "diverged"
 
 
 # --- records --------------------------------------------------------------------------------------
@@ -81,11 +83,15 @@ def _record_paths(paths_or_dir: str | Path | Iterable[str | Path]) -> list[Path]
     return found
 
 
-def load_records(paths_or_dir: str | Path | Iterable[str | Path], complete_only: bool = True) -> pd.DataFrame:
+def load_records(
+    paths_or_dir: str | Path | Iterable[str | Path], statuses: Collection[str] | None = ("completed",)
+) -> pd.DataFrame:
     """One row per run record found in ``paths_or_dir`` (files, or folders searched for ``record.json``).
 
-    ``complete_only``: keep only records whose ``status`` is ``completed`` (a record is never taken as
-    complete unless its status says so). Unreadable files are skipped with a warning. Columns: those of
+    ``statuses``: keep only records with one of these ``status`` values (``None``: all). By default only
+    ``completed`` ones: a record is never taken as complete unless its status says so. Add ``diverged`` to
+    count the runs whose loss became non-finite (:func:`summarize` keeps them apart). Unreadable files are
+    skipped with a warning. Columns: those of
     :data:`RECORD_COLUMNS` plus ``recipe`` (the name), ``cpu``, ``gpu``, ``path``.
     """
     rows = []
@@ -97,7 +103,7 @@ def load_records(paths_or_dir: str | Path | Iterable[str | Path], complete_only:
         except (OSError, ValueError) as error:
             log.warning("skipping unreadable record %s: %s", path, error)
             continue
-        if complete_only and record.get("status") != "completed":
+        if statuses is not None and record.get("status") not in statuses:
             continue
         row = {key: record.get(key) for key in RECORD_COLUMNS}
         recipe = record.get("recipe")
@@ -123,45 +129,45 @@ def load_records(paths_or_dir: str | Path | Iterable[str | Path], complete_only:
 
 
 # --- statistics -----------------------------------------------------------------------------------
-def bootstrap_interval(
-    values: Sequence[float], n_boot: int = 10_000, confidence: float = 0.95, seed: int = 0
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean (seeded; a single value gives a zero-width interval)."""
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean, ``mean ± t(n−1)·s/√n`` (NaN values dropped; NaN for fewer than 2).
+
+    With the 3 seeds of a study the t quantile is 4.30: the interval is wide, as it should be. A percentile
+    bootstrap would be narrower but covers the mean of 3 normal draws at most 75% of the time, not 95%.
+    """
     x = np.asarray(values, dtype=float)
     x = x[~np.isnan(x)]
-    if len(x) == 0:
+    if len(x) < 2:
         return math.nan, math.nan
-    if len(x) == 1:
-        return float(x[0]), float(x[0])
-    rng = np.random.default_rng(seed)
-    means = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
-    alpha = (1 - confidence) / 2
-    lo, hi = np.quantile(means, [alpha, 1 - alpha])
-    return float(lo), float(hi)
+    half = float(stats.t.ppf((1 + confidence) / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x)))
+    mean = float(x.mean())
+    return mean - half, mean + half
 
 
 def summarize(
     df: pd.DataFrame,
     by: Sequence[str] | None = None,
     metrics: Sequence[str] = ("top1_last", "top1_best", "top5_last"),
-    n_boot: int = 10_000,
     confidence: float = 0.95,
-    seed: int = 0,
 ) -> pd.DataFrame:
-    """Per configuration (``by``, default :data:`CONFIG_KEYS`): ``n``, and for each metric ``<m>_mean``,
-    ``<m>_std`` (sample std, NaN for n = 1), ``<m>_lo``/``<m>_hi`` (bootstrap interval of the mean), plus
-    ``seeds`` (sorted list) and ``teacher_top1_mean``."""
+    """Per configuration (``by``, default :data:`CONFIG_KEYS`): ``n`` (completed runs), ``diverged`` (runs
+    whose ``status`` is ``diverged``: they count, but have no accuracy), and for each metric ``<m>_mean``,
+    ``<m>_std`` (sample std, NaN for n = 1), ``<m>_lo``/``<m>_hi`` (:func:`mean_interval`; NaN for n = 1),
+    plus ``seeds`` (sorted list) and ``teacher_top1_mean``."""
     by = list(by) if by is not None else [k for k in CONFIG_KEYS if k in df.columns]
     rows = []
     for key, group in df.groupby(by, dropna=False, sort=True):
         key = key if isinstance(key, tuple) else (key,)
         row: dict[str, Any] = {k: (None if _isnan(v) else v) for k, v in zip(by, key, strict=True)}
+        status = group["status"] if "status" in group else pd.Series("completed", index=group.index)
+        row["diverged"] = int((status == STATUS_DIVERGED).sum())
+        group = group[status != STATUS_DIVERGED]
         row["n"] = len(group)
         if "seed" in group:
             row["seeds"] = sorted(int(s) for s in group["seed"].dropna())
         for metric in metrics:
             values = group[metric].astype(float).to_numpy()
-            lo, hi = bootstrap_interval(values, n_boot, confidence, seed)
+            lo, hi = mean_interval(values, confidence)
             row.update(
                 {
                     f"{metric}_mean": float(np.nanmean(values)) if len(values) else math.nan,
@@ -186,26 +192,33 @@ def paired_differences(
     baseline: tuple[str, str] = ("kd", "default"),
     metric: str = "top1_last",
     by: Sequence[str] = ("dataset", "teacher", "student", "recipe", "epochs", "subset"),
-    n_boot: int = 10_000,
     confidence: float = 0.95,
-    seed: int = 0,
 ) -> pd.DataFrame:
     """Each (method, variant) minus ``baseline`` on the same configuration and seed: n, mean, interval.
 
-    A baseline that trains without a teacher (``ce``) is paired ignoring the ``teacher`` column.
+    A run without a teacher (``ce``, as a method or as the baseline) is paired with the other side's runs
+    of every teacher, and reported under that teacher. Diverged
+    runs (``status``) have no accuracy and are left out.
     """
     by = [k for k in by if k in df.columns]
+    if "status" in df:
+        df = df[df["status"] != STATUS_DIVERGED]
     is_base = (df["method"] == baseline[0]) & (df["variant"] == baseline[1])
     base, others = df[is_base], df[~is_base]
-    keys = [k for k in by if not (k == "teacher" and base["teacher"].isna().all() and len(base))]
-    base = base[[*keys, "seed", metric]].rename(columns={metric: "baseline"})
-    merged = others.merge(base, on=[*keys, "seed"], how="inner", validate="many_to_one")
+    keys = [k for k in by if k != "teacher"]
+    base = base[[*keys, "seed", metric, *(["teacher"] if "teacher" in by else [])]].rename(
+        columns={metric: "baseline", "teacher": "base_teacher"})
+    merged = others.merge(base, on=[*keys, "seed"], how="inner")
+    if "teacher" in by:  # same teacher, or one side has none; a teacherless run takes the other's teacher
+        same = merged["teacher"].isna() | merged["base_teacher"].isna() | (merged["teacher"]
+                                                                          == merged["base_teacher"])
+        merged = merged[same].assign(teacher=merged["teacher"].fillna(merged["base_teacher"]))
     merged["difference"] = merged[metric].astype(float) - merged["baseline"].astype(float)
     rows = []
     for key, group in merged.groupby([*by, "method", "variant"], dropna=False, sort=True):
         row = {k: (None if _isnan(v) else v) for k, v in zip([*by, "method", "variant"], key, strict=True)}
         d = group["difference"].to_numpy()
-        lo, hi = bootstrap_interval(d, n_boot, confidence, seed)
+        lo, hi = mean_interval(d, confidence)
         row.update(
             baseline=f"{baseline[0]}/{baseline[1]}",
             metric=metric,
@@ -218,6 +231,28 @@ def paired_differences(
         )
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def comparison_groups(df: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """Records (a :func:`load_records` frame) split into comparable groups: same dataset, teacher, student,
+    recipe, epochs and training subset, each with a title; methods are ranked within a group only. Runs
+    without a teacher (``ce``) join every group of their student."""
+    if not len(df):
+        return []
+    keys = ["dataset", "student", "recipe", "epochs", "subset"]
+    alone = df[df["teacher"].isna()]
+    groups = []
+    for key, group in df[df["teacher"].notna()].groupby([*keys, "teacher"], dropna=False, sort=True):
+        values = dict(zip([*keys, "teacher"], key, strict=True))
+        same = pd.Series(True, index=alone.index)
+        for k in keys:
+            column = alone[k]
+            same &= column.isna() if _isnan(values[k]) else column == values[k]
+        subset = "all" if _isnan(values["subset"]) else int(values["subset"])
+        title = (f"{values['dataset']}: {values['teacher']} → {values['student']}, {int(values['epochs'])} "
+                 f"epochs ({values['recipe']}), {subset} training images")
+        groups.append((title, pd.concat([group, alone[same]], ignore_index=True)))
+    return groups
 
 
 # --- published numbers ----------------------------------------------------------------------------
@@ -294,9 +329,10 @@ def compare(
     Join keys: dataset, teacher_id, student_id, method and variant (a ``ce`` run matches on the student
     only; a reported teacher row matches a ``ce`` run of the teacher architecture). Statuses: ``measured``,
     ``not yet measured`` (unmapped labels too: their ``method_id`` is empty), ``not reproduced (out of
-    scope)`` (segmentation, detection). Measured columns: ``n``, ``measured_last``, ``measured_best``
-    (top-1 or top-5 by the reported metric) with their intervals, ``diff_last``/``diff_best`` = measured −
-    reported. Filter ``summary`` first (e.g. full-data runs of one recipe): every match is kept.
+    scope)`` (segmentation, detection), ``diverged`` (every run of the configuration did). Measured columns:
+    ``n``, ``diverged``, ``measured_last``, ``measured_best`` (top-1 or top-5 by the reported metric) with
+    their intervals, ``diff_last``/``diff_best`` = measured − reported. Filter ``summary`` first (e.g.
+    full-data runs of one recipe): every match is kept.
     """
     if reported is None or isinstance(reported, str | Path):
         reported = pd.read_csv(reported or REPORTED_CSV, dtype=str, keep_default_na=False, na_values=[""])
@@ -319,7 +355,7 @@ def compare(
     keep = [
         c
         for c in measured.columns
-        if c.startswith(("top1_", "top5_")) or c in ("n", "recipe", "epochs", "subset", "seeds")
+        if c.startswith(("top1_", "top5_")) or c in ("n", "diverged", "recipe", "epochs", "subset", "seeds")
     ]
     measured = measured[["dataset", "_teacher", "student", "method", "variant", *keep]]
     joined = rep.merge(
@@ -338,9 +374,14 @@ def compare(
             joined[col] = np.where(joined["metric_kind"] == "top5", t5, t1)
     joined["diff_last"] = joined["measured_last"] - joined["reported_acc"]
     joined["diff_best"] = joined["measured_best"] - joined["reported_acc"]
-    has = joined["n"].notna() if "n" in joined else pd.Series(False, index=joined.index)
-    joined["status"] = np.where(
-        joined["scope"] == "out", STATUS_OUT_OF_SCOPE, np.where(has, STATUS_MEASURED, STATUS_NOT_MEASURED)
+
+    def count(column: str) -> pd.Series:
+        return joined[column].fillna(0) if column in joined else pd.Series(0, index=joined.index)
+
+    joined["status"] = np.select(
+        [joined["scope"] == "out", count("n") > 0, count("diverged") > 0],
+        [STATUS_OUT_OF_SCOPE, STATUS_MEASURED, STATUS_DIVERGED],
+        STATUS_NOT_MEASURED,
     )
     columns = [
         "paper",
@@ -359,6 +400,7 @@ def compare(
         "role",
         "status",
         "n",
+        "diverged",
         "recipe",
         "epochs",
         "subset",

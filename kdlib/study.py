@@ -54,6 +54,7 @@ from kdlib import models, train
 from kdlib.data import DATASETS
 from kdlib.distill import get_method, make_config, variant_string
 from kdlib.recipes import RECIPES, get_recipe
+from kdlib.runlock import FolderInUse, run_lock
 
 log = logging.getLogger(__name__)
 
@@ -458,7 +459,8 @@ class Run:
 
 @dataclass
 class Outcome:
-    """What :func:`run_grid` did with a :class:`Run`: ``trained``, ``skipped`` (done before) or ``failed``."""
+    """What :func:`run_grid` did with a :class:`Run`: ``trained``, ``skipped`` (done before), ``diverged``
+    (a non-finite loss: a result of the configuration, recorded and not retried) or ``failed`` (retried)."""
 
     run: Run
     status: str
@@ -466,6 +468,11 @@ class Outcome:
     record_path: Path | None
     seconds: float = 0.0
     message: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the run has a completed record."""
+        return self.status in ("trained", "skipped")
 
 
 @lru_cache(maxsize=64)
@@ -538,8 +545,8 @@ def _read_record(path: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
-def _done(record: dict[str, Any] | None, run: Run) -> bool:
-    return bool(record) and record.get("status") == "completed" and record.get("config_id") == run.config_id
+def _done(record: dict[str, Any] | None, run: Run, status: str = "completed") -> bool:
+    return bool(record) and record.get("status") == status and record.get("config_id") == run.config_id
 
 
 def cli_args(config: train.TrainConfig) -> list[str]:
@@ -572,12 +579,18 @@ def cli_args(config: train.TrainConfig) -> list[str]:
     return args
 
 
+def _clear(out: Path) -> None:
+    """Remove a run folder, under its run lock: :class:`~kdlib.runlock.FolderInUse` if a live run uses it."""
+    with run_lock(out):
+        shutil.rmtree(out)
+
+
 def _prepare(run: Run) -> None:
     """Remove a stale run folder (another configuration's checkpoint) so the run can start or resume."""
     record = _read_record(run.out / RECORD)
     if (run.out / CHECKPOINT).exists() and (record is None or record.get("config_id") != run.config_id):
         log.warning("removing %s: it holds another configuration's run", run.out)
-        shutil.rmtree(run.out)
+        _clear(run.out)
     run.out.mkdir(parents=True, exist_ok=True)
 
 
@@ -621,10 +634,13 @@ def run_grid(
     else in its folder) and, where ``need_checkpoint(run)`` is true (runs whose models a figure loads), its
     ``last.pt`` is there too. Otherwise it trains, resuming its own ``last.pt``: in this process when
     ``jobs`` is 1, else in ``jobs`` ``python -m kdlib train`` subprocesses side by side, each with
-    ``threads`` torch threads (default: the cores shared out). A failed run (non-finite loss, crash) does not
-    stop the others; its outcome says why. With ``results_dir``, each completed record is copied to
-    ``results_dir/<key>/record.json`` (the record only). ``verbose``: one line per run on stdout (no
-    timings: notebooks keep it in their output), e.g. ``[3/9] ickd/default seed 0: trained``.
+    ``threads`` torch threads (default: the cores shared out). A failed run (crash, interruption) does not
+    stop the others; its outcome says why, and the next call retries it. A run whose loss became non-finite
+    is ``diverged``: that is a result of its configuration (same seed, same batches), so its record is kept
+    like a completed one and the run is not retried (unless ``retrain``). With ``results_dir``, each completed
+    or diverged record is copied to ``results_dir/<key>/record.json`` (the record only). ``verbose``: one
+    line per run on stdout (no timings: notebooks keep it in their output), e.g.
+    ``[3/9] ickd/default seed 0: trained``.
     """
     results = repo_path(results_dir) if results_dir is not None else None
     if jobs < 1:
@@ -642,11 +658,12 @@ def run_grid(
         record = _read_record(path)
         has_ckpt = (run.out / CHECKPOINT).exists() and _done(_read_record(run.out / RECORD), run)
         wanted = need_checkpoint is not None and need_checkpoint(run)
-        if not retrain and _done(record, run) and (has_ckpt or not wanted):
+        if not retrain and _done(record, run, "diverged"):
+            reason = record.get("failure_reason", "")
+            outcomes[run.key] = Outcome(run, "diverged", record, path, message=reason)
+        elif not retrain and _done(record, run) and (has_ckpt or not wanted):
             outcomes[run.key] = Outcome(run, "skipped", record, path)
         else:
-            if retrain and run.out.exists():
-                shutil.rmtree(run.out)
             todo.append(run)
 
     counter = {"done": 0}
@@ -664,17 +681,24 @@ def run_grid(
         report_line(outcome)
 
     def execute(run: Run) -> Outcome:
-        _prepare(run)
         tick = time.perf_counter()
-        if jobs == 1:
-            status, message = _train_here(run, threads)
-        else:
-            status, message = _train_subprocess(run, threads or max(1, (os.cpu_count() or 1) // jobs))
+        try:
+            if retrain and run.out.exists():
+                _clear(run.out)
+            _prepare(run)
+            if jobs == 1:
+                status, message = _train_here(run, threads)
+            else:
+                status, message = _train_subprocess(run, threads or max(1, (os.cpu_count() or 1) // jobs))
+        except FolderInUse as error:  # another process trains into this run's folder: leave it alone
+            status, message = "failed", str(error)
         record = _read_record(run.out / RECORD)
-        if status == "trained" and not _done(record, run):
+        if _done(record, run, "diverged"):
+            status, message = "diverged", record.get("failure_reason", "")
+        elif status == "trained" and not _done(record, run):
             status, message = "failed", (record or {}).get("failure_reason") or "no completed record written"
         path = run.out / RECORD
-        if status == "trained" and results is not None:
+        if status in ("trained", "diverged") and results is not None:
             path = stored(run)
             path.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(run.out / RECORD, path)
@@ -710,27 +734,27 @@ def outcomes_table(outcomes: Sequence[Outcome]) -> Any:
 
 
 def records_frame(outcomes: Sequence[Outcome]) -> Any:
-    """The completed records of ``outcomes`` as :func:`kdlib.results.load_records` rows."""
+    """The completed and diverged records of ``outcomes`` as :func:`kdlib.results.load_records` rows."""
     from kdlib import results
 
     paths = [o.record_path for o in outcomes if o.status != "failed" and o.record_path is not None]
-    return results.load_records(paths)
+    return results.load_records(paths, statuses=("completed", results.STATUS_DIVERGED))
 
 
 def completed(outcomes: Sequence[Outcome], method: str | None = None,
               seed: int | None = None) -> list[Outcome]:
     """The outcomes that did not fail, optionally of one ``method`` and one ``seed``."""
-    return [o for o in outcomes if o.status != "failed" and (method is None or o.run.variant.method == method)
+    return [o for o in outcomes if o.ok and (method is None or o.run.variant.method == method)
             and (seed is None or o.run.seed == seed)]
 
 
 def records_of(outcomes: Sequence[Outcome]) -> list[dict[str, Any]]:
     """The completed run records (dicts) of ``outcomes``."""
-    return [o.record for o in outcomes if o.status != "failed" and o.record]
+    return [o.record for o in outcomes if o.ok and o.record]
 
 
 def failures(outcomes: Sequence[Outcome]) -> list[Outcome]:
-    return [o for o in outcomes if o.status == "failed"]
+    return [o for o in outcomes if not o.ok]
 
 
 def metrics(outcomes: Sequence[Outcome]) -> str:
@@ -758,7 +782,7 @@ def find(outcomes: Sequence[Outcome], method: str, variant: str = "default", see
          pair: Pair | None = None) -> Outcome | None:
     """The first completed outcome of ``method/variant`` (and ``seed``, ``pair`` when given)."""
     for o in outcomes:
-        if o.status == "failed" or o.run.variant.method != method or o.run.variant.variant != variant:
+        if not o.ok or o.run.variant.method != method or o.run.variant.variant != variant:
             continue
         if seed is not None and o.run.seed != seed:
             continue
@@ -785,34 +809,6 @@ def trained(outcomes: Sequence[Outcome], method: str, variant: str = "default",
 def read_records(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     """The run records (dicts, with their history) at ``paths`` (e.g. a ``load_records`` frame's ``path``)."""
     return [r for r in (_read_record(Path(p)) for p in paths) if r is not None]
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and value != value)
-
-
-def comparison_groups(df: Any) -> list[tuple[str, Any]]:
-    """Records (a :func:`kdlib.results.load_records` frame) split into comparable groups: same dataset,
-    teacher, student, recipe, epochs and training subset, each with a title; methods are ranked within a
-    group only. Runs without a teacher (``ce``) join every group of their student."""
-    import pandas as pd
-
-    if not len(df):
-        return []
-    keys = ["dataset", "student", "recipe", "epochs", "subset"]
-    alone = df[df["teacher"].isna()]
-    groups = []
-    for key, group in df[df["teacher"].notna()].groupby([*keys, "teacher"], dropna=False, sort=True):
-        values = dict(zip([*keys, "teacher"], key, strict=True))
-        same = pd.Series(True, index=alone.index)
-        for k in keys:
-            column = alone[k]
-            same &= column.isna() if _missing(values[k]) else column == values[k]
-        subset = "all" if _missing(values["subset"]) else int(values["subset"])
-        title = (f"{values['dataset']}: {values['teacher']} → {values['student']}, {int(values['epochs'])} "
-                 f"epochs ({values['recipe']}), {subset} training images")
-        groups.append((title, pd.concat([group, alone[same]], ignore_index=True)))
-    return groups
 
 
 def load_distiller(run: Run | Outcome, device: str = "cpu") -> Any:
@@ -901,7 +897,7 @@ def trained_teachers(outcomes: Sequence[Outcome], install_to: str | Path | None 
     ``install_to``, each is first copied there (:func:`install_teacher`) and the copy is returned."""
     found = {}
     for outcome in outcomes:
-        if outcome.status == "failed":
+        if not outcome.ok:
             continue
         ckpt = outcome.run.out / "model.pt"
         found[outcome.run.config.student] = install_teacher(outcome, install_to) if install_to else ckpt

@@ -184,14 +184,14 @@ def test_nonfinite_loss_stops_the_cli_run(tiny: dict[str, Path], tmp_path: Path)
     line = one_error_line(done, 1)
     assert "non-finite loss term 'ce'" in line and "at epoch 2, step" in line, line
     record = read_json(out / "record.json")
-    assert record["status"] == "failed" and "non-finite loss term 'ce'" in record["failure_reason"]
+    assert record["status"] == "diverged" and "non-finite loss term 'ce'" in record["failure_reason"]
     assert [h["epoch"] for h in record["history"]] == [1]
     last = torch.load(out / "last.pt", weights_only=True)  # the last good checkpoint, intact
     assert last["state"]["epoch"] == 1 and last["record"]["history"] == record["history"]
     assert all(torch.isfinite(v).all() for v in last["distiller"].values() if v.is_floating_point())
     assert torch.load(out / "model.pt", weights_only=True)["arch"] == "resnet8"
-    assert load_records(out).empty  # a failed run is never read as a result
-    assert load_records(out, complete_only=False)["status"].tolist() == ["failed"]
+    assert load_records(out).empty  # a diverged run is never read as a result
+    assert load_records(out, statuses=None)["status"].tolist() == ["diverged"]
 
 
 def _file_size_limit(limit: int) -> None:
@@ -308,7 +308,7 @@ def _kill_twice_then_resume(tiny: dict[str, Path], killed_out: Path) -> tuple[in
     assert last["state"]["epoch"] == len(killed["history"]) == 1, context
     assert killed["status"] == "running" and (killed_out / runlock.LOCK_NAME).exists()  # stale, unlocked
     assert load_records(killed_out).empty  # a killed run is never read as complete
-    assert load_records(killed_out, complete_only=False)["status"].tolist() == ["running"]
+    assert load_records(killed_out, statuses=None)["status"].tolist() == ["running"]
 
     # resume, and kill it again as soon as it starts writing epoch 2's checkpoint (or just after): last.pt is
     # then epoch 1's or epoch 2's, whole, and record.json may lag behind it (it is written last)

@@ -39,8 +39,8 @@ def test_reported_vs_measured_puts_our_runs_beside_the_paper(records: pd.DataFra
 
 def test_measured_and_provenance_show_every_run(records: pd.DataFrame) -> None:
     measured = report.measured(records)
-    assert list(measured["top-1, last epoch"]) == [report._mean_ci(76.0, 75.0, 77.0, 3)]
-    assert "(n=3)" in measured["top-1, last epoch"].iloc[0]
+    assert list(measured["top-1, last epoch"]) == ["76.00 [73.52, 78.48] (n=3)"]  # 76 ± 4.303/√3
+    assert list(measured["diverged"]) == [""]
     provenance = report.provenance(records)
     assert len(provenance) == 3
     assert set(provenance["commit"]) == {"abcdef1234"}
@@ -64,3 +64,65 @@ def test_markdown_escapes_cells() -> None:
     lines = text.splitlines()
     assert lines[0] == "| a\\|b |" and lines[1] == "|---|"
     assert lines[2] == "| x\\|y |" and lines[3] == "| line break |"
+
+
+DIVERGED = "non-finite loss term 'ickd' = nan at epoch 2, step 0"
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> pd.DataFrame:
+    """kd and ce on seeds 0-2, ickd with one diverged seed, ickd/variant=paper diverged on every seed."""
+    runs = [make_record(method="kd", seed=s, top1_last=v) for s, v in enumerate([70.0, 71.0, 72.0])]
+    runs += [make_record(method="ce", teacher=None, seed=s, top1_last=v) for s, v in enumerate([68, 69, 70])]
+    runs += [make_record(seed=s, top1_last=v) for s, v in [(0, 72.0), (1, 74.0)]]
+    runs += [make_record(seed=2, top1_last=0.0, status="diverged", failure_reason=DIVERGED)]
+    runs += [make_record(variant="variant=paper", seed=s, top1_last=0.0, status="diverged",
+                         failure_reason=DIVERGED) for s in range(3)]
+    write_records(tmp_path, runs)
+    return report.study_records(tmp_path)
+
+
+def test_diverged_runs_are_counted_never_averaged(study: pd.DataFrame) -> None:
+    measured = report.measured(study).set_index(["method", "variant"])
+    ickd = measured.loc[("ickd", "default")]
+    assert ickd["top-1, last epoch"] == "73.00 [60.29, 85.71] (n=2)"  # 73 ± 12.706·1.414/√2; not the 0.0
+    assert ickd["diverged"] == "1 of 3 runs"
+    paper = measured.loc[("ickd", "variant=paper")]
+    assert paper["top-1, last epoch"] == paper["top-1, best epoch"] == results.STATUS_DIVERGED
+    assert paper["diverged"] == "3 of 3 runs"
+    assert measured.loc[("kd", "default"), "diverged"] == ""
+    provenance = report.provenance(study)
+    assert (provenance["status"] == results.STATUS_DIVERGED).sum() == 4
+    assert report.runs(study)["runs"].sum() == 8  # wall times of completed runs only
+
+
+def test_paired_differences_table(study: pd.DataFrame) -> None:
+    table = report.paired(study).set_index(["method", "variant"])
+    assert set(table.index) == {("ce", "default"), ("ickd", "default"), ("ickd", "variant=paper")}
+    ce = table.loc[("ce", "default")]
+    assert ce["top-1 minus kd, last epoch"] == "-2.00 [-2.00, -2.00] (n=3)"  # 68-70, 69-71, 70-72
+    assert ce["last epoch: verdict"] == "below kd"
+    ickd = table.loc[("ickd", "default")]
+    assert ickd["top-1 minus kd, last epoch"] == "2.50 [-3.85, 8.85] (n=2)"  # +2, +3 on seeds 0, 1
+    assert ickd["last epoch: verdict"] == "within the noise" and ickd["diverged"] == "1 of 3 runs"
+    paper = table.loc[("ickd", "variant=paper")]
+    assert paper["top-1 minus kd, last epoch"] == results.STATUS_DIVERGED
+    assert paper["diverged"] == "3 of 3 runs"
+    assert list(report.paired(study)["method"])[:2] == ["ickd", "ce"]  # best first
+    assert set(table["pair"]) == {"resnet32x4 → resnet8x4"}  # the comparison: the baseline's pair and scale
+    assert set(table["scale"]) == {"cifar100, full train images, 240 epochs (repdistiller)"}
+    assert report.paired(study, baseline="pkt").empty  # no such baseline: nothing to pair with
+
+
+def test_ranking_figures(study: pd.DataFrame) -> None:
+    figures = report.ranking(study)
+    assert len(figures) == 2  # differences to kd, and absolute accuracy
+    labels = [t.get_text() for t in figures[0].axes[0].get_yticklabels()]
+    assert labels == ["ce/default (n=3)", "ickd/default (n=2)"]
+    assert report.ranking(results.load_records([])) == []
+
+
+def test_diverged_configuration_in_reported_table(study: pd.DataFrame) -> None:
+    table = report.reported_vs_measured("ICKD", study)
+    row = table[(table["pair"] == "ResNet32x4 → ResNet8x4") & (table["ours: kdlib method"] == "ickd/default")]
+    assert row["ours: diverged"].tolist() == ["1 of 3 runs"] * len(row) and len(row) >= 1

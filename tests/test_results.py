@@ -78,7 +78,7 @@ def test_load_records_keeps_only_complete_runs(three_seeds: Path) -> None:
     assert len(df) == 3 and set(df["status"]) == {"completed"}
     assert sorted(df["top1_last"]) == [74.0, 75.0, 76.0]
     assert set(df["recipe"]) == {"repdistiller"} and df["path"].str.endswith("record.json").all()
-    everything = results.load_records(three_seeds, complete_only=False)
+    everything = results.load_records(three_seeds, statuses=None)
     assert len(everything) == 6  # the broken file is skipped
     one = results.load_records([three_seeds / "run0" / "record.json"])
     assert len(one) == 1
@@ -92,18 +92,22 @@ def test_summarize_three_seeds(three_seeds: Path) -> None:
     row = summary.iloc[0]
     assert row["n"] == 3 and row["seeds"] == [0, 1, 2]
     assert row["top1_last_mean"] == pytest.approx(75.0) and row["top1_last_std"] == pytest.approx(1.0)
-    assert 74.0 <= row["top1_last_lo"] < 75.0 < row["top1_last_hi"] <= 76.0
+    half = 4.302652729749462 / math.sqrt(3)  # t(0.975, 2 df) * s / sqrt(n), s = 1
+    assert (row["top1_last_lo"], row["top1_last_hi"]) == pytest.approx((75.0 - half, 75.0 + half))
     assert row["top1_best_mean"] == pytest.approx(76.0)
     assert row["teacher_top1_mean"] == pytest.approx(79.0)
-    again = results.summarize(results.load_records(three_seeds))
-    assert again.equals(summary)  # the bootstrap is seeded
 
 
-def test_bootstrap_interval_edge_cases() -> None:
-    assert results.bootstrap_interval([70.0]) == (70.0, 70.0)
-    assert all(math.isnan(v) for v in results.bootstrap_interval([]))
-    lo, hi = results.bootstrap_interval(np.arange(100.0), seed=1)
-    assert lo < 49.5 < hi and hi - lo < 15
+def test_mean_interval() -> None:
+    assert all(math.isnan(v) for v in results.mean_interval([70.0]))  # no spread from one run
+    assert all(math.isnan(v) for v in results.mean_interval([]))
+    assert results.mean_interval([1.0, 2.0, 3.0, math.nan]) == pytest.approx((2 - 2.4841377, 2 + 2.4841377))
+    lo, hi = results.mean_interval([1.0, 2.0, 3.0], confidence=0.9)  # t(0.95, 2) = 2.919986
+    assert (lo, hi) == pytest.approx((2 - 2.919986 / math.sqrt(3), 2 + 2.919986 / math.sqrt(3)))
+    # coverage: about 95% of intervals from 3 normal draws hold the mean
+    draws = np.random.default_rng(0).normal(10.0, 2.0, size=(4000, 3))
+    covered = np.mean([lo <= 10.0 <= hi for lo, hi in map(results.mean_interval, draws)])
+    assert 0.94 < covered < 0.96
 
 
 def test_summarize_groups_by_configuration() -> None:
@@ -208,6 +212,7 @@ def test_paired_differences() -> None:
     diffs = results.paired_differences(df)
     ickd = diffs[diffs["method"] == "ickd"].iloc[0]
     assert ickd["n"] == 3 and ickd["mean"] == pytest.approx((1.0 + 1.5 + 1.0) / 3)
-    assert 1.0 <= ickd["lo"] <= ickd["mean"] <= ickd["hi"] <= 1.5
+    assert (ickd["lo"], ickd["hi"]) == pytest.approx(results.mean_interval([1.0, 1.5, 1.0]))
+    assert (ickd["lo"], ickd["hi"]) == pytest.approx((0.449558, 1.883775))  # t interval of the differences
     vs_ce = results.paired_differences(df, baseline=("ce", "default"))
     assert vs_ce.set_index("method").loc["kd", "mean"] == pytest.approx(1.5)

@@ -11,6 +11,7 @@ import torch
 from helpers import write_fashion_mnist, write_teacher
 
 from kdlib import cli, study, train
+from kdlib.runlock import run_lock
 
 
 @pytest.fixture(scope="module")
@@ -199,19 +200,40 @@ def test_run_grid_resumes_an_interrupted_run(tiny: dict[str, Path], tmp_path: Pa
     assert resumed.record["top1_last"] == reference["top1_last"]
 
 
-def test_failed_run_is_reported_and_not_copied(tiny: dict[str, Path], tmp_path: Path) -> None:
+def test_diverged_run_is_recorded_and_not_retried(tiny: dict[str, Path], tmp_path: Path) -> None:
     results = tmp_path / "results"
     p = study.check_parameters(**good(tiny, tmp_path, method=None, variants=["kd:kd_weight=1e308,T=0.01"],
                                       baselines=["ce"], results_dir=results))
-    outcomes = study.run_grid(study.plan_runs(p), p.results_dir, verbose=False)
-    assert [o.status for o in outcomes] == ["trained", "failed"]
+    runs = study.plan_runs(p)
+    outcomes = study.run_grid(runs, p.results_dir, verbose=False)
+    assert [o.status for o in outcomes] == ["trained", "diverged"]
     assert "non-finite" in outcomes[1].message
-    assert not (results / outcomes[1].run.key).exists()
-    assert study.failures(outcomes) == [outcomes[1]]
+    stored = json.loads((results / outcomes[1].run.key / "record.json").read_text())
+    assert stored["status"] == "diverged" and stored["config_id"] == runs[1].config_id
+    assert study.failures(outcomes) == [outcomes[1]] and not outcomes[1].ok
     table = study.outcomes_table(outcomes)
-    assert list(table["status"]) == ["trained", "failed"]
+    assert list(table["status"]) == ["trained", "diverged"]
     metrics = json.loads(study.metrics(outcomes))
-    assert metrics[1]["status"] == "failed" and metrics[0]["losses_last"]["ce"] > 0
+    assert metrics[1]["status"] == "diverged" and metrics[0]["losses_last"]["ce"] > 0
+    assert list(study.records_frame(outcomes)["status"]) == ["completed", "diverged"]
+
+    again = study.run_grid(runs, p.results_dir, verbose=False)  # a result of the configuration: kept
+    assert [o.status for o in again] == ["skipped", "diverged"] and again[1].seconds == 0
+    retried = study.run_grid(runs[1:], p.results_dir, retrain=True, verbose=False)
+    assert [o.status for o in retried] == ["diverged"] and retried[0].seconds > 0
+
+
+def test_run_grid_leaves_a_folder_in_use_alone(tiny: dict[str, Path], tmp_path: Path) -> None:
+    p1 = study.check_parameters(**good(tiny, tmp_path, variants=[]))
+    p2 = study.check_parameters(**good(tiny, tmp_path, variants=[], subset=30))
+    (run1,), (run2,) = study.plan_runs(p1), study.plan_runs(p2)
+    assert [o.status for o in study.run_grid([run1])] == ["trained"]
+    with run_lock(run2.out):  # another process is training there
+        (outcome,) = study.run_grid([run2], verbose=False)
+        assert outcome.status == "failed" and "in use by another kdlib run" in outcome.message
+        assert (run1.out / "last.pt").is_file()  # the stale run was not removed under the live one
+        (outcome,) = study.run_grid([run1], retrain=True, verbose=False)
+        assert outcome.status == "failed" and (run1.out / "last.pt").is_file()
 
 
 @pytest.mark.slow
@@ -345,7 +367,7 @@ def test_every_figure_from_a_tiny_grid(tiny: dict[str, Path], tmp_path: Path) ->
     data_iekd = plots.iekd_data(iekd, x)
     assert set(data_iekd["part"]) == {"inheritance", "exploration"} and data_iekd["run"].nunique() == 2
     frame = study.records_frame(outcomes)
-    (title, group), = study.comparison_groups(frame)
+    (title, group), = results.comparison_groups(frame)
     assert "resnet14 → resnet8" in title and set(group["method"]) == {"ce", "kd", "ickd", "ccs", "cd", "cwt",
                                                                        "iekd"}
     figures = [

@@ -8,6 +8,8 @@
       ```
 
   A table with no rows renders as a sentence saying so (e.g. before any run is committed).
+- ``kdlib-figure`` directive: the same for the figures of :data:`kdlib.report.FIGURES` (``ranking``), drawn
+  at build time and inlined as SVG (no image files to keep in step with ``data/``).
 - ``html-page-context``: drop script tags that jupyter-book 1.0.4 registers twice (sphinx-thebe and
   sphinx-togglebutton are set up once per read, which declares ``const THEBE_JS_URL`` twice and
   raises a console error in every page).
@@ -15,6 +17,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 from docutils import nodes
@@ -22,7 +25,7 @@ from docutils.parsers.rst import directives
 from docutils.statemachine import StringList
 from sphinx.util.docutils import SphinxDirective
 
-from kdlib import report
+from kdlib import plots, report
 
 EMPTY = {
     "measured": "No measured runs are committed yet.",
@@ -60,6 +63,29 @@ class KdlibTable(SphinxDirective):
         return [container]
 
 
+class KdlibFigure(SphinxDirective):
+    """Render the figures of ``kdlib.report.FIGURES[name]()`` inline, as SVG."""
+
+    required_arguments = 1
+
+    def run(self) -> list[nodes.Node]:
+        name = self.arguments[0]
+        if name not in report.FIGURES:
+            raise self.error(f"unknown kdlib-figure '{name}'; choose one of: {', '.join(report.FIGURES)}")
+        plots.setup()
+        figures = report.FIGURES[name]()
+        self.env.note_dependency(str(report.RESULTS_DIR))
+        if not figures:
+            return [nodes.paragraph(text=EMPTY["measured"])]
+        container = nodes.container(classes=["kdlib-figure", f"kdlib-figure-{name}"])
+        for figure in figures:
+            svg = io.StringIO()
+            figure.savefig(svg, format="svg", bbox_inches="tight")
+            body = svg.getvalue()
+            container += nodes.raw("", body[body.index("<svg"):], format="html")
+        return [container]
+
+
 def _dedupe_scripts(app: Any, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
     seen, unique = set(), []
     for script in context.get("script_files", []):
@@ -74,5 +100,6 @@ def _dedupe_scripts(app: Any, pagename: str, templatename: str, context: dict, d
 
 def setup(app: Any) -> dict[str, Any]:
     app.add_directive("kdlib-table", KdlibTable)
+    app.add_directive("kdlib-figure", KdlibFigure)
     app.connect("html-page-context", _dedupe_scripts, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}
