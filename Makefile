@@ -21,6 +21,7 @@ help:
 	@echo "make test   the whole test-suite (pytest, ruff, nbval, book build with warnings as errors)"
 	@echo "make reproduce PROFILE=proxy|cifar100|imagenet [JOBS=N]   the study at full scale (README)"
 	@echo "make bench / make bench-gpu   speed of the trainer, side by side with a conventional loop"
+	@echo "make clean  build outputs and the notebooks' scratch runs (keeps runs/teachers and runs/reproduce)"
 
 # The virtual environment, created on first use; the stamp makes it idempotent.
 $(STAMP): pyproject.toml
@@ -91,5 +92,7 @@ reproduce: $(STAMP) data-offline
 	cp runs/reproduce/$(PROFILE)/*.ipynb $(BOOK_NOTEBOOKS)/
 	$(VENV)/bin/jupyter-book build book --all --quiet
 
+# Build outputs and the notebooks' scratch runs only: downloaded teachers (runs/teachers) and the study's runs
+# (runs/reproduce, hours of training, resumable) are never removed by make; delete them by hand if you mean to.
 clean:
-	rm -rf book/_build $(BOOK_NOTEBOOKS) runs
+	rm -rf book/_build $(BOOK_NOTEBOOKS) runs/notebooks
