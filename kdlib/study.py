@@ -6,7 +6,7 @@ What the notebooks and ``make reproduce`` share:
   trained; a bad value raises ``ValueError`` naming the parameter and the allowed values.
 - :func:`plan_runs`: the runs of a notebook (each method variant and baseline × pair × seed), each one a
   :class:`~kdlib.train.TrainConfig` with its ``config_id`` computed exactly as :func:`kdlib.train.train` does,
-  without training (:func:`config_id_of`).
+  without training (:func:`kdlib.train.config_id_of`).
 - :func:`run_grid`: trains the runs that are not done yet, in this process or ``jobs`` subprocesses side by
   side (``python -m kdlib train``). A run whose completed record with the same ``config_id`` exists is
   skipped, and an interrupted run resumes from its ``last.pt``, so an interrupted ``make reproduce``
@@ -44,7 +44,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -475,35 +474,6 @@ class Outcome:
         return self.status in ("trained", "skipped")
 
 
-@lru_cache(maxsize=64)
-def _sha256(path: str, mtime_ns: int, size: int) -> str:
-    return train.file_sha256(path)
-
-
-def _teacher_identity(ckpt: str | Path | None, given: str | None) -> tuple[str | None, str | None]:
-    if ckpt is None:
-        return None, None
-    stat = Path(ckpt).stat()
-    arch = given
-    if arch is None:
-        try:
-            arch = torch.load(ckpt, map_location="cpu", weights_only=True).get("arch")
-        except Exception:  # noqa: BLE001  (the trainer reports unreadable files itself)
-            arch = None
-    return arch, _sha256(str(ckpt), stat.st_mtime_ns, stat.st_size)
-
-
-def config_id_of(config: train.TrainConfig) -> str:
-    """The ``config_id`` :func:`kdlib.train.train` will write for ``config``, computed without training
-    (:func:`kdlib.train.plan` and :func:`kdlib.train.new_record`, the trainer's own identity)."""
-    plan = train.plan(config)
-    teacher, sha = (_teacher_identity(config.teacher_ckpt, config.teacher) if plan.needs_teacher
-                    else (None, None))
-    cuda = plan.device.type == "cuda"
-    precision = "bf16" if config.amp and cuda else "fp32"
-    return train.new_record(plan, teacher, sha, precision)["config_id"]
-
-
 def run_key(dataset: str, recipe: str, pair: Pair, variant: Variant, seed: int) -> str:
     """The run's relative folder (see the module docstring); runs without a teacher are keyed by student, so
     the notebooks of one profile share them. Epochs and subset are not in the key: within a profile they are
@@ -533,7 +503,7 @@ def plan_runs(params: Parameters, variants: Sequence[Variant] | None = None) -> 
                     device=params.device, variant=variant.overrides, data_root=params.data_root,
                     workers=params.workers, progress=False,
                 )
-                runs[key] = Run(config, variant, pair, key, config_id_of(config))
+                runs[key] = Run(config, variant, pair, key, train.config_id_of(config))
     return list(runs.values())
 
 
@@ -888,7 +858,7 @@ def teacher_runs(params: Parameters) -> list[Run]:
             batch_size=params.batch_size, seed=params.seeds[0], device=params.device,
             data_root=params.data_root, workers=params.workers, progress=False,
         )
-        runs.append(Run(config, variant, Pair(pair.teacher, pair.teacher), key, config_id_of(config)))
+        runs.append(Run(config, variant, Pair(pair.teacher, pair.teacher), key, train.config_id_of(config)))
     return runs
 
 

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import hashlib
 import io
 import json
@@ -299,6 +300,14 @@ def save_json(obj: Any, path: Path) -> None:
 
 
 def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file, remembered per (path, modification time, size): planning a grid hashes the same
+    teacher checkpoint once, not once per run."""
+    stat = Path(path).stat()
+    return _file_sha256(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _file_sha256(path: str, mtime_ns: int, size: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -616,6 +625,23 @@ def _teacher_arch(ckpt: str | Path, given: str | None) -> str | None:
         return None
 
 
+def precision_of(config: TrainConfig, device: torch.device) -> str:
+    """The record's ``precision`` (part of ``config_id``): ``bf16`` autocast on CUDA unless ``amp`` is off,
+    else ``fp32``."""
+    return "bf16" if config.amp and device.type == "cuda" else "fp32"
+
+
+def config_id_of(config: TrainConfig) -> str:
+    """The ``config_id`` :func:`train` writes for ``config``, computed without training: the same
+    :func:`plan`, teacher identity (architecture, SHA-256 of the checkpoint), precision and
+    :func:`new_record`."""
+    p = plan(config)
+    teacher, sha = None, None
+    if p.needs_teacher:
+        teacher, sha = _teacher_arch(config.teacher_ckpt, config.teacher), file_sha256(config.teacher_ckpt)
+    return new_record(p, teacher, sha, precision_of(config, p.device))["config_id"]
+
+
 def new_record(
     p: Plan,
     teacher: str | None,
@@ -837,7 +863,7 @@ def _train_process(p: Plan, dist: distributed.Dist) -> dict[str, Any]:
         train_epoch = train_one_epoch
         forward = torch.compile(module) if c.compile and cuda else module
 
-    record = new_record(p, teacher_name, teacher_sha, "bf16" if rt.amp else "fp32", student_weights)
+    record = new_record(p, teacher_name, teacher_sha, precision_of(c, device), student_weights)
     if teacher_model is not None:
         record["teacher_ckpt"] = teacher_text  # torchvision:<weights> for downloaded weights
     optimizer = _optimizer(recipe, distiller.trainable_parameters(), fused=fast and cuda)

@@ -115,7 +115,7 @@ def test_config_id_matches_the_trainer(tiny: dict[str, Path], tmp_path: Path, me
                                       variants=variants, baselines=["ce"] if method == "ce" else []))
     (run,) = study.plan_runs(p)
     record = train.train(run.config)
-    assert record["config_id"] == run.config_id == study.config_id_of(run.config)
+    assert record["config_id"] == run.config_id == train.config_id_of(run.config)
 
 
 def test_cli_arguments_reproduce_the_configuration(tiny: dict[str, Path], tmp_path: Path) -> None:
@@ -129,7 +129,7 @@ def test_cli_arguments_reproduce_the_configuration(tiny: dict[str, Path], tmp_pa
             eval_subset=args.eval_subset, batch_size=args.batch_size, seed=args.seed, device=args.device,
             variant=cli.parse_pairs(args.variant, "--variant"), data_root=args.data_root,
         )
-        assert study.config_id_of(config) == run.config_id
+        assert train.config_id_of(config) == run.config_id
         assert args.resume and args.no_progress
 
 
