@@ -202,3 +202,15 @@ def test_committed_teachers_and_their_records() -> None:
 def test_no_checkpoints_in_results() -> None:
     assert not [p for p in study.RESULTS_DIR.rglob("*") if p.is_file() and p.name != "record.json"
                 and p.suffix in (".pt", ".pth")], "data/results holds records only"
+
+
+def test_head_to_head_renders_every_committed_record() -> None:
+    """The book's results page is 06's stored output: it must show the records committed now (after adding
+    records, ``python -m kdlib.study refresh`` re-executes the notebooks)."""
+    from kdlib import report
+
+    defaults = study.parameter_defaults("06_head_to_head")
+    count = len(report.study_records(study.repo_path(defaults["records_dir"])))
+    cells = [c for c in load("06_head_to_head")["cells"] if "rendering the" in outputs_text(c)]
+    assert len(cells) == 1
+    assert f"rendering the {count} committed records" in outputs_text(cells[0]), "refresh the notebooks"
