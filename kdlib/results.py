@@ -161,6 +161,9 @@ def summarize(
         row: dict[str, Any] = {k: (None if _isnan(v) else v) for k, v in zip(by, key, strict=True)}
         status = group["status"] if "status" in group else pd.Series("completed", index=group.index)
         row["diverged"] = int((status == STATUS_DIVERGED).sum())
+        if "teacher_top1" in group:  # evaluated before training: diverged runs measured it too
+            t = group["teacher_top1"].astype(float)
+            row["teacher_top1_mean"] = float(t.mean()) if t.notna().any() else math.nan
         group = group[status != STATUS_DIVERGED]
         row["n"] = len(group)
         if "seed" in group:
@@ -176,9 +179,6 @@ def summarize(
                     f"{metric}_hi": hi,
                 }
             )
-        if "teacher_top1" in group:
-            t = group["teacher_top1"].astype(float)
-            row["teacher_top1_mean"] = float(t.mean()) if t.notna().any() else math.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
