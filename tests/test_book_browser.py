@@ -19,6 +19,8 @@ from urllib.parse import unquote, urljoin, urlparse
 
 import pytest
 
+from kdlib import report
+
 ROOT = Path(__file__).resolve().parents[1]
 HTML = ROOT / "book" / "_build" / "html"
 CHROMIUM = shutil.which("chromium")
@@ -109,4 +111,9 @@ def test_landing_page_shows_the_summary(site: str, browser) -> None:
     browser.get(urljoin(site, "intro.html"))
     assert "channel" in browser.title.lower()
     assert browser.find_elements(By.CSS_SELECTOR, "article table"), "the landing page has no table"
+    if len(report.study_records()):  # the ranking, drawn at build time, fits the text column
+        figures = browser.find_elements(By.CSS_SELECTOR, ".kdlib-figure-ranking svg")
+        assert figures, "the landing page has no ranking figure"
+        column = browser.find_element(By.CSS_SELECTOR, "article").size["width"]
+        assert all(0 < f.size["width"] <= column for f in figures)
     browser.save_screenshot(str(ROOT / "book" / "_build" / "landing.png"))
