@@ -633,13 +633,18 @@ def precision_of(config: TrainConfig, device: torch.device) -> str:
 
 def config_id_of(config: TrainConfig) -> str:
     """The ``config_id`` :func:`train` writes for ``config``, computed without training: the same
-    :func:`plan`, teacher identity (architecture, SHA-256 of the checkpoint), precision and
+    :func:`plan`, teacher and student-weights identities (the file each weights argument resolves to, its
+    SHA-256; ``torchvision`` weights are downloaded if missing, as the run would), precision and
     :func:`new_record`."""
     p = plan(config)
-    teacher, sha = None, None
+    teacher, sha, student = None, None, None
     if p.needs_teacher:
-        teacher, sha = _teacher_arch(config.teacher_ckpt, config.teacher), file_sha256(config.teacher_ckpt)
-    return new_record(p, teacher, sha, precision_of(config, p.device))["config_id"]
+        file, _ = weights.resolve_weights(config.teacher_ckpt, config.teacher)
+        teacher, sha = _teacher_arch(file, config.teacher), file_sha256(file)
+    if config.student_weights is not None:
+        file, text = weights.resolve_weights(config.student_weights, config.student)
+        student = (text, file_sha256(file))
+    return new_record(p, teacher, sha, precision_of(config, p.device), student)["config_id"]
 
 
 def new_record(

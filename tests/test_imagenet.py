@@ -120,8 +120,10 @@ def test_imagenet_recipes() -> None:
 
 
 def test_ickd_imagenet_run_from_pretrained_weights(tiny: dict[str, Path], tmp_path: Path) -> None:
-    record = train.train(imagenet_config(tiny, tmp_path))
+    config = imagenet_config(tiny, tmp_path)
+    record = train.train(config)
     assert record["status"] == "completed" and record["dataset"] == "imagenet"
+    assert record["config_id"] == train.config_id_of(config)  # what the study plans with
     # the resolved ICKD ImageNet configuration and recipe are in the record
     config = record["method_config"]
     assert (config["ce_weight"], config["kd_weight"], config["T"]) == (0.5, 0.5, 1.0)
@@ -256,3 +258,17 @@ def test_fetch_teachers_evaluates_and_records_the_advertised_accuracy(
     assert row["advertised_top1"] == 72.34 and "RepDistiller" in row["advertised_source"]
     assert row["top1_minus_advertised"] == pytest.approx(row["top1"] - 72.34)
     assert "resnet56" in capsys.readouterr().out
+
+
+def test_config_id_of_resolves_torchvision_weights(tiny: dict[str, Path], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """``torchvision`` weights (teacher and student) enter ``config_id`` as the file they resolve to, as in
+    the run's own record: the study plans with the identity the trainer writes."""
+    files = {"resnet18": tiny["student"]}
+    monkeypatch.setattr(weights, "torchvision_weights_file", lambda arch: files[arch])
+    config = imagenet_config(tiny, tmp_path, teacher_ckpt="torchvision", student_weights="torchvision")
+    record = train.train(config)
+    assert record["student_weights"] == "torchvision:ResNet18_Weights.IMAGENET1K_V1"
+    assert record["config_id"] == train.config_id_of(config)
+    files["resnet18"] = tiny["teacher"]  # other weights behind the same name: another configuration
+    assert train.config_id_of(config) != record["config_id"]

@@ -89,7 +89,7 @@ def test_diverged_runs_are_counted_never_averaged(study: pd.DataFrame) -> None:
     assert ickd["diverged"] == "1 of 3 runs"
     paper = measured.loc[("ickd", "variant=paper")]
     assert paper["top-1, last epoch"] == paper["top-1, best epoch"] == results.STATUS_DIVERGED
-    assert paper["diverged"] == "3 of 3 runs" and paper["teacher top-1"] == "79.00"  # measured before training
+    assert paper["diverged"] == "3 of 3 runs" and paper["teacher top-1"] == "79.00"  # evaluated first
     assert measured.loc[("kd", "default"), "diverged"] == ""
     provenance = report.provenance(study)
     assert (provenance["status"] == results.STATUS_DIVERGED).sum() == 4
