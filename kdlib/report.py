@@ -282,7 +282,8 @@ def provenance(records: pd.DataFrame | None = None) -> pd.DataFrame:
         "method": records["method"], "variant": records["variant"],
         "pair": [pair(t, s) for t, s in zip(records["teacher"], records["student"], strict=True)],
         "seed": records["seed"].astype(int).astype(str),
-        "status": records["status"],
+        "status": [f"{s} ({reason})" if s == results.STATUS_DIVERGED and reason else s
+                   for s, reason in zip(records["status"], records["failure_reason"], strict=True)],
         "top-1 last": [_num(v) for v in records["top1_last"]],
         "commit": [(c or "")[:10] + ("+dirty" if d else "") for c, d in
                    zip(records["git_commit"], records["git_dirty"], strict=True)],

@@ -426,7 +426,8 @@ class TimedIterable:
 
 
 class FiniteCheck:
-    """Finds the first step whose loss terms are not all finite, naming the term.
+    """Finds the first step whose loss terms are not all finite, naming the term and, for the diagnosis,
+    every term of the last step checked finite (the term that exploded is often not the first one to be NaN).
 
     Checks every ``every`` steps: 1 on CPU (the run stops before the bad step updates the model); on CUDA a
     larger interval avoids a host sync per step (the steps after a bad one may run, but nothing is saved after
@@ -437,6 +438,7 @@ class FiniteCheck:
         self.where, self.every = where, every
         self.dist = dist or distributed.Dist()  # several processes: all stop at the same step
         self.pending: list[tuple[int, dict[str, Tensor]]] = []
+        self.last_good: tuple[int, dict[str, Tensor]] | None = None
 
     def __call__(self, step: int, losses: dict[str, Tensor]) -> None:
         self.pending.append((step, {k: v.detach() for k, v in losses.items()}))
@@ -452,13 +454,21 @@ class FiniteCheck:
         if self.dist.enabled:
             ok = self.dist.min(ok.to(torch.int32)).bool()
         if not bool(ok.all()):
-            step, terms = self.pending[int((~ok).nonzero()[0])]
+            first_bad = int((~ok).nonzero()[0])
+            step, terms = self.pending[first_bad]
+            before = self.pending[first_bad - 1] if first_bad else self.last_good
+            context = ""
+            if before is not None:
+                values = ", ".join(f"{k}={v.item():.4g}" for k, v in before[1].items())
+                context = f" (step {before[0]}: {values})"
             name = next((k for k, v in terms.items() if not bool(torch.isfinite(v).all())), None)
             if name is None:
-                raise NonFiniteLoss(f"non-finite loss in another process at {self.where}, step {step}")
+                raise NonFiniteLoss(f"non-finite loss in another process at {self.where}, step {step}"
+                                    f"{context}")
             raise NonFiniteLoss(
-                f"non-finite loss term '{name}' = {terms[name].item()} at {self.where}, step {step}"
+                f"non-finite loss term '{name}' = {terms[name].item()} at {self.where}, step {step}{context}"
             )
+        self.last_good = self.pending[-1]
         self.pending.clear()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -198,6 +199,8 @@ def test_nonfinite_loss_stops_the_run(
     on_disk = json.loads((tmp_path / "record.json").read_text())
     assert on_disk["status"] == info.value.record["status"] == "diverged"
     assert "'kd'" in on_disk["failure_reason"] and len(on_disk["history"]) == 1
+    # the diagnosis: every term of the step before, finite
+    assert re.search(r"step 1 \(step 0: ce=\d\S*, kd=\d\S*\)$", on_disk["failure_reason"]), on_disk
     last = torch.load(tmp_path / "last.pt", weights_only=True)
     assert last["state"]["epoch"] == 1  # the last good checkpoint is kept
 
