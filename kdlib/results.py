@@ -197,8 +197,8 @@ def paired_differences(
     """Each (method, variant) minus ``baseline`` on the same configuration and seed: n, mean, interval.
 
     A run without a teacher (``ce``, as a method or as the baseline) is paired with the other side's runs
-    of every teacher, and reported under that teacher. Diverged
-    runs (``status``) have no accuracy and are left out.
+    of every teacher, and reported under that teacher. Diverged runs (``status``) have no accuracy and are
+    left out.
     """
     by = [k for k in by if k in df.columns]
     if "status" in df:

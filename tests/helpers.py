@@ -132,19 +132,29 @@ def write_fashion_mnist_gz(folder: str | Path, train_per_class: int = 10, test_p
     return folder
 
 
-def write_teacher(path: str | Path, arch: str = "resnet14", num_classes: int = 10, seed: int = 0) -> Path:
-    """A freshly initialised ``arch`` saved as kdlib's ``model.pt`` (BN statistics from random inputs)."""
+def _fresh_model(arch: str, num_classes: int, seed: int, inputs: tuple[int, ...]) -> torch.nn.Module:
+    """A seeded ``arch`` whose BatchNorm running statistics come from one batch of random ``inputs``."""
     from kdlib.models import create_model
 
     torch.manual_seed(seed)
     model = create_model(arch, num_classes=num_classes)
     with torch.no_grad():  # non-trivial BatchNorm running statistics
         model.train()
-        model(torch.randn(16, 3, 32, 32))
+        model(torch.randn(*inputs))
+    return model
+
+
+def _save(obj: object, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": model.state_dict(), "arch": arch, "num_classes": num_classes}, path)
+    torch.save(obj, path)
     return path
+
+
+def write_teacher(path: str | Path, arch: str = "resnet14", num_classes: int = 10, seed: int = 0) -> Path:
+    """A freshly initialised ``arch`` saved as kdlib's ``model.pt`` (BN statistics from random inputs)."""
+    model = _fresh_model(arch, num_classes, seed, (16, 3, 32, 32))
+    return _save({"model": model.state_dict(), "arch": arch, "num_classes": num_classes}, path)
 
 
 def write_image_folder(
@@ -178,14 +188,4 @@ def write_torchvision_weights(
     path: str | Path, arch: str = "resnet18", num_classes: int = 4, seed: int = 0
 ) -> Path:
     """A freshly initialised torchvision ``arch`` saved as torchvision saves weights: a bare state dict."""
-    from kdlib.models import create_model
-
-    torch.manual_seed(seed)
-    model = create_model(arch, num_classes=num_classes)
-    with torch.no_grad():  # non-trivial BatchNorm running statistics
-        model.train()
-        model(torch.randn(8, 3, 64, 64))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), path)
-    return path
+    return _save(_fresh_model(arch, num_classes, seed, (8, 3, 64, 64)).state_dict(), path)
