@@ -60,6 +60,7 @@ RECORD_COLUMNS = (
     "git_dirty",
     "created_at",
     "failure_reason",
+    "student_weights",
 )
 #: What identifies a configuration across seeds (the default ``by`` of :func:`summarize`).
 CONFIG_KEYS = ("dataset", "teacher", "student", "method", "variant", "recipe", "epochs", "subset")
@@ -70,6 +71,21 @@ STATUS_DIVERGED = "diverged"
 
 
 # --- records --------------------------------------------------------------------------------------
+def run_variant(variant: str, student_weights: str | None) -> str:
+    """The variant the study groups and compares runs by: the method's options (``variant``), followed by
+    ``student_weights=<name>`` when the student did not start from random weights, so that a run from a
+    pretrained student is never averaged with, or paired against, runs from scratch. ``<name>`` is
+    ``torchvision`` for torchvision's released weights (``torchvision`` or a record's
+    ``torchvision:<enum>``), else the weights file's name.
+    """
+    if not student_weights:
+        return variant
+    spec = str(student_weights)
+    name = "torchvision" if spec.partition(":")[0] == "torchvision" else Path(spec).name
+    init = f"student_weights={name}"
+    return init if variant == "default" else f"{variant},{init}"
+
+
 def _record_paths(paths_or_dir: str | Path | Iterable[str | Path]) -> list[Path]:
     items = [paths_or_dir] if isinstance(paths_or_dir, str | Path) else list(paths_or_dir)
     found: list[Path] = []
@@ -91,8 +107,8 @@ def load_records(
     ``statuses``: keep only records with one of these ``status`` values (``None``: all). By default only
     ``completed`` ones: a record is never taken as complete unless its status says so. Add ``diverged`` to
     count the runs whose loss became non-finite (:func:`summarize` keeps them apart). Unreadable files are
-    skipped with a warning. Columns: those of
-    :data:`RECORD_COLUMNS` plus ``recipe`` (the name), ``cpu``, ``gpu``, ``path``.
+    skipped with a warning. Columns: those of :data:`RECORD_COLUMNS` (``variant`` as :func:`run_variant`
+    makes it) plus ``recipe`` (the name), ``cpu``, ``gpu``, ``path``.
     """
     rows = []
     for path in _record_paths(paths_or_dir):
@@ -106,6 +122,7 @@ def load_records(
         if statuses is not None and record.get("status") not in statuses:
             continue
         row = {key: record.get(key) for key in RECORD_COLUMNS}
+        row["variant"] = run_variant(row["variant"], row["student_weights"])
         recipe = record.get("recipe")
         row["recipe"] = record.get("recipe_name") or (
             recipe.get("name") if isinstance(recipe, dict) else recipe

@@ -53,7 +53,9 @@ from kdlib import models, train
 from kdlib.data import DATASETS
 from kdlib.distill import get_method, make_config, variant_string
 from kdlib.recipes import RECIPES, get_recipe
+from kdlib.results import run_variant
 from kdlib.runlock import FolderInUse, run_lock
+from kdlib.weights import TORCHVISION
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +124,16 @@ class Pair:
 
 @dataclass(frozen=True)
 class Variant:
-    """A method with option overrides; ``options`` as given, ``variant`` the canonical string."""
+    """A method with option overrides; ``options`` as given, ``variant`` the canonical string.
+
+    ``student_weights``: the student's initial weights (``torchvision`` or a file; None: random), a run
+    option rather than a method one; it is part of ``variant`` (:func:`kdlib.results.run_variant`), so a
+    pretrained student is a variant of its own (ICKD's ImageNet run, methods.md section 1).
+    """
 
     method: str
     options: tuple[tuple[str, Any], ...] = ()
+    student_weights: str | None = None
 
     @property
     def overrides(self) -> dict[str, Any]:
@@ -133,7 +141,7 @@ class Variant:
 
     @property
     def variant(self) -> str:
-        return variant_string(make_config(self.method, self.overrides))
+        return run_variant(variant_string(make_config(self.method, self.overrides)), self.student_weights)
 
     @property
     def label(self) -> str:
@@ -242,7 +250,8 @@ def parse_pairs(value: Any) -> list[Pair]:
     return pairs
 
 
-def _parse_options(name: str, method: str, text: Any) -> tuple[tuple[str, Any], ...]:
+def _parse_variant(name: str, method: str, text: Any) -> Variant:
+    """One variant entry: the method's options, and ``student_weights`` (a run option) when given."""
     if isinstance(text, Mapping):
         options = dict(text)
     elif isinstance(text, str):
@@ -255,21 +264,29 @@ def _parse_options(name: str, method: str, text: Any) -> tuple[tuple[str, Any], 
                 options[key.strip()] = val.strip()
     else:
         raise _bad(name, f"each entry is 'default', 'key=value,...' or a mapping, got {text!r}")
+    student_weights = options.pop("student_weights", None)
+    if student_weights is not None:
+        student_weights = str(student_weights).strip()
+        if student_weights != TORCHVISION:
+            student_weights = str(repo_path(student_weights))
+            if not Path(student_weights).is_file():
+                raise _bad(name, f"student_weights: no file '{student_weights}' (or '{TORCHVISION}')")
     try:
         make_config(method, options)
     except (TypeError, ValueError) as error:
         raise _bad(name, f"{error} (in {text!r})") from None
-    return tuple(sorted(options.items()))
+    return Variant(method, tuple(sorted(options.items())), student_weights)
 
 
 def parse_variants(value: Any, method: str | None = None, name: str = "variants") -> list[Variant]:
     """Variants from ``["default", "variant=paper", "kd_weight=1,variant=paper"]`` (options of ``method``),
     or, with ``method=None``, ``["ce", "kd", "ickd:variant=paper"]`` (``method[:options]``); a string holds
-    entries separated by ``;``. Option names and values are checked by the method's configuration."""
+    entries separated by ``;``. Option names and values are checked by the method's configuration, except
+    ``student_weights`` (``torchvision`` or a file, relative to the repository root), see :class:`Variant`."""
     variants = []
     for item in _items(name, value, ";"):
         if method is not None:
-            variants.append(Variant(method, _parse_options(name, method, item)))
+            variants.append(_parse_variant(name, method, item))
             continue
         if isinstance(item, Mapping):
             item = dict(item)
@@ -283,7 +300,7 @@ def parse_variants(value: Any, method: str | None = None, name: str = "variants"
             get_method(entry_method)
         except ValueError as error:
             raise _bad(name, str(error)) from None
-        variants.append(Variant(entry_method, _parse_options(name, entry_method, options)))
+        variants.append(_parse_variant(name, entry_method, options))
     labels = [v.label for v in variants]
     if len(set(labels)) != len(labels):
         raise _bad(name, f"lists a variant twice: {labels}")
@@ -501,7 +518,7 @@ def plan_runs(params: Parameters, variants: Sequence[Variant] | None = None) -> 
                     teacher_ckpt=ckpt, recipe=params.recipe, epochs=params.epochs, subset=params.subset,
                     eval_subset=params.eval_subset, batch_size=params.batch_size, seed=seed,
                     device=params.device, variant=variant.overrides, data_root=params.data_root,
-                    workers=params.workers, progress=False,
+                    workers=params.workers, progress=False, student_weights=variant.student_weights,
                 )
                 runs[key] = Run(config, variant, pair, key, train.config_id_of(config))
     return list(runs.values())
@@ -527,7 +544,7 @@ def cli_args(config: train.TrainConfig) -> list[str]:
     optional = (("--teacher", config.teacher), ("--teacher-ckpt", config.teacher_ckpt),
                 ("--epochs", config.epochs), ("--subset", config.subset),
                 ("--eval-subset", config.eval_subset), ("--batch-size", config.batch_size),
-                ("--data-root", config.data_root))
+                ("--data-root", config.data_root), ("--student-weights", config.student_weights))
     for flag, value in optional:
         if value is not None:
             args += [flag, str(value)]

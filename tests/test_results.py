@@ -86,6 +86,21 @@ def test_load_records_keeps_only_complete_runs(three_seeds: Path) -> None:
         results.load_records(three_seeds / "absent")
 
 
+def test_a_pretrained_student_is_its_own_variant(tmp_path: Path) -> None:
+    runs = {"scratch": make_record(student_weights=None),
+            "tv": make_record(student_weights="torchvision:ResNet18_Weights.IMAGENET1K_V1"),
+            "file": make_record(variant="kd_weight=1.0", student_weights="/some/where/init.pt")}
+    for name, record in runs.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "record.json").write_text(json.dumps(record))
+    df = results.load_records(tmp_path).sort_values("path")
+    assert list(df["variant"]) == ["kd_weight=1.0,student_weights=init.pt", "default",
+                                   "student_weights=torchvision"]
+    assert len(results.summarize(df)) == 3  # never averaged together
+    pretrained = results.run_variant("variant=imagenet", "torchvision")
+    assert pretrained == "variant=imagenet,student_weights=torchvision"
+
+
 def test_summarize_three_seeds(three_seeds: Path) -> None:
     summary = results.summarize(results.load_records(three_seeds))
     assert len(summary) == 1
@@ -200,7 +215,9 @@ def test_method_map_covers_the_reported_labels() -> None:
         assert entry["method"] in methods, entry
         variant = entry.get("variant", "default")
         options = {} if variant == "default" else dict(kv.split("=") for kv in variant.split(","))
-        assert variant_string(make_config(entry["method"], options)) == variant, entry
+        student_weights = options.pop("student_weights", None)
+        method_variant = variant_string(make_config(entry["method"], options))
+        assert results.run_variant(method_variant, student_weights) == variant, entry
 
 
 def test_paired_differences() -> None:

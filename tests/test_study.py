@@ -10,7 +10,7 @@ import pytest
 import torch
 from helpers import write_fashion_mnist, write_teacher
 
-from kdlib import cli, study, train
+from kdlib import cli, results, study, train
 from kdlib.runlock import run_lock
 
 
@@ -118,8 +118,30 @@ def test_config_id_matches_the_trainer(tiny: dict[str, Path], tmp_path: Path, me
     assert record["config_id"] == run.config_id == train.config_id_of(run.config)
 
 
+def test_student_weights_make_a_variant_of_their_own(tiny: dict[str, Path], tmp_path: Path) -> None:
+    weights = write_teacher(tmp_path / "init" / "resnet8.pt", arch="resnet8", num_classes=10)
+    p = study.check_parameters(**good(tiny, tmp_path, variants=[
+        "default", {"student_weights": str(weights)}, f"kd_weight=1,student_weights={weights}"]))
+    assert [v.label for v in p.variants] == [
+        "ickd/default", "ickd/student_weights=resnet8.pt", "ickd/kd_weight=1.0,student_weights=resnet8.pt"]
+    assert p.variants[1].overrides == {} and p.variants[1].student_weights == str(weights)
+    scratch, pretrained, _ = (r for r in study.plan_runs(p) if r.variant.method == "ickd")
+    assert pretrained.config.student_weights == str(weights) and scratch.config.student_weights is None
+    assert pretrained.key.endswith("ickd/student_weights=resnet8.pt/seed0")
+    assert pretrained.config_id != scratch.config_id
+    record = train.train(pretrained.config)  # the record's variant, as results reads it, is the study's
+    assert record["config_id"] == pretrained.config_id
+    assert results.run_variant(record["variant"], record["student_weights"]) == pretrained.variant.variant
+    torchvision = study.parse_variants(["variant=imagenet,student_weights=torchvision"], "ickd")[0]
+    assert torchvision.variant == "variant=imagenet,student_weights=torchvision"
+    with pytest.raises(ValueError, match="parameter 'variants'.*student_weights: no file"):
+        study.parse_variants([{"student_weights": "absent.pt"}], "ickd")
+
+
 def test_cli_arguments_reproduce_the_configuration(tiny: dict[str, Path], tmp_path: Path) -> None:
-    p = study.check_parameters(**good(tiny, tmp_path, variants=[{"variant": "paper", "grid": [2, 2]}]))
+    weights = write_teacher(tmp_path / "resnet8.pt", arch="resnet8", num_classes=10)
+    p = study.check_parameters(**good(tiny, tmp_path, variants=[
+        {"variant": "paper", "grid": [2, 2]}, {"student_weights": str(weights)}]))
     for run in study.plan_runs(p):
         args = cli.build_parser().parse_args(study.cli_args(run.config))
         config = train.TrainConfig(
@@ -128,6 +150,7 @@ def test_cli_arguments_reproduce_the_configuration(tiny: dict[str, Path], tmp_pa
             subset=args.subset,
             eval_subset=args.eval_subset, batch_size=args.batch_size, seed=args.seed, device=args.device,
             variant=cli.parse_pairs(args.variant, "--variant"), data_root=args.data_root,
+            student_weights=args.student_weights,
         )
         assert train.config_id_of(config) == run.config_id
         assert args.resume and args.no_progress
