@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ from helpers import write_fashion_mnist, write_teacher
 
 from kdlib import cli, results, study, train
 from kdlib.runlock import run_lock
+
+README = study.REPO / "README.md"
 
 
 @pytest.fixture(scope="module")
@@ -300,6 +303,12 @@ def test_profiles_give_parameters_for_every_notebook(profile: str) -> None:
     table = study.estimate(profile, images_per_s=1000.0)
     total = table[table["notebook"] == "total"].iloc[0]
     assert total["runs"] > 0 and total["estimated hours"] > 0
+    # the README's cost table states this profile's runs and training images
+    row = re.search(rf"^\| `{profile}` \| ([\d,]+) \| ([\d.]+) ([MG]) \|", README.read_text(), re.M)
+    assert row, f"README.md has no cost row for profile '{profile}'"
+    assert int(row[1].replace(",", "")) == total["runs"]
+    millions = float(row[2]) * {"M": 1, "G": 1000}[row[3]]
+    assert millions == pytest.approx(total["train images (M)"], rel=0.05)
 
 
 def test_proxy_profile_follows_the_protocol() -> None:
