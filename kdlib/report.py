@@ -181,6 +181,32 @@ def paired(records: pd.DataFrame | None = None, baseline: str = "kd") -> pd.Data
     return pd.DataFrame(rows)
 
 
+def findings(records: pd.DataFrame | None = None, baseline: str = "kd") -> pd.DataFrame:
+    """:func:`paired` read as one line per verdict and comparable group: the configurations above and below
+    ``baseline`` beyond seed noise (with their last-epoch difference), those within the noise, and those
+    whose every run diverged."""
+    table = paired(records, baseline)
+    if table.empty:
+        return table
+    difference = f"top-1 minus {baseline}, last epoch"
+    every_run_diverged = "diverged on every seed"
+    table["finding"] = table["last epoch: verdict"].where(table[difference] != results.STATUS_DIVERGED,
+                                                          every_run_diverged)
+    order = (f"above {baseline}", f"below {baseline}", "within the noise", "one seed: no interval",
+             every_run_diverged)
+    rows = []
+    for (where, size), group in table.groupby(["pair", "scale"], sort=False):
+        for finding in order:
+            chosen = group[group["finding"] == finding]
+            if not len(chosen):
+                continue
+            named = [f"{m}/{v}" + (f" ({d.split(' (')[0]})" if finding in order[:2] else "")
+                     for m, v, d in zip(chosen["method"], chosen["variant"], chosen[difference], strict=True)]
+            rows.append({"pair": where, "scale": size, "finding": finding, "configurations": len(chosen),
+                         "which": ", ".join(named)})
+    return pd.DataFrame(rows)
+
+
 def ranking(records: pd.DataFrame | None = None, baseline: str = "kd") -> list[Figure]:
     """Per comparable group, the ranking of :func:`paired` as a figure (difference to ``baseline``, 95%
     interval) when the group has the baseline, and the absolute last-epoch top-1 with its interval."""
@@ -298,6 +324,7 @@ TABLES: dict[str, Callable[..., pd.DataFrame]] = {
     "reported-vs-measured": reported_vs_measured,
     "measured": measured,
     "paired": paired,
+    "findings": findings,
     "reported-summary": reported_summary,
     "recipes": recipes,
     "teachers": teachers,

@@ -114,6 +114,15 @@ def test_paired_differences_table(study: pd.DataFrame) -> None:
     assert report.paired(study, baseline="pkt").empty  # no such baseline: nothing to pair with
 
 
+def test_findings_read_the_paired_table_one_line_per_verdict(study: pd.DataFrame) -> None:
+    table = report.findings(study)
+    assert list(table["finding"]) == ["below kd", "within the noise", "diverged on every seed"]
+    assert list(table["which"]) == ["ce/default (-2.00 [-2.00, -2.00])", "ickd/default", "ickd/variant=paper"]
+    assert list(table["configurations"]) == [1, 1, 1]
+    assert set(table["pair"]) == {"resnet32x4 → resnet8x4"}
+    assert report.findings(study, baseline="pkt").empty
+
+
 def test_ranking_figures(study: pd.DataFrame) -> None:
     figures = report.ranking(study)
     assert len(figures) == 2  # differences to kd, and absolute accuracy

@@ -33,6 +33,8 @@ EMPTY = {
     "runs": "No measured runs are committed yet.",
     "bench": "No benchmark has been recorded yet (`make bench` appends to `bench/results.csv`).",
     "provenance": "No measured runs are committed yet.",
+    "paired": "No committed run has a KD run on the same seeds to pair with yet.",
+    "findings": "No committed run has a KD run on the same seeds to pair with yet.",
 }
 
 
