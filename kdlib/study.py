@@ -177,6 +177,14 @@ class Parameters:
     data_root: Path | None = None
     label: str = SMOKE_LABEL
 
+    @property
+    def reference(self) -> Variant:
+        """The grid's first variant: what a method notebook draws its figures from and pairs the other
+        variants against (``default`` in most profiles; ImageNet's ICKD and CD grids have no ``default``)."""
+        if not self.variants:
+            raise LookupError("parameter 'variants' is empty: the figures need a variant of the method")
+        return self.variants[0]
+
     def summary(self) -> dict[str, Any]:
         """The parameters as plain values with repo-relative paths (what a notebook prints)."""
         return {

@@ -311,6 +311,27 @@ def test_profiles_give_parameters_for_every_notebook(profile: str) -> None:
     assert millions == pytest.approx(total["train images (M)"], rel=0.05)
 
 
+@pytest.mark.parametrize("profile", study.PROFILES)
+def test_every_method_notebook_of_a_profile_has_what_its_figures_need(profile: str) -> None:
+    """Notebooks 01-05 draw their figures from the grid's first variant and the vanilla student, and pair the
+    other variants against the first: a profile whose grid lacks them would fail after all its training."""
+    for notebook, method in study.NOTEBOOK_METHODS.items():
+        if method is None:
+            continue
+        params = {**study.parameter_defaults(notebook), **study.notebook_parameters(profile, notebook)}
+        variants = study.parse_variants(params["variants"], method)
+        assert variants and variants[0].method == method, (profile, notebook)
+        baselines = [v.label for v in study.parse_variants(params["baselines"], None, "baselines")]
+        assert "ce/default" in baselines, (profile, notebook)
+
+
+def test_the_reference_variant_is_the_first(tiny: dict[str, Path], tmp_path: Path) -> None:
+    p = study.check_parameters(**good(tiny, tmp_path, variants=[{"variant": "paper"}, "default"]))
+    assert p.reference.label == "ickd/variant=paper"
+    with pytest.raises(LookupError, match="parameter 'variants' is empty"):
+        _ = study.check_parameters(**good(tiny, tmp_path, variants=[])).reference
+
+
 def test_proxy_profile_follows_the_protocol() -> None:
     common = study.load_profile("proxy")["common"]
     (pair,) = study.parse_pairs(common["pairs"])
