@@ -55,6 +55,15 @@ def test_reported_results_keep_their_source() -> None:
         assert re.match(r"^-?\d+(\.\d+)?", row["value"]), row
 
 
+def test_committed_records_are_finished_runs_of_clean_commits() -> None:
+    """A committed record is a finished run (run_grid copies only finished runs to data/results/), made from a
+    commit's code: its provenance names code that exists, unmodified."""
+    for path in sorted((ROOT / "data" / "results").rglob("record.json")):
+        record = json.loads(path.read_text())
+        assert record["status"] in ("completed", "diverged"), path
+        assert record["git_commit"] and record["git_dirty"] is False, path
+
+
 def test_gitignore_covers_build_outputs() -> None:
     ignored = (ROOT / ".gitignore").read_text().split()
     for path in (".venv/", "book/_build/", "book/notebooks/", "runs/", "__pycache__/"):
