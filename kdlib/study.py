@@ -179,8 +179,8 @@ class Parameters:
 
     @property
     def reference(self) -> Variant:
-        """The grid's first variant: what a method notebook draws its figures from and pairs the other
-        variants against (``default`` in most profiles; ImageNet's ICKD and CD grids have no ``default``)."""
+        """The first variant of the grid. A method notebook draws its figures from it and pairs the other
+        variants against it (``default`` in most profiles; ImageNet's ICKD and CD grids have none)."""
         if not self.variants:
             raise LookupError("parameter 'variants' is empty: the figures need a variant of the method")
         return self.variants[0]
@@ -789,6 +789,41 @@ def find(outcomes: Sequence[Outcome], method: str, variant: str = "default", see
     return None
 
 
+# --- committed records, checked by retraining -----------------------------------------------------
+#: What a retrained run must reproduce exactly: every epoch's loss terms and accuracies, and how it ended.
+REPRODUCED = ("status", "pretrain_history", "history", "failure_reason")
+
+
+def verify(runs: Sequence[Run], results_dir: str | Path, out_dir: str | Path) -> list[dict[str, Any]]:
+    """Retrain every run of ``runs`` whose record is committed in ``results_dir`` (same ``config_id``) into a
+    fresh ``out_dir/<key>``, with the committed run's torch thread count, and compare the :data:`REPRODUCED`
+    fields of the two records: are the committed numbers what this code computes?
+
+    Expect bit-identical histories on a CPU with the same torch build and thread count (seeded data order,
+    initialisation and augmentation). GPU kernels are not deterministic by default: there, expect
+    differences of the order of seed noise. Returns one row per run: ``key``, the committed record's
+    ``commit`` and ``top1_last``, the new ``top1_last``, and ``identical``.
+    """
+    rows = []
+    for run in runs:
+        committed = _read_record(Path(results_dir) / run.key / RECORD)
+        if not committed or committed.get("config_id") != run.config_id:
+            continue
+        out = Path(out_dir) / run.key
+        if out.exists():
+            _clear(out)
+        threads = (committed.get("hardware") or {}).get("torch_threads")
+        _train_here(dataclasses.replace(run, config=dataclasses.replace(run.config, out=out)), threads)
+        new = _read_record(out / RECORD) or {}
+        commit = (committed.get("git_commit") or "")[:10] + ("+dirty" if committed.get("git_dirty") else "")
+        rows.append({"key": run.key, "commit": commit, "top1_last": committed.get("top1_last"),
+                     "new top1_last": new.get("top1_last"),
+                     "identical": all(committed.get(k) == new.get(k) for k in REPRODUCED)})
+        log.info("%s: committed %s, now %s: %s", run.key, rows[-1]["top1_last"], rows[-1]["new top1_last"],
+                 "identical" if rows[-1]["identical"] else "DIFFERENT")
+    return rows
+
+
 # --- trained models for figures -------------------------------------------------------------------
 def trained(outcomes: Sequence[Outcome], method: str, variant: str = "default",
             seed: int | None = None) -> Any:
@@ -1003,6 +1038,30 @@ def check_notebook_parameters(notebook: str, params: Mapping[str, Any]) -> Param
     return check_parameters(method=NOTEBOOK_METHODS[notebook], **args)
 
 
+def profile_runs(profile: str, match: Sequence[str] = ()) -> list[Run]:
+    """Every run the notebooks of ``profile`` plan (each folder once), or those whose folder holds one of the
+    ``match`` paths as whole parts (``kd/default/seed0`` selects ``…/kd/default/seed0``, not
+    ``…/iekd/default/seed0``); ``ValueError`` when ``match`` selects none."""
+    runs: dict[str, Run] = {}
+    for nb in NOTEBOOKS[1:]:
+        params = {**parameter_defaults(nb), **notebook_parameters(profile, nb)}
+        for run in plan_runs(check_notebook_parameters(nb, params)):
+            if not match or any(f"/{text.strip('/')}/" in f"/{run.key}/" for text in match):
+                runs.setdefault(run.key, run)
+    if not runs:
+        raise ValueError(f"no run of profile '{profile}' matches {list(match)}; runs are named like "
+                         "fashion_mnist/repdistiller/resnet32-resnet8/kd/default/seed0")
+    return list(runs.values())
+
+
+def profile_results_dir(profile: str) -> Path:
+    """Where ``profile`` commits its records (its ``results_dir``)."""
+    folder = load_profile(profile).get("common", {}).get("results_dir")
+    if not folder:
+        raise ValueError(f"profile '{profile}' sets no results_dir")
+    return repo_path(folder)
+
+
 def reproduce(profile: str, jobs: int = 1, notebooks: Sequence[str] | None = None,
               out_dir: str | Path | None = None, device: str | None = None) -> list[Path]:
     """Execute the notebooks with ``profile``'s full parameters through papermill (kernel in
@@ -1169,6 +1228,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     e.add_argument("--images-per-s", type=float,
                    help="measured training images/s (default: the latest bench/results.csv row)")
     e.add_argument("--eval-images-per-s", type=float)
+    v = sub.add_parser("verify", help="retrain a profile's committed runs and compare them with the records")
+    v.add_argument("--profile", required=True)
+    v.add_argument("--match", action="append", default=[],
+                   help="only runs whose folder has these path parts, e.g. kd/default/seed0 (repeatable)")
+    v.add_argument("--out", default=str(RUNS_DIR / "verify"), help="scratch folder (default runs/verify)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
@@ -1181,6 +1245,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             notebooks = [n.strip() for n in args.notebooks.split(",")] if args.notebooks else None
             for name, seconds in refresh(notebooks, fresh=not args.keep_runs).items():
                 print(f"notebooks/{name}.ipynb: {seconds:.1f} s")
+        elif args.command == "verify":
+            rows = verify(profile_runs(args.profile, args.match), profile_results_dir(args.profile),
+                          repo_path(args.out))
+            for row in rows:
+                verdict = "identical" if row["identical"] else "DIFFERENT"
+                print(f"{row['key']}: committed {row['top1_last']} @ {row['commit']}, "
+                      f"now {row['new top1_last']}: {verdict}")
+            return 0 if all(row["identical"] for row in rows) else 1
         elif args.command == "params":
             import yaml
 

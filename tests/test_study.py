@@ -287,6 +287,34 @@ def test_load_distiller_restores_the_trained_parts(tiny: dict[str, Path], tmp_pa
         study.trained(outcomes, "ce")
 
 
+# --- committed records, checked by retraining -----------------------------------------------------
+def test_verify_finds_a_committed_number_this_code_does_not_compute(tiny: dict[str, Path],
+                                                                     tmp_path: Path) -> None:
+    results = tmp_path / "results"
+    p = study.check_parameters(**good(tiny, tmp_path, results_dir=results))
+    runs = study.plan_runs(p)
+    study.run_grid(runs, results)
+    rows = study.verify(runs, results, tmp_path / "verify")
+    assert [r["key"] for r in rows] == [r.key for r in runs] and all(r["identical"] for r in rows)
+    assert rows[0]["top1_last"] == rows[0]["new top1_last"]
+    path = results / runs[1].key / "record.json"  # a committed number that this code does not compute
+    record = json.loads(path.read_text())
+    record["history"][-1]["top1"] += 0.01
+    path.write_text(json.dumps(record))
+    rows = study.verify(runs, results, tmp_path / "verify")
+    assert [r["identical"] for r in rows] == [True, False]
+    (results / runs[0].key / "record.json").unlink()  # nothing committed: nothing to verify
+    assert [r["key"] for r in study.verify(runs, results, tmp_path / "verify")] == [runs[1].key]
+
+
+def test_verify_command_selects_runs_by_whole_path_parts(capsys: pytest.CaptureFixture[str]) -> None:
+    keys = [r.key for r in study.profile_runs("proxy", ["kd/default/seed0"])]
+    assert keys == ["fashion_mnist/repdistiller/resnet32-resnet8/kd/default/seed0"]  # not iekd/default/seed0
+    assert len(study.profile_runs("proxy")) == 60
+    assert study.main(["verify", "--profile", "proxy", "--match", "kd/default/seed9"]) == 2
+    assert "no run of profile 'proxy' matches ['kd/default/seed9']" in capsys.readouterr().err
+
+
 # --- profiles -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("profile", study.PROFILES)
 def test_profiles_give_parameters_for_every_notebook(profile: str) -> None:
