@@ -790,7 +790,8 @@ def find(outcomes: Sequence[Outcome], method: str, variant: str = "default", see
 
 
 # --- committed records, checked by retraining -----------------------------------------------------
-#: What a retrained run must reproduce exactly: every epoch's loss terms and accuracies, and how it ended.
+#: The record fields a retrained run must reproduce exactly (every epoch's loss terms and accuracies, and how
+#: the run ended).
 REPRODUCED = ("status", "pretrain_history", "history", "failure_reason")
 
 
