@@ -311,7 +311,7 @@ def provenance(records: pd.DataFrame | None = None) -> pd.DataFrame:
         "status": [f"{s} ({reason})" if s == results.STATUS_DIVERGED and reason else s
                    for s, reason in zip(records["status"], records["failure_reason"], strict=True)],
         "top-1 last": [_num(v) for v in records["top1_last"]],
-        "commit": [(c or "")[:10] + ("+dirty" if d else "") for c, d in
+        "commit": [results.commit_label(c, d) for c, d in
                    zip(records["git_commit"], records["git_dirty"], strict=True)],
         "hardware": [g if isinstance(g, str) and g else c for g, c in zip(records["gpu"], records["cpu"],
                                                                           strict=True)],

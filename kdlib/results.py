@@ -86,6 +86,12 @@ def run_variant(variant: str, student_weights: str | None) -> str:
     return init if variant == "default" else f"{variant},{init}"
 
 
+def commit_label(commit: str | None, dirty: bool | None) -> str:
+    """A record's code version as shown: the commit's first 10 characters, ``+dirty`` when the working tree
+    had changes."""
+    return (commit or "")[:10] + ("+dirty" if dirty else "")
+
+
 def _record_paths(paths_or_dir: str | Path | Iterable[str | Path]) -> list[Path]:
     items = [paths_or_dir] if isinstance(paths_or_dir, str | Path) else list(paths_or_dir)
     found: list[Path] = []

@@ -53,9 +53,9 @@ from kdlib import models, train
 from kdlib.data import DATASETS
 from kdlib.distill import get_method, make_config, variant_string
 from kdlib.recipes import RECIPES, get_recipe
-from kdlib.results import run_variant
+from kdlib.results import commit_label, run_variant
 from kdlib.runlock import FolderInUse, run_lock
-from kdlib.weights import TORCHVISION
+from kdlib.weights import TORCHVISION, is_torchvision
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +275,7 @@ def _parse_variant(name: str, method: str, text: Any) -> Variant:
     student_weights = options.pop("student_weights", None)
     if student_weights is not None:
         student_weights = str(student_weights).strip()
-        if student_weights != TORCHVISION:
+        if not is_torchvision(student_weights):
             student_weights = str(repo_path(student_weights))
             if not Path(student_weights).is_file():
                 raise _bad(name, f"student_weights: no file '{student_weights}' (or '{TORCHVISION}')")
@@ -816,12 +816,10 @@ def verify(runs: Sequence[Run], results_dir: str | Path, out_dir: str | Path) ->
         threads = (committed.get("hardware") or {}).get("torch_threads")
         _train_here(dataclasses.replace(run, config=dataclasses.replace(run.config, out=out)), threads)
         new = _read_record(out / RECORD) or {}
-        commit = (committed.get("git_commit") or "")[:10] + ("+dirty" if committed.get("git_dirty") else "")
-        rows.append({"key": run.key, "commit": commit, "top1_last": committed.get("top1_last"),
-                     "new top1_last": new.get("top1_last"),
+        rows.append({"key": run.key,
+                     "commit": commit_label(committed.get("git_commit"), committed.get("git_dirty")),
+                     "top1_last": committed.get("top1_last"), "new top1_last": new.get("top1_last"),
                      "identical": all(committed.get(k) == new.get(k) for k in REPRODUCED)})
-        log.info("%s: committed %s, now %s: %s", run.key, rows[-1]["top1_last"], rows[-1]["new top1_last"],
-                 "identical" if rows[-1]["identical"] else "DIFFERENT")
     return rows
 
 
