@@ -7,7 +7,7 @@ uint8 images of the same shape and count):
 - ``reference``: the conventional style (RepDistiller's ``train_distill``): torchvision transforms and a
   ``DataLoader`` (8 workers on CUDA, as RepDistiller's default; none on CPU, so that no process competes
   with the timed one), fp32, ``.item()`` of the loss and the accuracy at every step, plain SGD;
-- ``ours``: the trainer's fast path (``kdlib.train.fast_step`` over a ``kdlib.fast.DeviceLoader``), with the
+- ``ours``: the trainer's fast path (``kdlib.loop.fast_step`` over a ``kdlib.fast.DeviceLoader``), with the
   trainer's settings for the device: on CUDA bf16 autocast, channels_last, ``torch.compile`` with CUDA
   graphs, fused SGD, teacher under inference mode; on CPU fp32 and no compilation;
 - ``bare``: a hand-written loop on the same distiller, compiled forward and optimiser as ``ours``, over a few
@@ -57,10 +57,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from kdlib import models, train
+from kdlib import distributed, models
 from kdlib.data import DataError, default_data_root, get_dataset_spec
 from kdlib.distill import Distiller, build_distiller
 from kdlib.fast import DeviceLoader, DeviceMetrics
+from kdlib.loop import Runtime, evaluate, fast_step, make_optimizer, prepare_fast
 from kdlib.recipes import get_recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,21 +155,20 @@ class Ours:
     forward: Callable[..., Any]
     optimizer: torch.optim.Optimizer
     loader: DeviceLoader
-    rt: train.Runtime
+    rt: Runtime
     settings: str
 
 
 def build_ours(pair: tuple[str, str, str], train_set: ImageArrays, device: torch.device, batch: int,
                compile_: bool) -> Ours:
     cuda = device.type == "cuda"
-    rt = train.Runtime(device, amp=cuda, channels_last=cuda, progress=False)
+    rt = Runtime(device, amp=cuda, channels_last=cuda, progress=False)
     distiller = make_distiller(*pair, device)
     if rt.channels_last:
         distiller.to(memory_format=torch.channels_last)
-    forward = train.prepare_fast(distiller, rt, compile=compile_, batch_size=batch)
+    forward = prepare_fast(distiller, rt, compile=compile_, batch_size=batch)
     r = get_recipe("repdistiller", pair[2])
-    optimizer = train._sgd(distiller.trainable_parameters(), r.lr, r.momentum, r.nesterov, r.weight_decay,
-                           fused=cuda)
+    optimizer = make_optimizer(r, distiller.trainable_parameters(), fused=cuda)  # the trainer's optimiser
     spec = get_dataset_spec("cifar100")
     loader = DeviceLoader(torch.from_numpy(train_set.data), torch.tensor(train_set.targets), mean=spec.mean,
                           std=spec.std, batch_size=batch, train=True, pad_mode=r.pad_mode, device=device,
@@ -180,11 +180,11 @@ def build_ours(pair: tuple[str, str, str], train_set: ImageArrays, device: torch
 
 
 def ours_loop(ours: Ours) -> Iterator[None]:
-    """The body of ``kdlib.train.train_one_epoch_fast``, step by step: the trainer's own ``fast_step``."""
+    """The body of ``kdlib.loop.train_one_epoch_fast``, step by step: the trainer's own ``fast_step``."""
     while True:
         metrics = DeviceMetrics(len(ours.loader), ours.rt.device)
         for x, y in ours.loader:
-            metrics.add(train.fast_step(ours.forward, ours.optimizer, x, y, ours.rt), len(y))
+            metrics.add(fast_step(ours.forward, ours.optimizer, x, y, ours.rt), len(y))
             yield
         metrics.read()
 
@@ -275,10 +275,10 @@ def evaluation_seconds(ours: Ours, test_set: ImageArrays, device: torch.device, 
     loader = DeviceLoader(torch.from_numpy(test_set.data), torch.tensor(test_set.targets), mean=spec.mean,
                           std=spec.std, batch_size=2 * batch, train=False, device=device,
                           channels_last=ours.rt.channels_last)
-    train.evaluate(ours.distiller.student, loader, ours.rt)  # warm-up
+    evaluate(ours.distiller.student, loader, ours.rt)  # warm-up
     sync(device)
     start = time.perf_counter()
-    train.evaluate(ours.distiller.student, loader, ours.rt)
+    evaluate(ours.distiller.student, loader, ours.rt)
     sync(device)
     return time.perf_counter() - start
 
@@ -417,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help=f"results file (default: {RESULTS})")
     args = parser.parse_args(argv)
 
-    device = train.resolve_device(args.device)
+    device = distributed.resolve_device(args.device)
     compile_ = device.type == "cuda" if args.compile is None else args.compile
     if args.workers is not None:
         workers = args.workers

@@ -29,9 +29,21 @@ import json
 import logging
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
+
+from kdlib import models
+from kdlib.config import add_arguments, from_args, nonnegative_int, plan, positive_int
+from kdlib.data import DATASETS, DataError, get_dataset_spec
+from kdlib.distributed import env_rank, resolve_device
+from kdlib.loop import evaluate_checkpoint
+from kdlib.models import CheckpointError
+from kdlib.recipes import RECIPES
+from kdlib.record import TrainingFailed
+from kdlib.runlock import FolderInUse
+from kdlib.train import ResumeError, run
+from kdlib.weights import MDISTILLER_TEACHERS_URL, fetch_teachers
 
 PROG = "kdlib"
 
@@ -45,94 +57,12 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-def _int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse ``type``: an integer ``>= minimum``, else one clear message."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_nonnegative_int = _int_at_least(0)
-
-
-def parse_pairs(items: Sequence[str], what: str, sep: str | None = ",") -> dict[str, str]:
-    """``["k=v,k2=v2", ...]`` (or one pair per item when ``sep`` is None) → ``{k: v}``."""
-    pairs: dict[str, str] = {}
-    for item in items:
-        for part in item.split(sep) if sep else [item]:
-            if not part.strip():
-                continue
-            key, eq, value = part.partition("=")
-            if not eq or not key.strip():
-                raise UsageError(f"invalid {what} '{part}'; expected key=value")
-            pairs[key.strip()] = value.strip()
-    return pairs
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Reproducible channel knowledge distillation.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a student (alone with --method ce, or distilled from a teacher)")
-    t.add_argument("--method", required=True, help="distillation method (see 'kdlib methods')")
-    t.add_argument("--student", required=True, help="student architecture (see 'kdlib models')")
-    t.add_argument("--teacher", help="teacher architecture (default: the checkpoint's 'arch')")
-    t.add_argument(
-        "--teacher-ckpt", help="teacher checkpoint: kdlib model.pt or RepDistiller/mdistiller .pth"
-    )
-    t.add_argument("--dataset", required=True, help="dataset (see 'kdlib datasets')")
-    t.add_argument("--recipe", default="repdistiller", help="training recipe (see 'kdlib recipes')")
-    t.add_argument("--epochs", type=_positive_int, help="override the recipe's epochs (milestones scale)")
-    t.add_argument("--subset", type=_positive_int, help="N training images, class-balanced, deterministic")
-    t.add_argument("--eval-subset", type=_positive_int, help="N test images (default: the full test set)")
-    t.add_argument("--batch-size", type=_positive_int, help="override the recipe's batch size")
-    t.add_argument("--seed", type=_nonnegative_int, default=0)
-    t.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    t.add_argument("--variant", action="append", default=[], metavar="K=V,...", help="method options")
-    t.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="FIELD=VALUE",
-        dest="set",
-        help="override a recipe field (repeatable)",
-    )
-    t.add_argument("--data-root", help="data folder (default: $KDLIB_DATA or ~/.cache/kdlib)")
-    t.add_argument("--out", required=True, help="output folder: record.json, last.pt, model.pt")
-    t.add_argument("--resume", action="store_true", help="continue from OUT/last.pt if it exists")
-    t.add_argument("--workers", type=_nonnegative_int, default=2, help="data loader workers (default 2)")
-    t.add_argument("--no-amp", action="store_true", help="no bf16 autocast on CUDA")
-    t.add_argument("--no-channels-last", action="store_true", help="no channels_last on CUDA")
-    t.add_argument(
-        "--compile", action=argparse.BooleanOptionalAction, default=None,
-        help="torch.compile the distiller on CUDA (default: with --fast only)",
-    )
-    t.add_argument(
-        "--fast", action=argparse.BooleanOptionalAction, default=None,
-        help="the fast path: data resident on the device, CUDA graphs, fused SGD; same recipe "
-        "(default: on for CUDA, off on CPU)",
-    )
-    t.add_argument("--no-progress", action="store_true", help="no progress bars")
-    t.add_argument("--no-download", action="store_true", help="never download data")
-    t.add_argument(
-        "--student-weights", metavar="PATH|torchvision",
-        help="initialise the student from a weights file (torchvision's or kdlib's), or from torchvision's "
-        "published weights (downloaded; e.g. the pretrained ResNet18 of ICKD's ImageNet run)",
-    )
-    t.add_argument(
-        "--bn", choices=("batch", "sync", "frozen"), default="batch",
-        help="BatchNorm of the student and the method's parts: per-process batch statistics (default), "
-        "SyncBatchNorm over processes (CUDA), or frozen running statistics (eval mode)",
-    )
+    add_arguments(t)
     t.set_defaults(func=_train)
 
     e = sub.add_parser("eval", help="top-1/top-5 of a checkpoint on a test set")
@@ -140,10 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ckpt", required=True)
     e.add_argument("--dataset", required=True)
     e.add_argument("--data-root")
-    e.add_argument("--eval-subset", type=_positive_int)
-    e.add_argument("--batch-size", type=_positive_int, default=256)
+    e.add_argument("--eval-subset", type=positive_int)
+    e.add_argument("--batch-size", type=positive_int, default=256)
     e.add_argument("--device", default="auto")
-    e.add_argument("--workers", type=_nonnegative_int, default=2)
+    e.add_argument("--workers", type=nonnegative_int, default=2)
     e.add_argument("--no-download", action="store_true")
     e.set_defaults(func=_eval)
 
@@ -170,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     f.add_argument("--data-root", help="CIFAR-100 folder (default: $KDLIB_DATA or ~/.cache/kdlib)")
     f.add_argument("--device", default="auto")
-    f.add_argument("--workers", type=_nonnegative_int, default=2)
+    f.add_argument("--workers", type=nonnegative_int, default=2)
     f.add_argument("--no-eval", action="store_true", help="only download and extract")
     f.add_argument("--no-download", action="store_true", help="never download CIFAR-100")
     f.set_defaults(func=_fetch_teachers)
@@ -216,47 +146,14 @@ class _StderrHandler(logging.StreamHandler):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from kdlib.data import DataError
-    from kdlib.models import CheckpointError
-    from kdlib.runlock import FolderInUse
-    from kdlib.train import ResumeError, TrainConfig, TrainingFailed, plan, train
-
-    config = TrainConfig(
-        method=args.method,
-        student=args.student,
-        dataset=args.dataset,
-        out=args.out,
-        teacher=args.teacher,
-        teacher_ckpt=args.teacher_ckpt,
-        recipe=args.recipe,
-        epochs=args.epochs,
-        subset=args.subset,
-        eval_subset=args.eval_subset,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        device=args.device,
-        variant=parse_pairs(args.variant, "--variant"),
-        recipe_overrides=parse_pairs(args.set, "--set", None),
-        data_root=args.data_root,
-        resume=args.resume,
-        workers=args.workers,
-        amp=not args.no_amp,
-        channels_last=not args.no_channels_last,
-        compile=args.compile,
-        fast=args.fast,
-        progress=False if args.no_progress else None,
-        download=not args.no_download,
-        student_weights=args.student_weights,
-        bn=args.bn,
-    )
     try:
-        plan(config)
+        p = plan(from_args(args))
     except ValueError as error:
         raise UsageError(str(error)) from None
     _check_out(Path(args.out), args.resume)
     _setup_logging()
     try:
-        record = train(config)
+        record = run(p)
     except (CheckpointError, ResumeError, DataError, FolderInUse) as error:
         raise UsageError(str(error)) from None
     except (TrainingFailed, OSError) as error:  # OSError: e.g. the disk filled up (the record says failed)
@@ -271,11 +168,6 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from kdlib import models
-    from kdlib.data import DataError, get_dataset_spec
-    from kdlib.models import CheckpointError
-    from kdlib.train import evaluate_checkpoint, resolve_device
-
     try:
         if args.model is not None and args.model not in models.available():
             raise ValueError(f"unknown model '{args.model}'; choose one of: {', '.join(models.available())}")
@@ -305,10 +197,6 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _fetch_teachers(args: argparse.Namespace) -> int:
-    from kdlib.data import DataError
-    from kdlib.train import resolve_device
-    from kdlib.weights import MDISTILLER_TEACHERS_URL, fetch_teachers
-
     try:
         resolve_device(args.device)
     except ValueError as error:
@@ -334,8 +222,6 @@ def _fetch_teachers(args: argparse.Namespace) -> int:
 
 
 def _rank() -> int:
-    from kdlib.distributed import env_rank
-
     return env_rank()
 
 
@@ -351,23 +237,17 @@ def _methods(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from kdlib import models
-
     print("\n".join(models.available()))
     return 0
 
 
 def _datasets(args: argparse.Namespace) -> int:
-    from kdlib.data import DATASETS
-
     for spec in DATASETS.values():
         print(f"{spec.name:14s} {spec.num_classes:5d} classes  input {'x'.join(map(str, spec.input_shape))}")
     return 0
 
 
 def _recipes(args: argparse.Namespace) -> int:
-    from kdlib.recipes import RECIPES
-
     for recipe in RECIPES.values():
         print(
             f"{recipe.name:13s} {recipe.epochs:4d} epochs  batch {recipe.batch_size:4d}  lr {recipe.lr:<5g} "

@@ -507,6 +507,29 @@ class Data:
         self.train.dataset.epoch_seed = seed
 
 
+def _split_sets(
+    spec: DatasetSpec, root: Path, download: bool, subset: int | None, eval_subset: int | None,
+    subset_seed: int, pad_mode: str, rank: int, world_size: int,
+) -> tuple[SeededTransform, SeededTransform, int]:
+    """(training set, this process's share of the test set, the whole test set's size): class-balanced
+    subsets where asked, each image transformed by its seeded transform."""
+    raw_train = spec.load_raw(root, True, download)
+    raw_test = spec.load_raw(root, False, download)
+    train_indices = np.arange(len(raw_train))
+    if subset:
+        train_indices = balanced_subset(dataset_targets(raw_train), subset, subset_seed)
+    test_indices = np.arange(len(raw_test))
+    if eval_subset:
+        test_indices = balanced_subset(dataset_targets(raw_test), eval_subset, subset_seed)
+    train_set = SeededTransform(raw_train, train_indices, spec.make_transform(spec, True, pad_mode))
+    test_set = SeededTransform(
+        raw_test,
+        test_indices[rank::world_size],  # each test image in exactly one process's share, no padding
+        spec.make_transform(spec, False, pad_mode),
+    )
+    return train_set, test_set, len(test_indices)
+
+
 def load_data(
     name: str,
     root: str | Path | None = None,
@@ -538,24 +561,8 @@ def load_data(
         raise ValueError(f"the global batch size {batch_size} is not divisible by the {world_size} processes")
     if pad_mode not in PAD_MODES:
         raise ValueError(f"invalid pad_mode '{pad_mode}'; choose one of: {', '.join(PAD_MODES)}")
-    raw_train = spec.load_raw(root, True, download)
-    raw_test = spec.load_raw(root, False, download)
-    train_indices = balanced_subset(dataset_targets(raw_train), subset, subset_seed) if subset else None
-    test_indices = (
-        balanced_subset(dataset_targets(raw_test), eval_subset, subset_seed) if eval_subset else None
-    )
-    train_set = SeededTransform(
-        raw_train,
-        train_indices if train_indices is not None else np.arange(len(raw_train)),
-        spec.make_transform(spec, True, pad_mode),
-    )
-    test_indices = test_indices if test_indices is not None else np.arange(len(raw_test))
-    test_images = len(test_indices)
-    test_set = SeededTransform(
-        raw_test,
-        test_indices[rank::world_size],  # each test image in exactly one process's share, no padding
-        spec.make_transform(spec, False, pad_mode),
-    )
+    train_set, test_set, test_images = _split_sets(spec, root, download, subset, eval_subset, subset_seed,
+                                                    pad_mode, rank, world_size)
     common = dict(
         num_workers=workers, worker_init_fn=seed_worker, pin_memory=pin_memory, persistent_workers=False
     )
@@ -585,7 +592,7 @@ def load_data(
         "%s: %d training images%s, %d test images",
         name,
         len(train_set),
-        f" (class-balanced subset of {len(raw_train)})" if subset else "",
+        f" (class-balanced subset of {len(train_set.base)})" if subset else "",
         test_images,
     )
     return Data(spec, train, test, test_images)

@@ -69,6 +69,19 @@ def env_local_rank() -> int:
         return 0
 
 
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; an unavailable CUDA is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise ValueError(f"invalid device '{name}'; choose one of: auto, cpu, cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(
+            f"device '{name}' is not available (torch.cuda.is_available() is False); use --device cpu"
+        )
+    return torch.device(name)
+
+
 def process_device(device: torch.device) -> torch.device:
     """``device`` for this process: under a launcher, ``cuda`` becomes ``cuda:LOCAL_RANK``."""
     if device.type == "cuda" and device.index is None and env_world_size() > 1:

@@ -8,6 +8,9 @@ One parser serves method configurations (:func:`kdlib.distill.make_config`) and 
 - ``X | None``: ``none`` or an empty string for None;
 - tuples of ints: separated by ``,``, ``/`` or ``x`` (``150,180,210``; a grid ``2x2``);
 - tuples of strings: separated by ``,``.
+
+:func:`format_field` writes a value the way :func:`parse_field` reads it back (the study launches runs as
+``python -m kdlib train`` subprocesses through :func:`kdlib.config.to_argv`).
 """
 
 from __future__ import annotations
@@ -45,3 +48,17 @@ def parse_field(raw: Any, kind: Any, what: str) -> Any:
     except ValueError:
         raise ValueError(f"invalid value {raw!r} for {what}") from None
     return text
+
+
+def format_field(value: Any) -> str:
+    """``value`` as a command-line string that :func:`parse_field` reads back to the same value: ``none``
+    for None, ``true``/``false``, tuples of ints joined by ``x`` (safe inside ``--variant a=1,b=2``), other
+    tuples by ``,``; numbers as Python writes them (``repr`` of a float round-trips exactly)."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple | list):
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+        return ("x" if ints else ",").join(map(str, value))
+    return str(value)

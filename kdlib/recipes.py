@@ -134,14 +134,16 @@ class Recipe:
         """Every field, JSON-ready (tuples as lists)."""
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
-    def identity(self) -> dict[str, Any]:
-        """:meth:`as_dict` without the fields added since record version 1 where they have their default
-        (:data:`LATER_FIELDS`): what enters a run's ``config_id``, so earlier runs keep theirs."""
-        return {k: v for k, v in self.as_dict().items() if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
-
 
 #: Recipe fields added after the first run records, with the default that leaves them out of ``config_id``.
 LATER_FIELDS: dict[str, Any] = {"optimizer": "sgd", "image_size": None}
+
+
+def recipe_identity(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A recipe's fields (:meth:`Recipe.as_dict`, or a record's ``recipe``) without those added since record
+    version 1 where they have their default (:data:`LATER_FIELDS`): what enters a run's ``config_id``, so
+    earlier runs keep theirs."""
+    return {k: v for k, v in recipe.items() if k not in LATER_FIELDS or v != LATER_FIELDS[k]}
 
 
 def scale_milestones(milestones: tuple[int, ...], epochs: int, new_epochs: int) -> tuple[int, ...]:

@@ -1,8 +1,8 @@
 """One run per output folder: an exclusive lock on ``OUT/.lock``, held for the run's life.
 
 Two processes that train into the same folder would overwrite each other's ``last.pt`` and ``record.json``
-(and their temporary files), so :func:`kdlib.train.train` holds this lock (:func:`one_run_per_folder`) and a
-second run on a busy folder fails at once with :class:`FolderInUse`, naming the holder's pid.
+(and their temporary files), so :func:`kdlib.train.run` holds this lock (:func:`run_lock`) for the run's life
+and a second run on a busy folder fails at once with :class:`FolderInUse`, naming the holder's pid.
 
 The lock is ``fcntl.flock`` on ``OUT/.lock``: the kernel drops it when its holder closes the file or dies
 (``kill -9`` included), so a crashed run never blocks its own ``--resume``. The holder removes the file when
@@ -19,16 +19,12 @@ Local file systems only: ``flock`` on NFS may be emulated or not shared between 
 from __future__ import annotations
 
 import fcntl
-import functools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
 
 LOCK_NAME = ".lock"  # not *.pt: nothing in OUT but checkpoints ends in .pt
-
-R = TypeVar("R")
 
 
 class FolderInUse(RuntimeError):
@@ -80,19 +76,3 @@ def run_lock(out: str | Path) -> Iterator[Path]:
         except FileNotFoundError:
             pass
         os.close(fd)
-
-
-def one_run_per_folder(validate: Callable[[Any], Any]) -> Callable[[Callable[[Any], R]], Callable[[Any], R]]:
-    """Decorate ``train(config)``: ``validate(config)`` first (a bad configuration creates no folder), then
-    run it holding :func:`run_lock` on ``config.out``."""
-
-    def decorate(train: Callable[[Any], R]) -> Callable[[Any], R]:
-        @functools.wraps(train)
-        def locked(config: Any) -> R:
-            validate(config)
-            with run_lock(config.out):
-                return train(config)
-
-        return locked
-
-    return decorate

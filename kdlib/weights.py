@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import datetime
-import hashlib
 import json
 import logging
 import os
@@ -40,7 +39,10 @@ from typing import Any
 
 import torch
 
+from kdlib import models
 from kdlib.data import DataError
+from kdlib.files import file_sha256
+from kdlib.loop import evaluate_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -178,14 +180,6 @@ def advertised_accuracies(dataset: str = "CIFAR-100", path: Path = REPORTED_RESU
     return found
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_teachers(
     dest: str | os.PathLike[str],
     url: str = MDISTILLER_TEACHERS_URL,
@@ -200,9 +194,6 @@ def fetch_teachers(
     """Download and extract the CIFAR-100 teachers into ``dest``, evaluate each (unless ``evaluate`` is False)
     and write ``dest/teachers.json`` (returned): per teacher its file, SHA-256, measured top-1/top-5 and the
     advertised top-1 with its source. A teacher that fails to load gets an ``error`` instead of metrics."""
-    from kdlib import models
-    from kdlib.train import evaluate_checkpoint
-
     dest = Path(dest)
     name = os.path.basename(urllib.request.url2pathname(url.split("?")[0]))
     archive = dest / (name or "cifar_teachers.tar")
@@ -214,7 +205,7 @@ def fetch_teachers(
     advertised = advertised_accuracies()
     rows = []
     for arch, path in sorted(extracted.items()):
-        row: dict[str, Any] = {"arch": arch, "path": str(path), "sha256": _sha256(path)}
+        row: dict[str, Any] = {"arch": arch, "path": str(path), "sha256": file_sha256(path)}
         ad = advertised.get(arch)
         row.update(advertised_top1=ad["top1"] if ad else None, advertised_source=ad["source"] if ad else None)
         if arch not in models.available():
@@ -234,7 +225,7 @@ def fetch_teachers(
     summary = {
         "url": url,
         "archive": str(archive),
-        "archive_sha256": _sha256(archive),
+        "archive_sha256": file_sha256(archive),
         "dataset": "cifar100",
         "fetched_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "torch_version": str(torch.__version__),

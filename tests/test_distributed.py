@@ -155,8 +155,12 @@ def test_two_processes_match_one_process(tiny: dict[str, Path], tmp_path: Path) 
     a, b = _weights(tmp_path / "one" / "model.pt"), _weights(out / "model.pt")
     start = torch.load(tiny["student"], weights_only=True)
     assert not torch.equal(a["fc.weight"], start["fc.weight"])  # a step was taken
+    # AdamW moves each weight by about lr (2e-4) whatever its gradient's size, so where a gradient is at noise
+    # level (gloo's sum of two halves rounds otherwise than one process) the step differs by a fraction of lr:
+    # seen 1.1e-5 on an AMD EPYC (AVX2), so the bound is a quarter of lr, not 1e-5
+    lr = two["recipe"]["lr"]
     for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=lr / 4, msg=name)
     assert two["epoch_times"][0]["data_s"] >= 0 and two["epoch_times"][0]["compute_s"] > 0
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from kdlib import models, train
+from kdlib import loop, models, train
 from kdlib.data import PAD_MODES, load_data
 from kdlib.distill import build_distiller
 from kdlib.fast import (
@@ -305,7 +305,7 @@ def test_inference_mode_teacher_trains_like_no_grad(method: str) -> None:
 
 
 # --- the trainer's two paths ---------------------------------------------------------------------
-CPU_RUNTIME = train.Runtime(torch.device("cpu"), amp=False, channels_last=False, progress=False)
+CPU_RUNTIME = loop.Runtime(torch.device("cpu"), amp=False, channels_last=False, progress=False)
 
 
 @pytest.mark.parametrize("method, pad_mode", [("kd", "constant"), ("ickd", "reflect")])
@@ -329,13 +329,13 @@ def test_reference_and_fast_paths_same_loss_on_the_same_batches(
     runs = []
     for path in ("reference", "fast"):
         distiller = copy.deepcopy(initial)
-        optimizer = train._sgd(distiller.trainable_parameters(), 0.05, 0.9, False, 5e-4)
+        optimizer = loop.sgd(distiller.trainable_parameters(), 0.05, 0.9, False, 5e-4)
         if path == "reference":
-            losses = train.train_one_epoch(distiller, distiller, reference_batches, optimizer, 1, CPU_RUNTIME)
+            losses = loop.train_one_epoch(distiller, distiller, reference_batches, optimizer, 1, CPU_RUNTIME)
         else:
-            forward = train.prepare_fast(distiller, CPU_RUNTIME, compile=True, batch_size=8)
+            forward = loop.prepare_fast(distiller, CPU_RUNTIME, compile=True, batch_size=8)
             assert not forward.is_compiled  # compilation is for CUDA; on CPU the fast path runs eagerly
-            losses = train.train_one_epoch_fast(forward, distiller, fast_batches, optimizer, 1, CPU_RUNTIME)
+            losses = loop.train_one_epoch_fast(forward, distiller, fast_batches, optimizer, 1, CPU_RUNTIME)
         runs.append((losses, distiller.state_dict()))
     (reference_losses, reference_state), (fast_losses, fast_state) = runs
     assert set(reference_losses) == set(fast_losses) and reference_losses
@@ -412,8 +412,8 @@ def test_fast_epoch_reports_the_first_non_finite_step() -> None:
     model = Exploding()
     batches = [(torch.ones(4, 3), torch.zeros(4))] * 4
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(train.NonFiniteLoss, match="non-finite loss term 'ce' at epoch 7, step 2"):
-        train.train_one_epoch_fast(model, model, batches, optimizer, 7, CPU_RUNTIME)
+    with pytest.raises(loop.NonFiniteLoss, match="non-finite loss term 'ce' at epoch 7, step 2"):
+        loop.train_one_epoch_fast(model, model, batches, optimizer, 7, CPU_RUNTIME)
 
 
 # --- the benchmark script -------------------------------------------------------------------------
@@ -427,8 +427,8 @@ def test_bench_needs_only_torch_torchvision_numpy() -> None:
         "import sys, runpy\n"
         f"for name in {NOT_ON_THE_GPU_MACHINE!r}: sys.modules[name] = None\n"
         "bench = runpy.run_path('bench/bench.py', run_name='bench')\n"
-        "from kdlib import train\n"
-        "assert train.tqdm is None and bench['COLUMNS'][0] == 'date'\n"
+        "from kdlib import loop\n"
+        "assert loop.tqdm is None and bench['COLUMNS'][0] == 'date'\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,

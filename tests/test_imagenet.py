@@ -7,6 +7,7 @@ recipes' ``image_size`` set to 64 (the real runs crop 224).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import subprocess
@@ -26,6 +27,7 @@ from kdlib import train, weights
 from kdlib.cli import main
 from kdlib.data import DataError, get_dataset_spec, load_data, resolve_dataset_spec
 from kdlib.recipes import get_recipe
+from kdlib.record import config_id_of, new_record
 from kdlib.train import TrainConfig
 
 ICKD_IMAGENET = {  # ICKD's ImageNet loss: 0.5·CE + 0.5·KD(T=1) + 500·ICKD (imagenet variant)
@@ -123,7 +125,7 @@ def test_ickd_imagenet_run_from_pretrained_weights(tiny: dict[str, Path], tmp_pa
     config = imagenet_config(tiny, tmp_path)
     record = train.train(config)
     assert record["status"] == "completed" and record["dataset"] == "imagenet"
-    assert record["config_id"] == train.config_id_of(config)  # what the study plans with
+    assert record["config_id"] == config_id_of(config)  # what the study plans with
     # the resolved ICKD ImageNet configuration and recipe are in the record
     config = record["method_config"]
     assert (config["ce_weight"], config["kd_weight"], config["T"]) == (0.5, 0.5, 1.0)
@@ -145,9 +147,8 @@ def test_ickd_imagenet_run_from_pretrained_weights(tiny: dict[str, Path], tmp_pa
     torch.testing.assert_close(trained["conv1.weight"], start["conv1.weight"], atol=1e-3, rtol=0)
     assert not torch.equal(trained["conv1.weight"], start["conv1.weight"])
     # from scratch is another configuration
-    scratch = train.plan(imagenet_config(tiny, tmp_path / "scratch", student_weights=None))
-    assert train.new_record(scratch, "resnet18", "0" * 64, "fp32")["config_id"] != train.new_record(
-        train.plan(imagenet_config(tiny, tmp_path / "x")), "resnet18", "0" * 64, "fp32")["config_id"]
+    scratch = imagenet_config(tiny, tmp_path / "scratch", student_weights=None)
+    assert config_id_of(scratch) != config_id_of(imagenet_config(tiny, tmp_path / "x"))
 
 
 def test_new_options_leave_earlier_config_ids_alone(tmp_path: Path) -> None:
@@ -166,10 +167,13 @@ def test_new_options_leave_earlier_config_ids_alone(tmp_path: Path) -> None:
         "seed": 0,
         "precision": "fp32",
     }
-    assert train.new_record(p, None, None, "fp32")["config_id"] == train.config_id(earlier_identity)
+    # the hash as record version 1 computed it: canonical JSON of the identity (tuples as lists), SHA-256
+    text = json.dumps(earlier_identity, sort_keys=True, separators=(",", ":"))
+    earlier_id = hashlib.sha256(text.encode()).hexdigest()[:16]
+    assert new_record(p, None, None)["config_id"] == earlier_id
     frozen = train.plan(TrainConfig("ce", "resnet8", "fashion_mnist", tmp_path, recipe="smoke", epochs=1,
                                     bn="frozen"))
-    assert train.new_record(frozen, None, None, "fp32")["config_id"] != train.config_id(earlier_identity)
+    assert new_record(frozen, None, None)["config_id"] != earlier_id
 
 
 def test_torchvision_weights_are_validated_and_fail_offline_in_one_line(
@@ -269,6 +273,6 @@ def test_config_id_of_resolves_torchvision_weights(tiny: dict[str, Path], tmp_pa
     config = imagenet_config(tiny, tmp_path, teacher_ckpt="torchvision", student_weights="torchvision")
     record = train.train(config)
     assert record["student_weights"] == "torchvision:ResNet18_Weights.IMAGENET1K_V1"
-    assert record["config_id"] == train.config_id_of(config)
+    assert record["config_id"] == config_id_of(config)
     files["resnet18"] = tiny["teacher"]  # other weights behind the same name: another configuration
-    assert train.config_id_of(config) != record["config_id"]
+    assert config_id_of(config) != record["config_id"]

@@ -14,10 +14,11 @@ import pytest
 import torch
 from helpers import write_fashion_mnist, write_teacher
 
-from kdlib import data, train
+from kdlib import data, loop, train
 from kdlib.distill import available_methods, get_method
 from kdlib.models import load_teacher
-from kdlib.train import ResumeError, TrainConfig, TrainingFailed
+from kdlib.record import TrainingFailed
+from kdlib.train import ResumeError, TrainConfig
 
 RECORD_KEYS = {
     "status",
@@ -240,16 +241,16 @@ def test_plan_validates_without_loading(tiny: dict[str, Path], tmp_path: Path) -
 
 
 def test_rng_state_round_trip() -> None:
-    state = train.rng_state()
+    state = loop.rng_state()
     draws = (random.random(), np.random.rand(), torch.rand(1))
-    train.seed_everything(99)
-    train.set_rng_state(state)
+    loop.seed_everything(99)
+    loop.set_rng_state(state)
     again = (random.random(), np.random.rand(), torch.rand(1))
     assert draws[:2] == again[:2] and torch.equal(draws[2], again[2])
 
 
 def test_evaluate_checkpoint(tiny: dict[str, Path]) -> None:
-    result = train.evaluate_checkpoint(
+    result = loop.evaluate_checkpoint(
         None,
         tiny["teacher"],
         "fashion_mnist",
@@ -275,10 +276,10 @@ def test_smoke_run_on_the_real_fashion_mnist(tiny: dict[str, Path], tmp_path: Pa
 
 
 def test_finite_check_names_the_first_bad_step_when_checking_in_batches() -> None:
-    check = train.FiniteCheck("epoch 3", every=3)
+    check = loop.FiniteCheck("epoch 3", every=3)
     check(0, {"ce": torch.tensor(1.0), "cd": torch.tensor(2.0)})
     check(1, {"ce": torch.tensor(1.0), "cd": torch.tensor(float("inf"))})
-    with pytest.raises(train.NonFiniteLoss, match=r"'cd' = inf at epoch 3, step 1"):
+    with pytest.raises(loop.NonFiniteLoss, match=r"'cd' = inf at epoch 3, step 1"):
         check(2, {"ce": torch.tensor(float("nan")), "cd": torch.tensor(1.0)})
 
 

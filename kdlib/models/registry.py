@@ -306,3 +306,14 @@ def load_teacher(
     except RuntimeError as e:  # e.g. a dtype that cannot be copied
         raise CheckpointError(f"checkpoint '{path}' could not be loaded into {arch}: {e}") from e
     return model.eval()
+
+
+def checkpoint_arch(ckpt: str | os.PathLike, given: str | None = None) -> str | None:
+    """``given`` when set, else the ``arch`` a kdlib checkpoint names (None for other formats and unreadable
+    files: :func:`load_teacher` reports those properly)."""
+    if given:
+        return given
+    try:
+        return torch.load(ckpt, map_location="cpu", weights_only=True).get("arch")
+    except Exception:
+        return None

@@ -1,0 +1,258 @@
+"""A run's record: what it is (its settings and ``config_id``), where it ran (provenance), and how it went.
+
+``OUT/record.json`` is written by the trainer after every epoch (:mod:`kdlib.train`) and read by
+:mod:`kdlib.results`. Its parts:
+
+- the **settings** (:func:`settings`): what the configuration fixes once the teacher and student weights are
+  resolved to files: method and its full configuration, architectures, dataset and subset, recipe, seed,
+  precision, weights' SHA-256;
+- the **identity** (:func:`identity`, :func:`config_id`): the part of the settings that determines the result,
+  hashed. One function computes it, from the settings or from any record (they carry the same keys), so the
+  trainer, the study's planning and a check of committed records agree by construction. No commit, time,
+  path, process count or hardware enters it, and computing it reads neither git nor the machine;
+- the **provenance** (:func:`provenance`): commit, hardware, torch version, time;
+- the **outcome**: ``status``, per-epoch ``history`` and ``epoch_times``, the summary fields
+  (:func:`summarise_history`), ``failure_reason``, ``resumes``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import os
+import platform
+import subprocess
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdlib import weights
+from kdlib.config import Plan, TrainConfig, plan
+from kdlib.distill import variant_string
+from kdlib.files import file_sha256, save_json
+from kdlib.loop import NonFiniteLoss
+from kdlib.models import checkpoint_arch
+from kdlib.recipes import recipe_identity
+
+log = logging.getLogger(__name__)
+
+RECORD_VERSION = 1
+
+
+class TrainingFailed(RuntimeError):
+    """The run stopped (a non-finite loss); ``record`` is its run record (``diverged``), already written."""
+
+    def __init__(self, reason: str, record: dict[str, Any]) -> None:
+        super().__init__(reason)
+        self.record = record
+
+
+@dataclass(frozen=True)
+class WeightsRef:
+    """A weights argument resolved to its file: how the record names it (the path given, or
+    ``torchvision:<weights>``), the file's SHA-256 and, for a teacher, its architecture."""
+
+    file: Path
+    text: str
+    sha256: str
+    arch: str | None
+
+
+def weights_ref(file: Path, text: str, arch: str | None) -> WeightsRef:
+    """The :class:`WeightsRef` of a resolved file; ``arch`` None: the checkpoint's own ``arch``."""
+    return WeightsRef(file, text, file_sha256(file), checkpoint_arch(file, arch))
+
+
+def resolve_refs(config: TrainConfig, needs_teacher: bool) -> tuple[WeightsRef | None, WeightsRef | None]:
+    """(teacher, student weights) of ``config`` resolved to files (``torchvision`` weights are downloaded if
+    missing, as the run would)."""
+    def ref(spec: str | Path, arch: str | None) -> WeightsRef:
+        return weights_ref(*weights.resolve_weights(spec, arch), arch)
+
+    teacher = ref(config.teacher_ckpt, config.teacher) if needs_teacher else None
+    student = ref(config.student_weights, config.student) if config.student_weights is not None else None
+    return teacher, student
+
+
+def settings(p: Plan, teacher: WeightsRef | None, student: WeightsRef | None) -> dict[str, Any]:
+    """The record's settings: what ``p`` fixes, with the weights resolved (no commit, time or hardware)."""
+    c = p.config
+    method_config = dataclasses.asdict(p.method_config)
+    return {
+        "method": c.method,
+        "variant": variant_string(p.method_config),
+        "method_config": _jsonable(method_config),
+        "teacher": teacher.arch if teacher else None,
+        "teacher_ckpt": teacher.text if teacher else None,
+        "teacher_ckpt_sha256": teacher.sha256 if teacher else None,
+        "student": c.student,
+        "dataset": c.dataset,
+        "subset": c.subset,
+        "eval_subset": c.eval_subset,
+        "recipe_name": p.recipe.name,
+        "recipe": p.recipe.as_dict(),
+        "seed": c.seed,
+        "epochs": p.recipe.epochs,
+        "precision": p.precision,
+        "student_weights": student.text if student else None,
+        "student_weights_sha256": student.sha256 if student else None,
+        "bn": c.bn,
+    }
+
+
+def identity(record: Mapping[str, Any]) -> dict[str, Any]:
+    """What determines a run's result, from its settings or its record. Options added after record version 1
+    (student weights, ``bn``, the recipe's :data:`~kdlib.recipes.LATER_FIELDS`) enter only when set, so runs
+    without them keep their earlier ``config_id``."""
+    identity = {
+        key: record[key]
+        for key in ("method", "method_config", "teacher", "teacher_ckpt_sha256", "student", "dataset",
+                    "subset", "eval_subset", "seed", "precision")
+    }
+    identity["recipe"] = recipe_identity(record["recipe"])
+    if record.get("student_weights_sha256") is not None:
+        identity["student_weights_sha256"] = record["student_weights_sha256"]
+    if record.get("bn", "batch") != "batch":
+        identity["bn"] = record["bn"]
+    return identity
+
+
+def config_id(record: Mapping[str, Any]) -> str:
+    """Short hash of :func:`identity` (canonical JSON, tuples as lists)."""
+    text = json.dumps(_jsonable(identity(record)), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def config_id_of(config: TrainConfig) -> str:
+    """The ``config_id`` that training ``config`` records, computed without training: the same :func:`plan`,
+    resolved weights and :func:`settings` as the trainer."""
+    p = plan(config)
+    return config_id(settings(p, *resolve_refs(config, p.needs_teacher)))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+# --- provenance -----------------------------------------------------------------------------------
+def now() -> str:
+    """The current UTC time, ISO 8601 to the second."""
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def git_info() -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the repository holding this package; (None, None) outside git."""
+    repo = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        status = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    return (
+        commit.stdout.strip() or None if commit.returncode == 0 else None,
+        bool(status.stdout.strip()) if status.returncode == 0 else None,
+    )
+
+
+def hardware(device: torch.device) -> dict[str, Any]:
+    """The CPU's model name, core count, torch's thread count and the GPU's name (None on CPU)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu}
+
+
+def provenance(device: torch.device) -> dict[str, Any]:
+    """Where and with what this process trains: device, hardware, torch version, commit (a resumed run adds
+    one of these per session to ``resumes``)."""
+    commit, dirty = git_info()
+    return {"device": str(device), "hardware": hardware(device), "torch_version": str(torch.__version__),
+            "git_commit": commit, "git_dirty": dirty}
+
+
+# --- the record -----------------------------------------------------------------------------------
+def new_record(p: Plan, teacher: WeightsRef | None, student: WeightsRef | None) -> dict[str, Any]:
+    """A run's record before its first epoch: settings, ``config_id``, provenance and an empty outcome."""
+    fixed = settings(p, teacher, student)
+    return {
+        "record_version": RECORD_VERSION,
+        "status": "running",
+        "config_id": config_id(fixed),
+        **fixed,
+        "teacher_top1": None,
+        "teacher_top5": None,
+        "pretrain_history": [],
+        "history": [],
+        "top1_last": None,
+        "top5_last": None,
+        "top1_best": None,
+        "top5_best": None,
+        "best_epoch": None,
+        "wall_time_s": 0.0,
+        "images_per_s": None,
+        **provenance(p.device),
+        "created_at": now(),
+        "updated_at": None,
+        "failure_reason": None,
+        "resumes": [],
+        "test_images": None,
+        "epoch_times": [],  # per epoch: data_s (waiting for batches), compute_s (the rest of training)
+    }
+
+
+def summarise_history(record: dict[str, Any]) -> None:
+    """Set the last and best (earliest among ties) top-1/top-5 and the best epoch from ``history``."""
+    history = record["history"]
+    if not history:
+        return
+    best = max(history, key=lambda h: (h["top1"], -h["epoch"]))
+    record.update(
+        top1_last=history[-1]["top1"],
+        top5_last=history[-1]["top5"],
+        top1_best=best["top1"],
+        top5_best=best["top5"],
+        best_epoch=best["epoch"],
+    )
+
+
+@contextmanager
+def record_failures(record: dict[str, Any], out: Path, write: bool = True) -> Iterator[None]:
+    """On an exception, mark the record (with the reason), write it (if ``write``) and re-raise: ``diverged``
+    for a non-finite loss (a result of the configuration: the same seed diverges again; raised as
+    :class:`TrainingFailed`), ``failed`` for anything else (an interruption, a crash: worth retrying)."""
+    try:
+        yield
+    except NonFiniteLoss as error:
+        record.update(status="diverged", failure_reason=str(error))
+        if write:
+            save_json(record, out / "record.json")
+            log.error("run diverged: %s (last good checkpoint kept in %s)", error, out)
+        raise TrainingFailed(str(error), record) from None
+    except BaseException as error:
+        reason = "interrupted" if isinstance(error, KeyboardInterrupt) else f"{type(error).__name__}: {error}"
+        record.update(status="failed", failure_reason=reason)
+        if write:
+            save_json(record, out / "record.json")
+        raise

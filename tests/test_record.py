@@ -1,0 +1,61 @@
+"""A run's identity (kdlib.record): one function, from settings or records, with no git or hardware reads."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+from helpers import write_teacher
+
+from kdlib import record as run_record
+from kdlib.config import TrainConfig, plan
+
+REPO = Path(__file__).resolve().parents[1]
+COMMITTED = sorted((REPO / "data").rglob("record.json"))
+
+
+def test_there_are_committed_records() -> None:
+    assert len(COMMITTED) >= 60
+
+
+@pytest.mark.parametrize("path", COMMITTED, ids=lambda p: str(p.parent.relative_to(REPO / "data")))
+def test_committed_config_ids_are_recomputed_from_their_records(path: Path) -> None:
+    """Every committed record's ``config_id`` is the hash of its own settings, as the trainer computes it now."""
+    record = json.loads(path.read_text())
+    assert run_record.config_id(record) == record["config_id"]
+
+
+def test_identity_reads_neither_git_nor_the_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    teacher = write_teacher(tmp_path / "t.pt", arch="resnet14", num_classes=10)
+    config = TrainConfig("kd", "resnet8", "fashion_mnist", tmp_path / "o", teacher_ckpt=teacher, recipe="smoke")
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the identity must not read git or the hardware")
+
+    expected = run_record.config_id_of(config)
+    monkeypatch.setattr(subprocess, "run", forbidden)
+    monkeypatch.setattr(run_record, "hardware", forbidden)
+    assert run_record.config_id_of(config) == expected
+
+
+def test_settings_and_the_whole_record_give_one_identity(tmp_path: Path) -> None:
+    teacher = write_teacher(tmp_path / "t.pt", arch="resnet14", num_classes=10)
+    config = TrainConfig("cd", "resnet8", "fashion_mnist", tmp_path / "o", teacher_ckpt=teacher, recipe="smoke",
+                         variant={"edt": "off"}, bn="frozen")
+    p = plan(config)
+    refs = run_record.resolve_refs(config, p.needs_teacher)
+    settings = run_record.settings(p, *refs)
+    record = run_record.new_record(p, *refs)
+    assert settings.items() <= record.items()
+    assert run_record.config_id(settings) == record["config_id"] == run_record.config_id_of(config)
+    assert record["teacher"] == "resnet14" and record["teacher_ckpt"] == str(teacher)
+    assert run_record.identity(record)["bn"] == "frozen"
+    # what does not determine the result does not enter it
+    moved = TrainConfig("cd", "resnet8", "fashion_mnist", tmp_path / "elsewhere", teacher_ckpt=teacher,
+                        recipe="smoke", variant={"edt": "off"}, bn="frozen", workers=0, progress=False)
+    assert run_record.config_id_of(moved) == record["config_id"]
+    reseeded = TrainConfig("cd", "resnet8", "fashion_mnist", tmp_path / "o", teacher_ckpt=teacher,
+                           recipe="smoke", variant={"edt": "off"}, bn="frozen", seed=1)
+    assert run_record.config_id_of(reseeded) != record["config_id"]
