@@ -340,7 +340,7 @@ def _rank() -> int:
 
 
 def _methods(args: argparse.Namespace) -> int:
-    from kdlib.distill import available_methods, get_method, make_config, variant_string
+    from kdlib.methods import available_methods, get_method, make_config, variant_string
 
     for name in available_methods():
         cls = get_method(name)

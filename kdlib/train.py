@@ -80,8 +80,9 @@ except ImportError:  # bench/bench.py runs where only torch is installed: no pro
 
 from kdlib import distributed, models, weights
 from kdlib.data import Data, get_dataset_spec, load_data, mix_seed, resolve_dataset_spec
-from kdlib.distill import Distiller, MethodConfig, build_distiller, get_method, make_config, variant_string
+from kdlib.distill import Distiller, MethodConfig
 from kdlib.fast import CompiledOrEager, DeviceLoader, DeviceMetrics, run_teacher_in_inference_mode
+from kdlib.methods import build_distiller, get_method, make_config, variant_string
 from kdlib.recipes import Recipe, get_recipe
 from kdlib.runlock import one_run_per_folder
 

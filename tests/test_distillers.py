@@ -12,9 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from kdlib.distill import Distiller, available_methods, build_distiller, get_method, make_config
+from kdlib.distill import Distiller
 from kdlib.losses.baselines import ConvReg
 from kdlib.losses.functional import cd_loss, factor_distance, gkd_loss
+from kdlib.methods import available_methods, build_distiller, get_method, make_config
 from kdlib.models import create_model
 
 METHOD_ORDER = ["ce", "kd", "fitnet", "at", "sp", "rkd", "pkt", "ickd", "ccs", "cd", "cwt", "iekd"]

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from kdlib.distill import Distiller, Losses, MethodConfig, register
+from kdlib.distill import Distiller, Losses, MethodConfig
 from kdlib.losses.functional import CCS_INTER_VARIANTS, ccs_inter_loss, ccs_intra_loss
 from kdlib.losses.ickd import conv1x1_bn
 
@@ -52,7 +52,6 @@ class CCSConfig(MethodConfig):
             raise ValueError(f"eps must be > 0, got {self.eps!r}")
 
 
-@register
 class CCS(Distiller):
     """Channel correlation structure distillation [assumption throughout, see :class:`CCSConfig`].
 

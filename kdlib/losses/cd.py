@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlib.distill import Distiller, Losses, MethodConfig, register
+from kdlib.distill import Distiller, Losses, MethodConfig
 from kdlib.losses.functional import EDT_DATASETS, EDT_VARIANTS, cd_loss, edt_weights, gkd_loss, kd_loss
 
 #: The official CD weight, already included in ``edt_weights(...)["cd"]``.
@@ -78,7 +78,6 @@ class CDConfig(MethodConfig):
             raise ValueError(f"gkd_T must be > 0, got {self.gkd_T!r}")
 
 
-@register
 class CD(Distiller):
     """Channel distillation on the stage outputs ``feat[1:-1]``, with GKD and the EDT schedule.
 

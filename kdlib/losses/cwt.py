@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from kdlib.distill import Distiller, Losses, MethodConfig, register
+from kdlib.distill import Distiller, Losses, MethodConfig
 from kdlib.losses.functional import cwt_loss, pool_to_match
 
 
@@ -25,7 +25,6 @@ class CWTConfig(MethodConfig):
     bn: bool = False
 
 
-@register
 class CWT(Distiller):
     """Channel-wise transformation on the last pre-pool map ``feat[-2]``.
 

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from kdlib.distill import Distiller, Losses, MethodConfig, register
+from kdlib.distill import Distiller, Losses, MethodConfig
 from kdlib.losses.functional import ICKD_VARIANTS, ickd_loss
 
 
@@ -44,7 +44,6 @@ class ICKDConfig(MethodConfig):
             raise ValueError(f"grid must be two integers >= 1 (e.g. 2x2), got {self.grid!r}")
 
 
-@register
 class ICKD(Distiller):
     """ICKD on the last pre-pool map ``feat[-2]``.
 

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlib.distill import Distiller, Losses, MethodConfig, register
+from kdlib.distill import Distiller, Losses, MethodConfig
 from kdlib.losses.functional import factor_distance, pool_to_match
 
 #: α of the "IE + KD" goal, ``(1−α)·CE + α·KD_4`` [code: CIFAR-100 configs].
@@ -114,7 +114,6 @@ class IEKDConfig(MethodConfig):
             raise ValueError(f"factor_channels must be >= 1, got {self.factor_channels!r}")
 
 
-@register
 class IEKD(Distiller):
     """Inheritance and exploration on the last pre-pool map ``feat[-2]``.
 
