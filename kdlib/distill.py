@@ -8,7 +8,7 @@ Every method has a configuration dataclass (a subclass of :class:`MethodConfig`)
 weights of methods.md section 6; the student objective is always
 ``ce_weight·CE + kd_weight·KD_T + <method terms>``.
 
-This module holds the base classes only. Each method lives in its own module under :mod:`kdlib.losses`
+This module holds the base classes only. Each method lives in its own module under ``kdlib.losses``
 (importing this one); the table of methods, and the functions that build a distiller by name, are in
 :mod:`kdlib.methods` (importing those). Nothing imports upwards, so any of them can be imported first.
 

@@ -3,7 +3,7 @@
 :data:`METHODS` maps each method's name to its distiller class, in the order of the study's tables: the
 baselines (``ce``, ``kd`` and RepDistiller's feature baselines), then the papers' channel methods
 (:data:`CHANNEL_METHODS`). Every name the package, the command line, the study and the book accept comes from
-here. Adding a method: its module under :mod:`kdlib.losses`, and its row below.
+here. Adding a method: its module under ``kdlib/losses/``, and its row below.
 
 Imports go one way: this module imports the method modules, which import :mod:`kdlib.distill` (the base
 classes); neither imports this one.
@@ -42,7 +42,7 @@ METHODS: dict[str, type[Distiller]] = {
 #: methods of :data:`METHODS` are the baselines they are compared with.
 CHANNEL_METHODS: tuple[str, ...] = ("ickd", "ccs", "cd", "cwt", "iekd")
 
-#: The baselines: the methods of :data:`METHODS` that are not channel methods, in table order.
+#: The methods of :data:`METHODS` that are not channel methods (the baselines), in table order.
 BASELINES: tuple[str, ...] = tuple(name for name in METHODS if name not in CHANNEL_METHODS)
 
 

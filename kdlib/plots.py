@@ -3,7 +3,7 @@
 Every function here draws: it takes run records, summary tables or a method's figure data and returns a
 ``matplotlib.figure.Figure``. What a method's figure shows is computed by the method's distiller, with the
 parts its loss uses (``ICKD.correlation_data``, ``CCS.correlation_data``, ``CD.attention_data``,
-``CWT.transform_data``, ``IEKD.similarity_data`` in :mod:`kdlib.losses`), so a figure shows exactly what the
+``CWT.transform_data``, ``IEKD.similarity_data`` in ``kdlib.losses``), so a figure shows exactly what the
 loss compares. Nothing here trains, reads files or computes a method's quantities.
 
 Every plotting function leaves the backend alone (notebooks show figures inline) and returns the figure, so

@@ -96,7 +96,8 @@ class KdlibMethodModules(SphinxDirective):
 
     def run(self) -> list[nodes.Node]:
         modules = dict.fromkeys(cls.__module__ for cls in METHODS.values())
-        text = "\n\n".join(f".. automodule:: {module}\n   :members:" for module in modules)
+        rst = "\n\n".join(f".. automodule:: {module}\n   :members:" for module in modules)
+        text = f"```{{eval-rst}}\n{rst}\n```"  # the page is MyST: autodoc's output is reStructuredText
         container = nodes.container(classes=["kdlib-method-modules"])
         self.state.nested_parse(StringList(text.splitlines(), source="kdlib-method-modules"),
                                 self.content_offset, container)
