@@ -155,9 +155,10 @@ def ccs_matrices(data: Mapping[str, Mapping[str, np.ndarray]], title: str | None
 
 
 # --- CD -------------------------------------------------------------------------------------------
-def cd_attention(data: pd.DataFrame, title: str | None = None) -> Figure:
+def cd_attention(data: Sequence[Mapping[str, Any]] | pd.DataFrame, title: str | None = None) -> Figure:
     """CD's figure: per stage, each model's channel attention with channels ranked by the teacher's
-    (:meth:`CD.attention_data <kdlib.losses.cd.CD.attention_data>`)."""
+    (the rows of :meth:`CD.attention_data <kdlib.losses.cd.CD.attention_data>`)."""
+    data = pd.DataFrame(data)
     stages = sorted(data["stage"].unique())
     fig, axes = plt.subplots(1, len(stages), figsize=(4 * len(stages), 3.4), squeeze=False)
     for ax, stage in zip(axes[0], stages, strict=True):
@@ -178,13 +179,13 @@ def cd_attention(data: pd.DataFrame, title: str | None = None) -> Figure:
 
 
 # --- IE-KD ----------------------------------------------------------------------------------------
-def iekd_similarity(data: Mapping[str, pd.DataFrame], title: str | None = None) -> Figure:
+def iekd_similarity(data: Mapping[str, Sequence[Mapping[str, Any]]], title: str | None = None) -> Figure:
     """IE-KD's figure: each sample's cosine similarity of each part to the teacher factor (points) and their
     mean with a 95% interval (diamonds), per run (inheritance is pulled towards the teacher factor,
     exploration pushed away); the tick labels give the batch's factor distances ``d`` that the loss uses.
-    ``data`` maps each run's label to its
+    ``data`` maps each run's label to the rows of its
     :meth:`IEKD.similarity_data <kdlib.losses.iekd.IEKD.similarity_data>`."""
-    data = pd.concat([frame.assign(run=run) for run, frame in data.items()], ignore_index=True)
+    data = pd.DataFrame([{**row, "run": run} for run, rows in data.items() for row in rows])
     runs = list(dict.fromkeys(data["run"]))
     distance = data.groupby(["run", "part"], sort=False)["distance"].first()
     names = {run: (f"{run}\nd_inh {distance[(run, 'inheritance')]:.4f}"

@@ -2,6 +2,7 @@
 
 - the imports go one way (kdlib.methods → kdlib.losses.<method> → kdlib.distill), all at module level: each
   module imports cleanly first, in a fresh interpreter;
+- the methods need only torch and numpy;
 - each channel method's distiller computes what its figure shows (kdlib.plots only draws).
 """
 
@@ -43,6 +44,15 @@ def test_each_module_imports_first(module: str) -> None:
     """No import cycle: any of them can be the first kdlib module imported."""
     out = fresh(f"import {module}; import kdlib.methods as m; print(','.join(m.METHODS))")
     assert out.strip() == ",".join(METHODS)
+
+
+def test_methods_need_only_torch_and_numpy() -> None:
+    """The table and every method module import without pandas, matplotlib or tqdm (as on a GPU machine
+    with only torch, torchvision and numpy, where bench/bench.py runs)."""
+    blocked = ("pandas", "matplotlib", "seaborn", "tqdm")
+    out = fresh(f"import sys; sys.modules.update(dict.fromkeys({blocked!r})); import kdlib.methods as m; "
+                "print(len(m.METHODS))")
+    assert out.strip() == str(len(METHODS))
 
 
 @pytest.mark.parametrize("path", ["distill.py", "methods.py", "plots.py", *sorted(
@@ -94,14 +104,14 @@ def test_figure_data_of_each_channel_method(trio) -> None:
     matrices = [m for part in ccs.values() for m in part.values()]
     assert len(matrices) == 6 and all(m.shape == (64, 64) and np.abs(m).max() <= 1 + 1e-6 for m in matrices)
     cd = d["cd"].attention_data(x, vanilla)
-    assert sorted(cd["stage"].unique()) == [1, 2, 3]
-    assert set(cd["model"]) == {"teacher", "CD student (connector)", "vanilla student"}
+    assert sorted({row["stage"] for row in cd}) == [1, 2, 3]
+    assert {row["model"] for row in cd} == {"teacher", "CD student (connector)", "vanilla student"}
     cwt = d["cwt"].transform_data(x)
     assert cwt["W1"].shape == (64, 64) and cwt["W2"].shape == (64, 64) and len(cwt["corr_transformed"]) == 64
     assert np.abs(cwt["corr_transformed"]).max() <= 1 + 1e-6 and cwt["loss"] > 0
     iekd = d["iekd"].similarity_data(x)
-    assert set(iekd["part"]) == {"inheritance", "exploration"} and len(iekd) == 2 * len(x)
-    assert iekd["cosine"].between(-1 - 1e-6, 1 + 1e-6).all()
+    assert {row["part"] for row in iekd} == {"inheritance", "exploration"} and len(iekd) == 2 * len(x)
+    assert all(-1 - 1e-6 <= row["cosine"] <= 1 + 1e-6 for row in iekd)
 
 
 def test_figure_data_is_what_the_loss_compares(trio) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -164,11 +163,11 @@ class CD(Distiller):
 
     # --- the figure -------------------------------------------------------------------------------
     @torch.no_grad()
-    def attention_data(self, x: Tensor, vanilla: nn.Module) -> pd.DataFrame:
+    def attention_data(self, x: Tensor, vanilla: nn.Module) -> list[dict[str, Any]]:
         """CD's channel attention ``w = GAP(f)`` of ``x`` (batch mean) per paired stage: teacher, distilled
         student after its connector (:meth:`compared_stages`, what the loss compares) and the ``vanilla``
-        student (raw stage output). Long table: stage, model, channel rank (channels ranked by the teacher's
-        attention), attention. Drawn by :func:`kdlib.plots.cd_attention`."""
+        student (raw stage output). Rows of a long table: stage, model, channel rank (channels ranked by the
+        teacher's attention), attention. Drawn by :func:`kdlib.plots.cd_attention`."""
         feats_t = eval_features(self.teacher, x)
         connected, stages_t = self.compared_stages(eval_features(self.student, x), feats_t)
         stages_v, _ = self.paired_stages(eval_features(vanilla, x), feats_t)
@@ -182,4 +181,4 @@ class CD(Distiller):
                     continue
                 rows += [{"stage": k, "model": name, "channel rank": rank, "attention": float(w[channel])}
                          for rank, channel in enumerate(order.tolist())]
-        return pd.DataFrame(rows)
+        return rows

@@ -22,7 +22,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -233,11 +232,12 @@ class IEKD(Distiller):
 
     # --- the figure -------------------------------------------------------------------------------
     @torch.no_grad()
-    def similarity_data(self, x: Tensor) -> pd.DataFrame:
+    def similarity_data(self, x: Tensor) -> list[dict[str, Any]]:
         """Per sample of ``x``, the cosine similarity of the student's inheritance and exploration factors
         (:meth:`student_parts`, encoded) to the teacher factor ``F_T`` (:meth:`teacher_factor`), flattened,
         and the batch's factor distance ``d`` (:func:`~kdlib.losses.functional.factor_distance`, what the loss
-        uses). Long table: part, sample, cosine, distance. Drawn by :func:`kdlib.plots.iekd_similarity`."""
+        uses). Rows of a long table: part, sample, cosine, distance. Drawn by
+        :func:`kdlib.plots.iekd_similarity`."""
         factor_t = self.teacher_factor(eval_features(self.teacher, x))
         names = {"inherit": "inheritance", "explore": "exploration"}
         rows = []
@@ -247,4 +247,4 @@ class IEKD(Distiller):
             distance = float(factor_distance(factor_tt, factor_s))
             rows += [{"part": names[name], "sample": i, "cosine": float(c), "distance": distance}
                      for i, c in enumerate(cosine)]
-        return pd.DataFrame(rows)
+        return rows
