@@ -59,9 +59,10 @@ from torchvision import transforms as T
 
 from kdlib import distributed, models
 from kdlib.data import DataError, default_data_root, get_dataset_spec
-from kdlib.distill import Distiller, build_distiller
+from kdlib.distill import Distiller
 from kdlib.fast import DeviceLoader, DeviceMetrics
 from kdlib.loop import Runtime, evaluate, fast_step, make_optimizer, prepare_fast
+from kdlib.methods import build_distiller
 from kdlib.recipes import get_recipe
 
 REPO = Path(__file__).resolve().parents[1]

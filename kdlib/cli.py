@@ -38,6 +38,7 @@ from kdlib.config import add_arguments, from_args, nonnegative_int, plan, positi
 from kdlib.data import DATASETS, DataError, get_dataset_spec
 from kdlib.distributed import env_rank, resolve_device
 from kdlib.loop import evaluate_checkpoint
+from kdlib.methods import available_methods, get_method, make_config, variant_string
 from kdlib.models import CheckpointError
 from kdlib.recipes import RECIPES
 from kdlib.record import TrainingFailed
@@ -226,8 +227,6 @@ def _rank() -> int:
 
 
 def _methods(args: argparse.Namespace) -> int:
-    from kdlib.distill import available_methods, get_method, make_config, variant_string
-
     for name in available_methods():
         cls = get_method(name)
         flags = [f for f, on in (("teacher", cls.needs_teacher), ("pretrain", cls.has_pretrain)) if on]

@@ -28,8 +28,9 @@ import torch
 
 from kdlib import distributed, models, weights
 from kdlib.data import get_dataset_spec
-from kdlib.distill import MethodConfig, get_method, make_config
+from kdlib.distill import MethodConfig
 from kdlib.fields import format_field
+from kdlib.methods import get_method, make_config
 from kdlib.recipes import Recipe, get_recipe
 
 

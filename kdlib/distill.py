@@ -8,6 +8,10 @@ Every method has a configuration dataclass (a subclass of :class:`MethodConfig`)
 weights of methods.md section 6; the student objective is always
 ``ce_weight·CE + kd_weight·KD_T + <method terms>``.
 
+This module holds the base classes only. Each method lives in its own module under ``kdlib.losses``
+(importing this one); the table of methods, and the functions that build a distiller by name, are in
+:mod:`kdlib.methods` (importing those). Nothing imports upwards, so any of them can be imported first.
+
 Per-epoch state (CD's EDT weights) reaches ``forward`` as tensor data: the trainer calls
 ``distiller.set_epoch(epoch)`` before each distillation epoch, and a method whose losses change per epoch
 overrides it to write the new values into a buffer in place. ``forward`` never reads Python per-epoch values:
@@ -19,9 +23,6 @@ limit (8) it would run eagerly for the rest of the run (tests/test_compile.py).
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import typing
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlib.fields import parse_field
+from kdlib.losses.functional import kd_loss
 
 Losses = dict[str, Tensor]
 
@@ -60,6 +61,19 @@ class MethodConfig:
                 raise ValueError(f"{field.name} must be a number >= 0, got {value!r}")
         if self.T <= 0:
             raise ValueError(f"T must be > 0, got {self.T!r}")
+
+
+@torch.no_grad()
+def eval_features(model: nn.Module, x: Tensor) -> list[Tensor]:
+    """``model``'s features of ``x`` in eval mode, without autograd; its train/eval mode is restored.
+
+    What a method's figure shows of a model (the distiller's teacher or student, or a vanilla student).
+    """
+    was_training = model.training
+    model.eval()
+    _, feats = model(x, with_features=True)
+    model.train(was_training)
+    return feats
 
 
 class Distiller(nn.Module):
@@ -147,11 +161,6 @@ class Distiller(nn.Module):
 
     def task_losses(self, logits_s: Tensor, logits_t: Tensor | None, y: Tensor) -> Losses:
         """The weighted ``ce`` and ``kd`` terms (a term with weight 0 is left out)."""
-        # Imported here, not at module level: importing kdlib.losses.functional runs
-        # kdlib/losses/__init__.py, which imports every method module, which imports this module
-        # (an import cycle whenever kdlib.distill is imported first).
-        from kdlib.losses.functional import kd_loss
-
         losses: Losses = {}
         if self.config.ce_weight:
             losses["ce"] = self.config.ce_weight * F.cross_entropy(logits_s, y)
@@ -182,75 +191,3 @@ class Distiller(nn.Module):
         still returned, as 0), so that the compiled graph is the same at every epoch.
         """
         raise NotImplementedError
-
-
-# --- registry -------------------------------------------------------------------------------------
-#: Registered distiller classes by method name, in the order of the study's tables.
-METHODS: dict[str, type[Distiller]] = {}
-
-
-def register(cls: type[Distiller]) -> type[Distiller]:
-    """Class decorator adding a distiller to :data:`METHODS` under its ``name``."""
-    METHODS[cls.name] = cls
-    return cls
-
-
-def _load_methods() -> None:
-    importlib.import_module("kdlib.losses")  # its __init__ imports every method module
-
-
-def available_methods() -> list[str]:
-    """Registered method names, in the order of the study's tables."""
-    _load_methods()
-    return list(METHODS)
-
-
-def get_method(name: str) -> type[Distiller]:
-    """The distiller class registered as ``name``; an unknown name raises an error listing them all."""
-    _load_methods()
-    if name not in METHODS:
-        raise ValueError(f"unknown method '{name}'; choose one of: {', '.join(METHODS)}")
-    return METHODS[name]
-
-
-def make_config(method: str, overrides: Mapping[str, Any] | None = None) -> MethodConfig:
-    """The method's configuration with ``overrides`` applied (strings are converted to the field type).
-
-    An unknown field raises an error listing the method's fields; an invalid value, one naming it.
-    """
-    config_class = get_method(method).config_class
-    hints = typing.get_type_hints(config_class)
-    names = [f.name for f in dataclasses.fields(config_class)]
-    values = {}
-    for key, raw in (overrides or {}).items():
-        if key not in names:
-            choices = ", ".join(names)
-            raise ValueError(f"unknown option '{key}' for method '{method}'; choose one of: {choices}")
-        values[key] = parse_field(raw, hints[key], key)
-    return config_class(**values)
-
-
-def variant_string(config: MethodConfig) -> str:
-    """Canonical ``k=v,...`` of the options that differ from the defaults (``default`` when none)."""
-    default = type(config)()
-    changed = []
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
-        if value != getattr(default, field.name):
-            text = "x".join(map(str, value)) if isinstance(value, tuple) else str(value)
-            changed.append(f"{field.name}={text}")
-    return ",".join(sorted(changed)) or "default"
-
-
-def build_distiller(
-    method: str,
-    student: nn.Module,
-    teacher: nn.Module | None = None,
-    config: MethodConfig | Mapping[str, Any] | None = None,
-    input_shape: tuple[int, int, int] = (3, 32, 32),
-) -> Distiller:
-    """Make the distiller for ``method``; ``config`` is a config object or a mapping of overrides."""
-    cls = get_method(method)
-    if not isinstance(config, MethodConfig):
-        config = make_config(method, config)
-    return cls(student, teacher, config, input_shape=input_shape)

@@ -1,11 +1,10 @@
 """Figures of the notebooks (seaborn / matplotlib): training curves, the methods' own quantities, rankings.
 
-Two kinds of function:
-
-- ``*_data`` functions compute what a figure shows from trained models and a fixed batch, with the package's
-  own loss functions (:mod:`kdlib.losses.functional`), so a figure shows exactly what the loss compares;
-- plotting functions take that data (or run records / summary tables) and return a
-  ``matplotlib.figure.Figure``. Nothing here trains or reads files.
+Every function here draws: it takes run records, summary tables or a method's figure data and returns a
+``matplotlib.figure.Figure``. What a method's figure shows is computed by the method's distiller, with the
+parts its loss uses (``ICKD.correlation_data``, ``CCS.correlation_data``, ``CD.attention_data``,
+``CWT.transform_data``, ``IEKD.similarity_data`` in ``kdlib.losses``), so a figure shows exactly what the
+loss compares. Nothing here trains, reads files or computes a method's quantities.
 
 Every plotting function leaves the backend alone (notebooks show figures inline) and returns the figure, so
 a notebook cell ending in the call displays it once.
@@ -20,18 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
-import torch
 from matplotlib.figure import Figure
-from torch import Tensor, nn
-
-from kdlib.losses.functional import (
-    batch_channel_pearson,
-    channel_attention,
-    channel_pearson,
-    factor_distance,
-    inter_channel_correlation,
-    pool_to_match,
-)
 
 #: Colour maps, sequential for non-negative matrices and diverging for correlations in [-1, 1].
 SEQUENTIAL = "rocket_r"
@@ -135,36 +123,16 @@ def heatmaps(matrices: Mapping[str, np.ndarray], title: str | None = None, vmin:
     return _close(fig)
 
 
-def _features(model: nn.Module, x: Tensor) -> list[Tensor]:
-    was = model.training
-    model.eval()
-    with torch.no_grad():
-        _, feats = model(x, with_features=True)
-    model.train(was)
-    return feats
-
-
 def _distance(a: np.ndarray, b: np.ndarray) -> float:
     """Mean squared difference of two matrices (NaN when shapes differ)."""
     return float(np.mean((a - b) ** 2)) if a.shape == b.shape else float("nan")
 
 
 # --- ICKD -----------------------------------------------------------------------------------------
-@torch.no_grad()
-def ickd_data(distiller: Any, vanilla: nn.Module, x: Tensor, normalize: bool = True) -> dict[str, np.ndarray]:
-    """Batch-mean inter-channel correlation ``Ĝ`` (:func:`~kdlib.losses.functional.inter_channel_correlation`,
-    rows L2-normalised as in the ``code`` variant) of the last pre-pool map: teacher ``f_t``, distilled
-    student after its embedding ``e(f_s)`` (what the loss compares), vanilla student ``f_s``."""
-    f_t = _features(distiller.teacher, x)[-2]
-    f_s = distiller.embed(_features(distiller.student, x)[-2])
-    f_v = _features(vanilla, x)[-2]
-    return {name: inter_channel_correlation(f, normalize).mean(0).numpy()
-            for name, f in (("teacher", f_t), ("ICKD student e(f_s)", f_s), ("vanilla student", f_v))}
-
-
 def ickd_correlations(data: Mapping[str, np.ndarray], title: str | None = None) -> Figure:
-    """ICKD's figure: the three channel-correlation matrices; titles give the mean squared difference to
-    the teacher's."""
+    """ICKD's figure: the three channel-correlation matrices of
+    :meth:`ICKD.correlation_data <kdlib.losses.ickd.ICKD.correlation_data>`; titles give the mean squared
+    difference to the teacher's."""
     teacher = data["teacher"]
     named = {(k if k == "teacher" else f"{k}\nMSE to teacher {_distance(v, teacher):.2e}"): v
              for k, v in data.items()}
@@ -173,26 +141,9 @@ def ickd_correlations(data: Mapping[str, np.ndarray], title: str | None = None) 
 
 
 # --- CCS ------------------------------------------------------------------------------------------
-@torch.no_grad()
-def ccs_data(distiller: Any, vanilla: nn.Module, x: Tensor) -> dict[str, dict[str, np.ndarray]]:
-    """CCS's two matrices for teacher, distilled student (after its projector) and vanilla student:
-    ``intra`` = batch mean of the per-sample channel Pearson matrices R_b, ``inter`` = the channel Pearson
-    matrix over the batch (pooled channels as observations)."""
-    eps = distiller.config.eps
-    feats_s, feats_t = _features(distiller.student, x), _features(distiller.teacher, x)
-    tap_s, tap_t = distiller.tap_indices(len(feats_s), len(feats_t))
-    f_t = feats_t[tap_t[-1]]
-    f_s = distiller.projectors[-1](feats_s[tap_s[-1]])
-    f_v = _features(vanilla, x)[-2]
-    out: dict[str, dict[str, np.ndarray]] = {"intra": {}, "inter": {}}
-    for name, f in (("teacher", f_t), ("CCS student", f_s), ("vanilla student", f_v)):
-        out["intra"][name] = channel_pearson(f, eps).mean(0).numpy()
-        out["inter"][name] = batch_channel_pearson(f, eps).numpy()
-    return out
-
-
 def ccs_matrices(data: Mapping[str, Mapping[str, np.ndarray]], title: str | None = None) -> Figure:
-    """CCS's figure: intra-instance (top) and inter-instance (bottom) Pearson matrices, on [-1, 1]."""
+    """CCS's figure: intra-instance (top) and inter-instance (bottom) Pearson matrices, on [-1, 1], of
+    :meth:`CCS.correlation_data <kdlib.losses.ccs.CCS.correlation_data>`."""
     flat = {}
     for kind, label in (("intra", "intra-instance"), ("inter", "inter-instance")):
         teacher = data[kind]["teacher"]
@@ -204,30 +155,10 @@ def ccs_matrices(data: Mapping[str, Mapping[str, np.ndarray]], title: str | None
 
 
 # --- CD -------------------------------------------------------------------------------------------
-@torch.no_grad()
-def cd_data(distiller: Any, vanilla: nn.Module, x: Tensor) -> pd.DataFrame:
-    """CD's channel attention ``w = GAP(f)`` (batch mean) per paired stage: teacher, distilled student after
-    its connector (what the loss compares) and vanilla student (raw stage output). Long table: stage,
-    model, channel (ranked by the teacher's attention), attention."""
-    feats_t, feats_s, feats_v = (_features(m, x) for m in (distiller.teacher, distiller.student, vanilla))
-    stages_s, stages_t = distiller.paired_stages(feats_s, feats_t)
-    stages_v, _ = distiller.paired_stages(feats_v, feats_t)
-    rows = []
-    for k, (f_s, f_t, f_v, conn) in enumerate(zip(stages_s, stages_t, stages_v, distiller.connectors,
-                                                   strict=True), start=1):
-        w_t = channel_attention(f_t).mean(0)
-        order = torch.argsort(w_t, descending=True)
-        for name, w in (("teacher", w_t), ("CD student (connector)", channel_attention(conn(f_s)).mean(0)),
-                        ("vanilla student", channel_attention(f_v).mean(0))):
-            if w.numel() != w_t.numel():
-                continue
-            for rank, channel in enumerate(order.tolist()):
-                rows.append({"stage": k, "model": name, "channel rank": rank, "attention": float(w[channel])})
-    return pd.DataFrame(rows)
-
-
-def cd_attention(data: pd.DataFrame, title: str | None = None) -> Figure:
-    """CD's figure: per stage, each model's channel attention with channels ranked by the teacher's."""
+def cd_attention(data: Sequence[Mapping[str, Any]] | pd.DataFrame, title: str | None = None) -> Figure:
+    """CD's figure: per stage, each model's channel attention with channels ranked by the teacher's
+    (the rows of :meth:`CD.attention_data <kdlib.losses.cd.CD.attention_data>`)."""
+    data = pd.DataFrame(data)
     stages = sorted(data["stage"].unique())
     fig, axes = plt.subplots(1, len(stages), figsize=(4 * len(stages), 3.4), squeeze=False)
     for ax, stage in zip(axes[0], stages, strict=True):
@@ -248,32 +179,13 @@ def cd_attention(data: pd.DataFrame, title: str | None = None) -> Figure:
 
 
 # --- IE-KD ----------------------------------------------------------------------------------------
-@torch.no_grad()
-def iekd_data(distillers: Mapping[str, Any], x: Tensor) -> pd.DataFrame:
-    """IE-KD: per sample, the cosine similarity of the student's inheritance and exploration factors to the
-    teacher factor ``F_T = E(f_t)`` (flattened), and the batch's factor distances ``d``
-    (:func:`~kdlib.losses.functional.factor_distance`, what the loss uses). Long table: run, part, sample,
-    cosine, distance."""
-    rows = []
-    for label, distiller in distillers.items():
-        f_t = _features(distiller.teacher, x)[-2]
-        factor_t = distiller.autoencoder.encoder(f_t)
-        f_s = _features(distiller.student, x)[-2].index_select(1, distiller.split_index)
-        parts = {"inheritance": distiller.inherit_encoder(f_s[:, : distiller.n_inherit]),
-                 "exploration": distiller.explore_encoder(f_s[:, distiller.n_inherit :])}
-        for part, factor in parts.items():
-            a, b = pool_to_match(factor, factor_t)
-            cos = torch.nn.functional.cosine_similarity(a.flatten(1), b.flatten(1), dim=1)
-            distance = float(factor_distance(b, a))
-            rows += [{"run": label, "part": part, "sample": i, "cosine": float(c), "distance": distance}
-                     for i, c in enumerate(cos)]
-    return pd.DataFrame(rows)
-
-
-def iekd_similarity(data: pd.DataFrame, title: str | None = None) -> Figure:
+def iekd_similarity(data: Mapping[str, Sequence[Mapping[str, Any]]], title: str | None = None) -> Figure:
     """IE-KD's figure: each sample's cosine similarity of each part to the teacher factor (points) and their
     mean with a 95% interval (diamonds), per run (inheritance is pulled towards the teacher factor,
-    exploration pushed away); the tick labels give the batch's factor distances ``d`` that the loss uses."""
+    exploration pushed away); the tick labels give the batch's factor distances ``d`` that the loss uses.
+    ``data`` maps each run's label to the rows of its
+    :meth:`IEKD.similarity_data <kdlib.losses.iekd.IEKD.similarity_data>`."""
+    data = pd.DataFrame([{**row, "run": run} for run, rows in data.items() for row in rows])
     runs = list(dict.fromkeys(data["run"]))
     distance = data.groupby(["run", "part"], sort=False)["distance"].first()
     names = {run: (f"{run}\nd_inh {distance[(run, 'inheritance')]:.4f}"
@@ -294,31 +206,10 @@ def iekd_similarity(data: pd.DataFrame, title: str | None = None) -> Figure:
 
 
 # --- CWT ------------------------------------------------------------------------------------------
-@torch.no_grad()
-def cwt_data(distiller: Any, x: Tensor) -> dict[str, Any]:
-    """CWT's transform ``MLP(f_s) = W₂·ReLU(W₁·f_s)``: the 1×1 weights ``W₁`` (C_t×C_s), ``W₂`` (C_t×C_t), and
-    per teacher channel the Pearson correlation over batch and positions between ``MLP(f_s)`` and ``f_t``
-    (and, where channels match, between the raw ``f_s`` and ``f_t``)."""
-    convs = [m for m in distiller.transform if isinstance(m, nn.Conv2d)]
-    f_t = _features(distiller.teacher, x)[-2]
-    f_s_raw = _features(distiller.student, x)[-2]
-    mapped, f_t_m = pool_to_match(distiller.transform(f_s_raw), f_t)
-
-    def per_channel(a: Tensor, b: Tensor) -> np.ndarray:
-        a = a.transpose(0, 1).flatten(1)
-        b = b.transpose(0, 1).flatten(1)
-        a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
-        return ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + 1e-12)).numpy()
-
-    raw = per_channel(*pool_to_match(f_s_raw, f_t)) if f_s_raw.shape[1] == f_t.shape[1] else None
-    return {"W1": convs[0].weight[:, :, 0, 0].numpy(), "W2": convs[1].weight[:, :, 0, 0].numpy(),
-            "corr_transformed": per_channel(mapped, f_t_m), "corr_raw": raw,
-            "loss": float((mapped - f_t_m).pow(2).sum() / x.shape[0])}
-
-
 def cwt_transform(data: Mapping[str, Mapping[str, Any]], title: str | None = None) -> Figure:
     """CWT's figure: per run, heatmaps of ``W₁`` and ``W₂`` and the per-channel correlation with the
-    teacher of the transformed (and raw) student map."""
+    teacher of the transformed (and raw) student map. ``data`` maps each run's label to its
+    :meth:`CWT.transform_data <kdlib.losses.cwt.CWT.transform_data>`."""
     fig, axes = plt.subplots(len(data), 3, figsize=(12, 3.6 * len(data)), squeeze=False)
     for row, (label, d) in zip(axes, data.items(), strict=True):
         for ax, key, name in ((row[0], "W1", "W₁ (teacher ch. × student ch.)"), (row[1], "W2", "W₂")):

@@ -35,9 +35,9 @@ import torch
 
 from kdlib import weights
 from kdlib.config import Plan, TrainConfig, plan
-from kdlib.distill import variant_string
 from kdlib.files import file_sha256, save_json
 from kdlib.loop import NonFiniteLoss
+from kdlib.methods import variant_string
 from kdlib.models import checkpoint_arch
 from kdlib.recipes import recipe_identity
 

@@ -16,6 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from kdlib import plots, results
+from kdlib.methods import CHANNEL_METHODS
 from kdlib.recipes import available_recipes, get_recipe
 
 RESULTS_DIR = results.REPO_DATA / "results"
@@ -224,11 +225,11 @@ def ranking(records: pd.DataFrame | None = None, baseline: str = "kd") -> list[F
 
 
 def reported_summary(datasets: tuple[str, ...] = ("CIFAR-100",)) -> pd.DataFrame:
-    """The five channel methods' own headline numbers: method × pair, as each paper reports them."""
+    """The channel methods' (:data:`~kdlib.methods.CHANNEL_METHODS`) own headline numbers: method × pair, as
+    each paper reports them."""
     reported = pd.read_csv(results.REPORTED_CSV, dtype=str, keep_default_na=False)
     mapped = results.map_reported(reported, results.load_method_map())
-    own = {"ickd", "ccs", "cd", "cwt", "iekd"}
-    rows = mapped[mapped["method_id"].isin(own) & mapped["dataset"].isin(datasets)
+    rows = mapped[mapped["method_id"].isin(CHANNEL_METHODS) & mapped["dataset"].isin(datasets)
                   & mapped["metric"].str.startswith("top1")]
     return pd.DataFrame({
         "method": [f"{m}/{v}" for m, v in zip(rows["method_id"], rows["variant"], strict=True)],

@@ -51,7 +51,7 @@ import torch
 
 from kdlib import models, train
 from kdlib.data import DATASETS
-from kdlib.distill import get_method, make_config, variant_string
+from kdlib.methods import get_method, make_config, variant_string
 from kdlib.recipes import RECIPES, get_recipe
 from kdlib.results import commit_label, run_variant
 from kdlib.runlock import FolderInUse, run_lock
@@ -846,7 +846,7 @@ def load_distiller(run: Run | Outcome, device: str = "cpu") -> Any:
     Built from the run's configuration and loaded from its ``last.pt`` (which holds everything but the
     teacher; the teacher comes from its checkpoint)."""
     from kdlib.data import get_dataset_spec
-    from kdlib.distill import build_distiller
+    from kdlib.methods import build_distiller
 
     run = run.run if isinstance(run, Outcome) else run
     ckpt_path = run.out / CHECKPOINT

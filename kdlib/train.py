@@ -52,7 +52,6 @@ from torch import Tensor, nn
 from kdlib import distributed, models, weights
 from kdlib.config import Plan, TrainConfig, plan
 from kdlib.data import load_data, mix_seed, resolve_dataset_spec
-from kdlib.distill import build_distiller, get_method
 from kdlib.fast import DeviceLoader
 from kdlib.files import atomic_write, save_json
 from kdlib.loop import (
@@ -70,6 +69,7 @@ from kdlib.loop import (
     train_one_epoch,
     train_one_epoch_fast,
 )
+from kdlib.methods import build_distiller, get_method
 from kdlib.record import (
     WeightsRef,
     new_record,

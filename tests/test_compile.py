@@ -20,7 +20,8 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
 
-from kdlib.distill import Distiller, available_methods, build_distiller
+from kdlib.distill import Distiller
+from kdlib.methods import available_methods, build_distiller
 from kdlib.models import create_model
 
 EPOCHS = 4

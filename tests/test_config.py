@@ -11,7 +11,7 @@ import pytest
 from kdlib import config as kconfig
 from kdlib.cli import build_parser
 from kdlib.config import TrainConfig, from_args, to_argv
-from kdlib.distill import make_config
+from kdlib.methods import make_config
 from kdlib.recipes import get_recipe
 
 #: A value other than the default for every field (the test fails when a field is added without one here).

@@ -12,12 +12,22 @@ import pytest
 import torch
 from torch import nn
 
-from kdlib.distill import Distiller, available_methods, build_distiller, get_method, make_config
+from kdlib.distill import Distiller
 from kdlib.losses.baselines import ConvReg
 from kdlib.losses.functional import cd_loss, factor_distance, gkd_loss
+from kdlib.methods import (
+    BASELINES,
+    CHANNEL_METHODS,
+    METHODS,
+    available_methods,
+    build_distiller,
+    get_method,
+    make_config,
+)
 from kdlib.models import create_model
 
-METHOD_ORDER = ["ce", "kd", "fitnet", "at", "sp", "rkd", "pkt", "ickd", "ccs", "cd", "cwt", "iekd"]
+#: Every method, in the table's order (pinned by test_table_order).
+METHOD_ORDER = available_methods()
 
 # methods.md section 7: the standard RepDistiller CIFAR-100 pairs (teacher, student).
 STANDARD_PAIRS = [
@@ -99,8 +109,12 @@ def method_parts(d: Distiller) -> list[nn.Parameter]:
 
 
 # --------------------------------------------------------------------------------------------- registry
-def test_registry_order():
-    assert available_methods() == METHOD_ORDER
+def test_table_order():
+    """The table is in the study's order (the rows of its tables): the baselines, then the channel methods."""
+    assert BASELINES == ("ce", "kd", "fitnet", "at", "sp", "rkd", "pkt")
+    assert CHANNEL_METHODS == ("ickd", "ccs", "cd", "cwt", "iekd")
+    assert available_methods() == [*BASELINES, *CHANNEL_METHODS]
+    assert all(cls.name == name for name, cls in METHODS.items())
 
 
 def test_unknown_method_lists_all():

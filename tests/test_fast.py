@@ -20,7 +20,6 @@ from torchvision.transforms import functional as TF
 
 from kdlib import loop, models, train
 from kdlib.data import PAD_MODES, load_data
-from kdlib.distill import build_distiller
 from kdlib.fast import (
     CompiledOrEager,
     DeviceLoader,
@@ -31,6 +30,7 @@ from kdlib.fast import (
     run_teacher_in_inference_mode,
     source_index,
 )
+from kdlib.methods import build_distiller
 
 OFFSETS = 2 * 4 + 1  # RandomCrop(32, padding=4): 9 row and 9 column offsets
 

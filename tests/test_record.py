@@ -22,14 +22,16 @@ def test_there_are_committed_records() -> None:
 
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: str(p.parent.relative_to(REPO / "data")))
 def test_committed_config_ids_are_recomputed_from_their_records(path: Path) -> None:
-    """Every committed record's ``config_id`` is the hash of its own settings, as the trainer computes it now."""
+    """Every committed record's ``config_id`` is the hash of its own settings, as the trainer computes it."""
     record = json.loads(path.read_text())
     assert run_record.config_id(record) == record["config_id"]
 
 
-def test_identity_reads_neither_git_nor_the_machine(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_identity_reads_neither_git_nor_the_machine(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     teacher = write_teacher(tmp_path / "t.pt", arch="resnet14", num_classes=10)
-    config = TrainConfig("kd", "resnet8", "fashion_mnist", tmp_path / "o", teacher_ckpt=teacher, recipe="smoke")
+    config = TrainConfig("kd", "resnet8", "fashion_mnist", tmp_path / "o", teacher_ckpt=teacher,
+                         recipe="smoke")
 
     def forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("the identity must not read git or the hardware")
@@ -42,8 +44,8 @@ def test_identity_reads_neither_git_nor_the_machine(tmp_path: Path, monkeypatch:
 
 def test_settings_and_the_whole_record_give_one_identity(tmp_path: Path) -> None:
     teacher = write_teacher(tmp_path / "t.pt", arch="resnet14", num_classes=10)
-    config = TrainConfig("cd", "resnet8", "fashion_mnist", tmp_path / "o", teacher_ckpt=teacher, recipe="smoke",
-                         variant={"edt": "off"}, bn="frozen")
+    config = TrainConfig("cd", "resnet8", "fashion_mnist", tmp_path / "o", teacher_ckpt=teacher,
+                         recipe="smoke", variant={"edt": "off"}, bn="frozen")
     p = plan(config)
     refs = run_record.resolve_refs(config, p.needs_teacher)
     settings = run_record.settings(p, *refs)

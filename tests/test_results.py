@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from kdlib import results
-from kdlib.distill import available_methods, make_config, variant_string
+from kdlib.methods import available_methods, make_config, variant_string
 
 
 def make_record(

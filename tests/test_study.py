@@ -426,7 +426,7 @@ def test_estimate_from_bench_rows(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_every_figure_from_a_tiny_grid(tiny: dict[str, Path], tmp_path: Path) -> None:
-    """The notebooks' figures, computed from trained models of a tiny grid (kdlib.plots)."""
+    """The notebooks' figures from trained models of a tiny grid (the distillers' data, kdlib.plots)."""
     from matplotlib.figure import Figure
 
     from kdlib import plots, results
@@ -438,18 +438,19 @@ def test_every_figure_from_a_tiny_grid(tiny: dict[str, Path], tmp_path: Path) ->
     x, y = study.sample_batch("fashion_mnist", 16, data_root=tiny["data"])
     assert x.shape == (16, 3, 32, 32) and len(set(y.tolist())) == 10
     vanilla = study.trained(outcomes, "ce").student
-    data_ickd = plots.ickd_data(study.trained(outcomes, "ickd"), vanilla, x)
+    data_ickd = study.trained(outcomes, "ickd").correlation_data(x, vanilla)
     assert {k: v.shape for k, v in data_ickd.items()} == {
         "teacher": (64, 64), "ICKD student e(f_s)": (64, 64), "vanilla student": (64, 64)}
-    data_ccs = plots.ccs_data(study.trained(outcomes, "ccs"), vanilla, x)
+    data_ccs = study.trained(outcomes, "ccs").correlation_data(x, vanilla)
     assert all(abs(m).max() <= 1 + 1e-6 for part in data_ccs.values() for m in part.values())
-    data_cd = plots.cd_data(study.trained(outcomes, "cd"), vanilla, x)
-    assert sorted(data_cd["stage"].unique()) == [1, 2, 3]
-    data_cwt = plots.cwt_data(study.trained(outcomes, "cwt"), x)
+    data_cd = study.trained(outcomes, "cd").attention_data(x, vanilla)
+    assert sorted({row["stage"] for row in data_cd}) == [1, 2, 3]
+    data_cwt = study.trained(outcomes, "cwt").transform_data(x)
     assert data_cwt["W1"].shape == (64, 64) and len(data_cwt["corr_transformed"]) == 64
     iekd = {o.run.label: study.load_distiller(o) for o in study.completed(outcomes, "iekd", seed=0)}
-    data_iekd = plots.iekd_data(iekd, x)
-    assert set(data_iekd["part"]) == {"inheritance", "exploration"} and data_iekd["run"].nunique() == 2
+    data_iekd = {label: distiller.similarity_data(x) for label, distiller in iekd.items()}
+    assert len(data_iekd) == 2
+    assert all({row["part"] for row in rows} == {"inheritance", "exploration"} for rows in data_iekd.values())
     frame = study.records_frame(outcomes)
     (title, group), = results.comparison_groups(frame)
     assert "resnet14 → resnet8" in title and set(group["method"]) == {"ce", "kd", "ickd", "ccs", "cd", "cwt",

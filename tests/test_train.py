@@ -15,7 +15,7 @@ import torch
 from helpers import write_fashion_mnist, write_teacher
 
 from kdlib import data, loop, train
-from kdlib.distill import available_methods, get_method
+from kdlib.methods import available_methods, get_method
 from kdlib.models import load_teacher
 from kdlib.record import TrainingFailed
 from kdlib.train import ResumeError, TrainConfig

@@ -10,6 +10,8 @@
   A table with no rows renders as a sentence saying so (e.g. before any run is committed).
 - ``kdlib-figure`` directive: the same for the figures of :data:`kdlib.report.FIGURES` (``ranking``), drawn
   at build time and inlined as SVG (no image files to keep in step with ``data/``).
+- ``kdlib-method-modules`` directive: the API reference (``automodule``) of every method module, in the order
+  of :data:`kdlib.methods.METHODS`, so the reference lists a new method without the page being edited.
 - ``html-page-context``: drop script tags that jupyter-book 1.0.4 registers twice (sphinx-thebe and
   sphinx-togglebutton are set up once per read, which declares ``const THEBE_JS_URL`` twice and
   raises a console error in every page).
@@ -26,6 +28,7 @@ from docutils.statemachine import StringList
 from sphinx.util.docutils import SphinxDirective
 
 from kdlib import plots, report
+from kdlib.methods import METHODS
 
 EMPTY = {
     "measured": "No measured runs are committed yet.",
@@ -88,6 +91,19 @@ class KdlibFigure(SphinxDirective):
         return [container]
 
 
+class KdlibMethodModules(SphinxDirective):
+    """``automodule`` with ``:members:`` for each module of :data:`kdlib.methods.METHODS`, in table order."""
+
+    def run(self) -> list[nodes.Node]:
+        modules = dict.fromkeys(cls.__module__ for cls in METHODS.values())
+        rst = "\n\n".join(f".. automodule:: {module}\n   :members:" for module in modules)
+        text = f"```{{eval-rst}}\n{rst}\n```"  # the page is MyST: autodoc's output is reStructuredText
+        container = nodes.container(classes=["kdlib-method-modules"])
+        self.state.nested_parse(StringList(text.splitlines(), source="kdlib-method-modules"),
+                                self.content_offset, container)
+        return container.children
+
+
 def _dedupe_scripts(app: Any, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
     seen, unique = set(), []
     for script in context.get("script_files", []):
@@ -103,5 +119,6 @@ def _dedupe_scripts(app: Any, pagename: str, templatename: str, context: dict, d
 def setup(app: Any) -> dict[str, Any]:
     app.add_directive("kdlib-table", KdlibTable)
     app.add_directive("kdlib-figure", KdlibFigure)
+    app.add_directive("kdlib-method-modules", KdlibMethodModules)
     app.connect("html-page-context", _dedupe_scripts, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from kdlib.distill import Distiller, Losses, MethodConfig, register
+from kdlib.distill import Distiller, Losses, MethodConfig
 from kdlib.losses.functional import at_loss, fitnet_loss, pkt_loss, pool_to_match, rkd_loss, sp_loss
 
 
@@ -60,7 +60,6 @@ class FitNetConfig(MethodConfig):
     hint_layer: int = 2
 
 
-@register
 class FitNet(Distiller):
     """FitNet hints (Romero et al. 2015) as RepDistiller trains them (one stage, no hint pre-training).
 
@@ -107,7 +106,6 @@ class ATConfig(MethodConfig):
     p: int = 2
 
 
-@register
 class AT(Distiller):
     """Attention Transfer (Zagoruyko & Komodakis 2017) on the stage outputs ``feat[1:-1]``.
 
@@ -139,7 +137,6 @@ class SPConfig(MethodConfig):
     sp_weight: float = 3000.0
 
 
-@register
 class SP(Distiller):
     """Similarity-Preserving KD (Tung & Mori 2019) on the last pre-pool map ``feat[-2]``."""
 
@@ -165,7 +162,6 @@ class RKDConfig(MethodConfig):
     angle_weight: float = 50.0
 
 
-@register
 class RKD(Distiller):
     """Relational KD (Park et al. 2019) on the pooled vectors ``feat[-1]`` (no embedding, as RepDistiller)."""
 
@@ -191,7 +187,6 @@ class PKTConfig(MethodConfig):
     pkt_weight: float = 30000.0
 
 
-@register
 class PKT(Distiller):
     """Probabilistic Knowledge Transfer (Passalis & Tefas 2018) on the pooled vectors ``feat[-1]``."""
 

@@ -12,10 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+import torch
 from torch import Tensor, nn
 
-from kdlib.distill import Distiller, Losses, MethodConfig, register
-from kdlib.losses.functional import CCS_INTER_VARIANTS, ccs_inter_loss, ccs_intra_loss
+from kdlib.distill import Distiller, Losses, MethodConfig, eval_features
+from kdlib.losses.functional import (
+    CCS_INTER_VARIANTS,
+    batch_channel_pearson,
+    ccs_inter_loss,
+    ccs_intra_loss,
+    channel_pearson,
+)
 from kdlib.losses.ickd import conv1x1_bn
 
 
@@ -52,7 +60,6 @@ class CCSConfig(MethodConfig):
             raise ValueError(f"eps must be > 0, got {self.eps!r}")
 
 
-@register
 class CCS(Distiller):
     """Channel correlation structure distillation [assumption throughout, see :class:`CCSConfig`].
 
@@ -81,15 +88,19 @@ class CCS(Distiller):
         k = min(n_s, n_t) - 2  # stages are feat[1:-1]
         return list(range(n_s - 1 - k, n_s - 1)), list(range(n_t - 1 - k, n_t - 1))
 
+    def compared_maps(self, feats_s: list[Tensor], feats_t: list[Tensor]) -> list[tuple[Tensor, Tensor]]:
+        """What the loss compares, per tap: the projected student map and the raw teacher map."""
+        s_idx, t_idx = self.tap_indices(len(feats_s), len(feats_t))
+        pairs = zip(self.projectors, s_idx, t_idx, strict=True)
+        return [(proj(feats_s[i]), feats_t[j]) for proj, i, j in pairs]
+
     def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Losses]:
         logits, feats = self.student(x, with_features=True)
         logits_t, feats_t = self.teacher_forward(x)
         losses = self.task_losses(logits, logits_t, y)
         cfg = self.config
-        s_idx, t_idx = self.tap_indices(len(feats), len(feats_t))
         intra, inter = 0.0, 0.0
-        for proj, i, j in zip(self.projectors, s_idx, t_idx, strict=True):
-            f_s, f_t = proj(feats[i]), feats_t[j]
+        for f_s, f_t in self.compared_maps(feats, feats_t):
             if cfg.intra_weight:
                 intra = intra + ccs_intra_loss(f_s, f_t, eps=cfg.eps)
             if cfg.inter_weight:
@@ -99,3 +110,19 @@ class CCS(Distiller):
         if cfg.inter_weight:
             losses["inter"] = cfg.inter_weight * inter
         return logits, losses
+
+    # --- the figure -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def correlation_data(self, x: Tensor, vanilla: nn.Module) -> dict[str, dict[str, np.ndarray]]:
+        """CCS's two matrices of ``x`` at the last tap (:meth:`compared_maps`) for teacher, distilled student
+        (after its projector) and the ``vanilla`` student (its last pre-pool map): ``intra`` = batch mean of
+        the per-sample channel Pearson matrices R_b, ``inter`` = the channel Pearson matrix over the batch
+        (pooled channels as observations). Drawn by :func:`kdlib.plots.ccs_matrices`."""
+        eps = self.config.eps
+        f_s, f_t = self.compared_maps(eval_features(self.student, x), eval_features(self.teacher, x))[-1]
+        f_v = eval_features(vanilla, x)[-2]
+        out: dict[str, dict[str, np.ndarray]] = {"intra": {}, "inter": {}}
+        for name, f in (("teacher", f_t), ("CCS student", f_s), ("vanilla student", f_v)):
+            out["intra"][name] = channel_pearson(f, eps).mean(0).numpy()
+            out["inter"][name] = batch_channel_pearson(f, eps).numpy()
+        return out

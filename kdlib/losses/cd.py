@@ -27,8 +27,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlib.distill import Distiller, Losses, MethodConfig, register
-from kdlib.losses.functional import EDT_DATASETS, EDT_VARIANTS, cd_loss, edt_weights, gkd_loss, kd_loss
+from kdlib.distill import Distiller, Losses, MethodConfig, eval_features
+from kdlib.losses.functional import (
+    EDT_DATASETS,
+    EDT_VARIANTS,
+    cd_loss,
+    channel_attention,
+    edt_weights,
+    gkd_loss,
+    kd_loss,
+)
 
 #: The official CD weight, already included in ``edt_weights(...)["cd"]``.
 CD_BASE_WEIGHT = 6.0
@@ -78,7 +86,6 @@ class CDConfig(MethodConfig):
             raise ValueError(f"gkd_T must be > 0, got {self.gkd_T!r}")
 
 
-@register
 class CD(Distiller):
     """Channel distillation on the stage outputs ``feat[1:-1]``, with GKD and the EDT schedule.
 
@@ -143,7 +150,35 @@ class CD(Distiller):
         if cfg.gkd_weight:
             losses["gkd"] = cfg.gkd_weight * w_gkd * gkd_loss(logits, logits_t, y, T=cfg.gkd_T)
         if cfg.cd_weight:
-            stages_s, stages_t = self.paired_stages(feats, feats_t)
-            connected = [conn(f) for conn, f in zip(self.connectors, stages_s, strict=True)]
+            connected, stages_t = self.compared_stages(feats, feats_t)
             losses["cd"] = cfg.cd_weight / CD_BASE_WEIGHT * w_cd * cd_loss(connected, stages_t)
         return logits, losses
+
+    def compared_stages(
+        self, feats_s: list[Tensor], feats_t: list[Tensor]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        """What the loss compares: the paired student stages after their connectors, and the teacher's."""
+        stages_s, stages_t = self.paired_stages(feats_s, feats_t)
+        return [conn(f) for conn, f in zip(self.connectors, stages_s, strict=True)], stages_t
+
+    # --- the figure -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def attention_data(self, x: Tensor, vanilla: nn.Module) -> list[dict[str, Any]]:
+        """CD's channel attention ``w = GAP(f)`` of ``x`` (batch mean) per paired stage: teacher, distilled
+        student after its connector (:meth:`compared_stages`, what the loss compares) and the ``vanilla``
+        student (raw stage output). Rows of a long table: stage, model, channel rank (channels ranked by the
+        teacher's attention), attention. Drawn by :func:`kdlib.plots.cd_attention`."""
+        feats_t = eval_features(self.teacher, x)
+        connected, stages_t = self.compared_stages(eval_features(self.student, x), feats_t)
+        stages_v, _ = self.paired_stages(eval_features(vanilla, x), feats_t)
+        rows = []
+        for k, (f_s, f_t, f_v) in enumerate(zip(connected, stages_t, stages_v, strict=True), start=1):
+            w_t = channel_attention(f_t).mean(0)
+            order = torch.argsort(w_t, descending=True)
+            for name, w in (("teacher", w_t), ("CD student (connector)", channel_attention(f_s).mean(0)),
+                            ("vanilla student", channel_attention(f_v).mean(0))):
+                if w.numel() != w_t.numel():
+                    continue
+                rows += [{"stage": k, "model": name, "channel rank": rank, "attention": float(w[channel])}
+                         for rank, channel in enumerate(order.tolist())]
+        return rows

@@ -10,10 +10,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import torch
 from torch import Tensor, nn
 
-from kdlib.distill import Distiller, Losses, MethodConfig, register
+from kdlib.distill import Distiller, Losses, MethodConfig, eval_features
 from kdlib.losses.functional import cwt_loss, pool_to_match
+
+
+def paired_channel_pearson(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
+    """Per channel ``c``, the Pearson correlation of ``a[:, c]`` and ``b[:, c]`` over batch and positions.
+
+    ``a`` and ``b`` are (B, C, H, W) of one shape; returns (C,). ``eps`` is added to the product of the norms.
+    """
+    a = a.transpose(0, 1).flatten(1)
+    b = b.transpose(0, 1).flatten(1)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
 
 
 @dataclass
@@ -25,7 +38,6 @@ class CWTConfig(MethodConfig):
     bn: bool = False
 
 
-@register
 class CWT(Distiller):
     """Channel-wise transformation on the last pre-pool map ``feat[-2]``.
 
@@ -57,6 +69,29 @@ class CWT(Distiller):
         logits_t, feats_t = self.teacher_forward(x)
         losses = self.task_losses(logits, logits_t, y)
         if self.config.cwt_weight:
-            f_s, f_t = pool_to_match(self.transform(feats[-2]), feats_t[-2])
-            losses["cwt"] = self.config.cwt_weight * cwt_loss(f_s, f_t)
+            losses["cwt"] = self.config.cwt_weight * cwt_loss(*self.compared_maps(feats, feats_t))
         return logits, losses
+
+    def compared_maps(self, feats_s: list[Tensor], feats_t: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """What the loss compares: ``MLP(f_s)`` and ``f_t`` of the last pre-pool maps, pooled to one H×W."""
+        return pool_to_match(self.transform(feats_s[-2]), feats_t[-2])
+
+    # --- the figure -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def transform_data(self, x: Tensor) -> dict[str, np.ndarray | float | None]:
+        """The learned transform ``MLP(f_s) = W₂·ReLU(W₁·f_s)``: the 1×1 weights ``W1`` (C_t×C_s) and ``W2``
+        (C_t×C_t); on ``x``, per teacher channel the Pearson correlation over batch and positions
+        (:func:`paired_channel_pearson`) between ``MLP(f_s)`` and ``f_t`` (``corr_transformed``, what the loss
+        compares, :meth:`compared_maps`) and, where channels match, between the raw ``f_s`` and ``f_t``
+        (``corr_raw``, else None); ``loss`` = the unweighted ``L_feat`` on ``x``. Drawn by
+        :func:`kdlib.plots.cwt_transform`."""
+        convs = [m for m in self.transform if isinstance(m, nn.Conv2d)]
+        feats_s, feats_t = eval_features(self.student, x), eval_features(self.teacher, x)
+        mapped, f_t = self.compared_maps(feats_s, feats_t)
+        f_s_raw = feats_s[-2]
+        raw = None
+        if f_s_raw.shape[1] == f_t.shape[1]:
+            raw = paired_channel_pearson(*pool_to_match(f_s_raw, feats_t[-2])).numpy()
+        return {"W1": convs[0].weight[:, :, 0, 0].numpy(), "W2": convs[1].weight[:, :, 0, 0].numpy(),
+                "corr_transformed": paired_channel_pearson(mapped, f_t).numpy(), "corr_raw": raw,
+                "loss": float(cwt_loss(mapped, f_t))}

@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+import torch
 from torch import Tensor, nn
 
-from kdlib.distill import Distiller, Losses, MethodConfig, register
-from kdlib.losses.functional import ICKD_VARIANTS, ickd_loss
+from kdlib.distill import Distiller, Losses, MethodConfig, eval_features
+from kdlib.losses.functional import ICKD_VARIANTS, ickd_loss, inter_channel_correlation
 
 
 def conv1x1_bn(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -44,7 +46,6 @@ class ICKDConfig(MethodConfig):
             raise ValueError(f"grid must be two integers >= 1 (e.g. 2x2), got {self.grid!r}")
 
 
-@register
 class ICKD(Distiller):
     """ICKD on the last pre-pool map ``feat[-2]``.
 
@@ -66,14 +67,33 @@ class ICKD(Distiller):
         shapes_s, shapes_t = self.probe()
         self.embed = conv1x1_bn(shapes_s[-2][0], shapes_t[-2][0])
 
+    def compared_maps(self, feats_s: list[Tensor], feats_t: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """What the loss compares: the embedded student map ``e(f_s)`` and the teacher map ``f_t``."""
+        return self.embed(feats_s[-2]), feats_t[-2]
+
     def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Losses]:
         logits, feats = self.student(x, with_features=True)
         logits_t, feats_t = self.teacher_forward(x)
         losses = self.task_losses(logits, logits_t, y)
         cfg = self.config
         if cfg.ickd_weight:
-            loss = ickd_loss(self.embed(feats[-2]), feats_t[-2], variant=cfg.variant, grid=cfg.grid)
+            loss = ickd_loss(*self.compared_maps(feats, feats_t), variant=cfg.variant, grid=cfg.grid)
             if cfg.variant == "imagenet" and self.world_size > 1:
                 loss = loss / self.world_size
             losses["ickd"] = cfg.ickd_weight * loss
         return logits, losses
+
+    # --- the figure -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def correlation_data(
+        self, x: Tensor, vanilla: nn.Module, normalize: bool = True
+    ) -> dict[str, np.ndarray]:
+        """Batch-mean inter-channel correlation ``Ĝ``
+        (:func:`~kdlib.losses.functional.inter_channel_correlation`, rows L2-normalised as in the ``code``
+        variant) of the last pre-pool map of ``x``: teacher ``f_t``,
+        distilled student after its embedding ``e(f_s)`` (:meth:`compared_maps`, what the loss compares), and
+        the ``vanilla`` student's own ``f_s``. Drawn by :func:`kdlib.plots.ickd_correlations`."""
+        f_s, f_t = self.compared_maps(eval_features(self.student, x), eval_features(self.teacher, x))
+        f_v = eval_features(vanilla, x)[-2]
+        return {name: inter_channel_correlation(f, normalize).mean(0).numpy()
+                for name, f in (("teacher", f_t), ("ICKD student e(f_s)", f_s), ("vanilla student", f_v))}

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlib.distill import Distiller, Losses, MethodConfig, register
+from kdlib.distill import Distiller, Losses, MethodConfig, eval_features
 from kdlib.losses.functional import factor_distance, pool_to_match
 
 #: α of the "IE + KD" goal, ``(1−α)·CE + α·KD_4`` [code: CIFAR-100 configs].
@@ -114,7 +114,6 @@ class IEKDConfig(MethodConfig):
             raise ValueError(f"factor_channels must be >= 1, got {self.factor_channels!r}")
 
 
-@register
 class IEKD(Distiller):
     """Inheritance and exploration on the last pre-pool map ``feat[-2]``.
 
@@ -211,14 +210,41 @@ class IEKD(Distiller):
         if not (cfg.inh_weight or cfg.exp_weight):
             return logits, losses
         with torch.no_grad():
-            factor_t = self.autoencoder.encoder(feats_t[-2])
-        f_s = feats[-2].index_select(1, self.split_index)
-        parts = {
-            "inherit": (cfg.inh_weight, self.inherit_encoder, f_s[:, : self.n_inherit]),
-            "explore": (-cfg.exp_weight, self.explore_encoder, f_s[:, self.n_inherit :]),
-        }
-        for name, (weight, encoder, part) in parts.items():
-            if weight:
+            factor_t = self.teacher_factor(feats_t)
+        weights = {"inherit": cfg.inh_weight, "explore": -cfg.exp_weight}
+        for name, (encoder, part) in self.student_parts(feats).items():
+            if weights[name]:
                 factor_s, factor_tt = pool_to_match(encoder(part), factor_t)
-                losses[name] = weight * factor_distance(factor_tt, factor_s)
+                losses[name] = weights[name] * factor_distance(factor_tt, factor_s)
         return logits, losses
+
+    def teacher_factor(self, feats_t: list[Tensor]) -> Tensor:
+        """The teacher factor ``F_T = E(f_t)`` of the teacher's last pre-pool map (by the auto-encoder)."""
+        return self.autoencoder.encoder(feats_t[-2])
+
+    def student_parts(self, feats_s: list[Tensor]) -> dict[str, tuple[nn.Module, Tensor]]:
+        """The student's last pre-pool map split on channels (``split_index``), each part with its encoder:
+        ``{"inherit": (inherit_encoder, the first n_inherit channels),
+        "explore": (explore_encoder, the rest)}``."""
+        f_s = feats_s[-2].index_select(1, self.split_index)
+        return {"inherit": (self.inherit_encoder, f_s[:, : self.n_inherit]),
+                "explore": (self.explore_encoder, f_s[:, self.n_inherit :])}
+
+    # --- the figure -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def similarity_data(self, x: Tensor) -> list[dict[str, Any]]:
+        """Per sample of ``x``, the cosine similarity of the student's inheritance and exploration factors
+        (:meth:`student_parts`, encoded) to the teacher factor ``F_T`` (:meth:`teacher_factor`), flattened,
+        and the batch's factor distance ``d`` (:func:`~kdlib.losses.functional.factor_distance`, what the loss
+        uses). Rows of a long table: part, sample, cosine, distance. Drawn by
+        :func:`kdlib.plots.iekd_similarity`."""
+        factor_t = self.teacher_factor(eval_features(self.teacher, x))
+        names = {"inherit": "inheritance", "explore": "exploration"}
+        rows = []
+        for name, (encoder, part) in self.student_parts(eval_features(self.student, x)).items():
+            factor_s, factor_tt = pool_to_match(encoder(part), factor_t)
+            cosine = F.cosine_similarity(factor_s.flatten(1), factor_tt.flatten(1), dim=1)
+            distance = float(factor_distance(factor_tt, factor_s))
+            rows += [{"part": names[name], "sample": i, "cosine": float(c), "distance": distance}
+                     for i, c in enumerate(cosine)]
+        return rows

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from kdlib.distill import Distiller, Losses, MethodConfig, register
+from kdlib.distill import Distiller, Losses, MethodConfig
 
 
 @dataclass
@@ -23,7 +23,6 @@ class CEConfig(MethodConfig):
             raise ValueError("method 'ce' has no teacher, so kd_weight must be 0")
 
 
-@register
 class CE(Distiller):
     """Train the student alone with cross-entropy."""
 
@@ -44,7 +43,6 @@ class KDConfig(MethodConfig):
     kd_weight: float = 0.9
 
 
-@register
 class KD(Distiller):
     """``ce_weight·CE + kd_weight·T²·KL(p_t ‖ p_s)`` (RepDistiller ``DistillKL``)."""
 
