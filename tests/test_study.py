@@ -13,6 +13,7 @@ from helpers import write_fashion_mnist, write_teacher
 
 from kdlib import cli, results, study, train
 from kdlib.runlock import run_lock
+from kdlib.study import profiles
 
 README = study.REPO / "README.md"
 
@@ -399,7 +400,7 @@ def test_reproduce_checks_every_notebook_before_running_any(tmp_path: Path,
     profile = json.loads((study.PROFILES_DIR / "proxy.json").read_text())
     profile["notebooks"]["03_cd"]["variants"] = ["default", {"edt": "sometimes"}]
     (tmp_path / "broken.json").write_text(json.dumps(profile))
-    monkeypatch.setattr(study, "PROFILES_DIR", tmp_path)
+    monkeypatch.setattr(profiles, "PROFILES_DIR", tmp_path)  # where load_profile reads it
     message = "profile 'broken', notebook 03_cd: parameter 'variants': invalid edt"
     with pytest.raises(ValueError, match=message):
         study.reproduce("broken", out_dir=tmp_path / "executed")
