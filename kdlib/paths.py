@@ -12,7 +12,7 @@ from pathlib import Path
 #: The repository root (the folder holding ``kdlib/``).
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS_DIR = REPO / "notebooks"
-#: ``notebooks/profiles/<profile>.json``: each profile's notebook parameters.
+#: Each profile's notebook parameters, ``notebooks/profiles/<profile>.json``.
 PROFILES_DIR = NOTEBOOKS_DIR / "profiles"
 DATA_DIR = REPO / "data"
 #: Committed run records, ``data/results/<profile>/<run key>/record.json``.
@@ -23,7 +23,7 @@ TEACHERS_DIR = DATA_DIR / "teachers"
 REPORTED_CSV = DATA_DIR / "reported" / "reported_results.csv"
 #: The mapping between the papers' method labels and ours.
 METHOD_MAP = DATA_DIR / "reported" / "method_map.json"
-#: Run folders (git-ignored): checkpoints and scratch runs.
+#: Run folders, git-ignored (checkpoints and scratch runs).
 RUNS_DIR = REPO / "runs"
 #: Where ``make reproduce`` writes the executed notebooks, ``runs/reproduce/<profile>/``.
 REPRODUCE_DIR = RUNS_DIR / "reproduce"

@@ -1,4 +1,6 @@
-"""The study's command line, ``python -m kdlib.study`` (what ``make reproduce`` calls)::
+"""The study's command line, ``python -m kdlib.study``.
+
+What ``make reproduce`` calls, and the other commands::
 
     python -m kdlib.study reproduce --profile proxy --jobs 2
     python -m kdlib.study params --profile proxy --notebook 01_ickd      # the YAML papermill gets
