@@ -239,14 +239,14 @@ def _stored(run: Run, results: Path | None) -> Path:
 def _reuse(run: Run, results: Path | None, need_checkpoint: Callable[[Run], bool] | None,
            retrain: bool) -> Outcome | None:
     """The outcome of a run done before (``diverged`` or ``skipped``), or None when it must train."""
-    path = _stored(run, results)
-    record = read_record(path)
-    has_ckpt = (run.out / CHECKPOINT).exists() and _done(read_record(run.out / RECORD), run)
-    wanted = need_checkpoint is not None and need_checkpoint(run)
     if retrain:
         return None
+    path = _stored(run, results)
+    record = read_record(path)
     if _done(record, run, "diverged"):
         return Outcome(run, "diverged", record, path, message=record.get("failure_reason", ""))
+    has_ckpt = (run.out / CHECKPOINT).exists() and _done(read_record(run.out / RECORD), run)
+    wanted = need_checkpoint is not None and need_checkpoint(run)
     if _done(record, run) and (has_ckpt or not wanted):
         return Outcome(run, "skipped", record, path)
     return None
@@ -270,7 +270,7 @@ def _execute(run: Run, results: Path | None, jobs: int, threads: int | None, ret
 
 
 class _Progress:
-    """One line per run on stdout as it ends, numbered in that order: ``[3/9] ickd/default seed 0: ...``."""
+    """One line per run on stdout as it ends, numbered in that order (see :func:`run_grid`)."""
 
     def __init__(self, total: int, verbose: bool) -> None:
         self.total, self.verbose, self.done = total, verbose, 0
@@ -309,7 +309,7 @@ def run_grid(
     like a completed one and the run is not retried (unless ``retrain``). With ``results_dir``, each completed
     or diverged record is copied to ``results_dir/<key>/record.json`` (the record only). ``verbose``: one
     line per run on stdout (no timings: notebooks keep it in their output), e.g.
-    ``[3/9] ickd/default seed 0: trained``.
+    ``[3/9] ickd/default resnet32 → resnet8 seed 0: trained``.
     """
     results = repo_path(results_dir) if results_dir is not None else None
     if jobs < 1:
