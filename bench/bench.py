@@ -38,10 +38,8 @@ import datetime
 import itertools
 import math
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -63,10 +61,11 @@ from kdlib.distill import Distiller
 from kdlib.fast import DeviceLoader, DeviceMetrics
 from kdlib.loop import Runtime, evaluate, fast_step, make_optimizer, prepare_fast
 from kdlib.methods import build_distiller
+from kdlib.paths import BENCH_CSV
 from kdlib.recipes import get_recipe
+from kdlib.record import git_info, hardware
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "bench" / "results.csv"
+RESULTS = BENCH_CSV
 PAIRS = (("ickd", "resnet32x4", "resnet8x4"), ("kd", "resnet56", "resnet20"))
 TRAIN_IMAGES, TEST_IMAGES, EPOCHS = 50_000, 10_000, 240
 COLUMNS = (
@@ -348,29 +347,18 @@ def bench_pair(
 
 # --- provenance and output ------------------------------------------------------------------------
 def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu} ({torch.get_num_threads()} threads)"
+    """The GPU's name, or the CPU's model name and torch's thread count (:func:`kdlib.record.hardware`)."""
+    found = hardware(device)
+    return found["gpu"] or f"{found['cpu']} ({found['torch_threads']} threads)"
 
 
 def commit() -> str:
-    """``git rev-parse --short HEAD`` (``+dirty`` with local changes); else ``$KDLIB_COMMIT`` or unknown."""
-    try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=10)
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)
-        if head.returncode == 0 and head.stdout.strip():
-            return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return os.environ.get("KDLIB_COMMIT", "unknown")
+    """The short commit (``+dirty`` with local changes, :func:`kdlib.record.git_info`); else
+    ``$KDLIB_COMMIT`` or unknown."""
+    full, dirty = git_info()
+    if full is None:
+        return os.environ.get("KDLIB_COMMIT", "unknown")
+    return full[:7] + ("+dirty" if dirty else "")
 
 
 def _cell(key: str, value: Any) -> Any:

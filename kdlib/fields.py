@@ -1,6 +1,6 @@
 """Typed values for configuration fields, from command-line strings (``--variant k=v``, ``--set k=v``).
 
-One parser serves method configurations (:func:`kdlib.distill.make_config`) and recipes
+One parser serves method configurations (:func:`kdlib.methods.make_config`) and recipes
 (:func:`kdlib.recipes.get_recipe`), so both accept the same spellings:
 
 - ``bool``: true/false, 1/0, yes/no; ``int`` and ``float`` as Python writes them (an ``int`` given to a

@@ -39,6 +39,7 @@ from kdlib.files import file_sha256, save_json
 from kdlib.loop import NonFiniteLoss
 from kdlib.methods import variant_string
 from kdlib.models import checkpoint_arch
+from kdlib.paths import REPO
 from kdlib.recipes import recipe_identity
 
 log = logging.getLogger(__name__)
@@ -153,13 +154,12 @@ def now() -> str:
 
 def git_info() -> tuple[str | None, bool | None]:
     """(commit, dirty) of the repository holding this package; (None, None) outside git."""
-    repo = Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
         )
         status = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
             capture_output=True, text=True, timeout=10,
         )
     except (OSError, subprocess.SubprocessError):

@@ -17,10 +17,9 @@ from matplotlib.figure import Figure
 
 from kdlib import plots, results
 from kdlib.methods import CHANNEL_METHODS
+from kdlib.paths import BENCH_CSV, REPORTED_CSV, RESULTS_DIR, relative
 from kdlib.recipes import available_recipes, get_recipe
 
-RESULTS_DIR = results.REPO_DATA / "results"
-BENCH_CSV = Path(__file__).resolve().parents[1] / "bench" / "results.csv"
 NOT_MEASURED = results.STATUS_NOT_MEASURED
 
 
@@ -227,7 +226,7 @@ def ranking(records: pd.DataFrame | None = None, baseline: str = "kd") -> list[F
 def reported_summary(datasets: tuple[str, ...] = ("CIFAR-100",)) -> pd.DataFrame:
     """The channel methods' (:data:`~kdlib.methods.CHANNEL_METHODS`) own headline numbers: method × pair, as
     each paper reports them."""
-    reported = pd.read_csv(results.REPORTED_CSV, dtype=str, keep_default_na=False)
+    reported = pd.read_csv(REPORTED_CSV, dtype=str, keep_default_na=False)
     mapped = results.map_reported(reported, results.load_method_map())
     rows = mapped[mapped["method_id"].isin(CHANNEL_METHODS) & mapped["dataset"].isin(datasets)
                   & mapped["metric"].str.startswith("top1")]
@@ -298,14 +297,8 @@ def provenance(records: pd.DataFrame | None = None) -> pd.DataFrame:
     records = study_records() if records is None else records
     if not len(records):
         return pd.DataFrame()
-    root = results.REPO_DATA.parent
-
-    def where(path: str) -> str:
-        resolved = Path(path).resolve()
-        return str(resolved.relative_to(root)) if resolved.is_relative_to(root) else str(resolved)
-
     return pd.DataFrame({
-        "record": [where(p) for p in records["path"]],
+        "record": [relative(p) for p in records["path"]],
         "method": records["method"], "variant": records["variant"],
         "pair": [pair(t, s) for t, s in zip(records["teacher"], records["student"], strict=True)],
         "seed": records["seed"].astype(int).astype(str),

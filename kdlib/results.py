@@ -25,11 +25,10 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from kdlib.paths import METHOD_MAP, REPORTED_CSV
+
 log = logging.getLogger(__name__)
 
-REPO_DATA = Path(__file__).resolve().parents[1] / "data"
-REPORTED_CSV = REPO_DATA / "reported" / "reported_results.csv"
-METHOD_MAP = REPO_DATA / "reported" / "method_map.json"
 
 #: Columns taken from each record (nested fields are flattened separately).
 RECORD_COLUMNS = (

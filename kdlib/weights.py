@@ -43,6 +43,7 @@ from kdlib import models
 from kdlib.data import DataError
 from kdlib.files import file_sha256
 from kdlib.loop import evaluate_checkpoint
+from kdlib.paths import REPORTED_CSV
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,6 @@ MDISTILLER_TEACHERS_URL = (
 )
 #: The checkpoint file of a teacher inside the archive, ``<arch>_vanilla/ckpt_epoch_240.pth``.
 TEACHER_FILE = "ckpt_epoch_240.pth"
-REPORTED_RESULTS = Path(__file__).resolve().parents[1] / "data" / "reported" / "reported_results.csv"
 DOWNLOAD_TIMEOUT_S = 30
 
 
@@ -164,7 +164,7 @@ def extract_teachers(archive: Path, dest: Path) -> dict[str, Path]:
     return found
 
 
-def advertised_accuracies(dataset: str = "CIFAR-100", path: Path = REPORTED_RESULTS) -> dict[str, dict]:
+def advertised_accuracies(dataset: str = "CIFAR-100", path: Path = REPORTED_CSV) -> dict[str, dict]:
     """``{arch: {"top1": value, "source": ...}}``: the teachers' advertised top-1 in ``reported_results.csv``
     (method ``Teacher``), RepDistiller's row where there are several."""
     if not path.is_file():

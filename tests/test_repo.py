@@ -64,6 +64,17 @@ def test_committed_records_are_finished_runs_of_clean_commits() -> None:
         assert record["git_commit"] and record["git_dirty"] is False, path
 
 
+def test_the_repository_root_is_named_once() -> None:
+    """kdlib.paths owns the repository's paths; no other module derives the root from its own file."""
+    from kdlib import paths
+
+    assert paths.REPO == ROOT
+    derived = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "kdlib").rglob("*.py")
+                     if "__file__" in p.read_text())
+    assert "kdlib/paths.py" in derived
+    assert derived == ["kdlib/paths.py"], derived
+
+
 def test_gitignore_covers_build_outputs() -> None:
     ignored = (ROOT / ".gitignore").read_text().split()
     for path in (".venv", "book/_build/", "book/notebooks/", "runs/", "__pycache__/"):

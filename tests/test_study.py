@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -12,7 +13,10 @@ import torch
 from helpers import write_fashion_mnist, write_teacher
 
 from kdlib import cli, results, study, train
+from kdlib.config import from_args
+from kdlib.record import config_id_of
 from kdlib.runlock import run_lock
+from kdlib.study import profiles
 
 README = study.REPO / "README.md"
 
@@ -118,7 +122,7 @@ def test_config_id_matches_the_trainer(tiny: dict[str, Path], tmp_path: Path, me
                                       variants=variants, baselines=["ce"] if method == "ce" else []))
     (run,) = study.plan_runs(p)
     record = train.train(run.config)
-    assert record["config_id"] == run.config_id == train.config_id_of(run.config)
+    assert record["config_id"] == run.config_id == config_id_of(run.config)
 
 
 def test_student_weights_make_a_variant_of_their_own(tiny: dict[str, Path], tmp_path: Path) -> None:
@@ -142,21 +146,18 @@ def test_student_weights_make_a_variant_of_their_own(tiny: dict[str, Path], tmp_
 
 
 def test_cli_arguments_reproduce_the_configuration(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """A subprocess run trains exactly the planned configuration: every field reaches it (through
+    kdlib.config.to_argv), with --resume and no progress bars."""
     weights = write_teacher(tmp_path / "resnet8.pt", arch="resnet8", num_classes=10)
     p = study.check_parameters(**good(tiny, tmp_path, variants=[
         {"variant": "paper", "grid": [2, 2]}, {"student_weights": str(weights)}]))
     for run in study.plan_runs(p):
-        args = cli.build_parser().parse_args(study.cli_args(run.config))
-        config = train.TrainConfig(
-            method=args.method, student=args.student, dataset=args.dataset, out=args.out,
-            teacher=args.teacher, teacher_ckpt=args.teacher_ckpt, recipe=args.recipe, epochs=args.epochs,
-            subset=args.subset,
-            eval_subset=args.eval_subset, batch_size=args.batch_size, seed=args.seed, device=args.device,
-            variant=cli.parse_pairs(args.variant, "--variant"), data_root=args.data_root,
-            student_weights=args.student_weights,
-        )
-        assert train.config_id_of(config) == run.config_id
-        assert args.resume and args.no_progress
+        planned = dataclasses.replace(run.config, bn="frozen", fast=False, compile=False, amp=False)
+        config = from_args(cli.build_parser().parse_args(study.train_argv(planned)))
+        assert config_id_of(config) == config_id_of(planned)
+        assert config.resume and config.progress is False
+        assert (config.bn, config.fast, config.compile, config.amp) == ("frozen", False, False, False)
+        assert str(config.out) == str(run.config.out) and config.workers == run.config.workers
 
 
 # --- the grid -------------------------------------------------------------------------------------
@@ -399,7 +400,7 @@ def test_reproduce_checks_every_notebook_before_running_any(tmp_path: Path,
     profile = json.loads((study.PROFILES_DIR / "proxy.json").read_text())
     profile["notebooks"]["03_cd"]["variants"] = ["default", {"edt": "sometimes"}]
     (tmp_path / "broken.json").write_text(json.dumps(profile))
-    monkeypatch.setattr(study, "PROFILES_DIR", tmp_path)
+    monkeypatch.setattr(profiles, "PROFILES_DIR", tmp_path)  # where load_profile reads it
     message = "profile 'broken', notebook 03_cd: parameter 'variants': invalid edt"
     with pytest.raises(ValueError, match=message):
         study.reproduce("broken", out_dir=tmp_path / "executed")

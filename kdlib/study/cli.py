@@ -1,0 +1,124 @@
+"""The study's command line, ``python -m kdlib.study``.
+
+What ``make reproduce`` calls, and the other commands::
+
+    python -m kdlib.study reproduce --profile proxy --jobs 2
+    python -m kdlib.study params --profile proxy --notebook 01_ickd      # the YAML papermill gets
+    python -m kdlib.study estimate --profile cifar100 --images-per-s 4000
+    python -m kdlib.study refresh       # re-execute the committed notebooks with their defaults
+    python -m kdlib.study verify --profile proxy --match kd/default/seed0
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import kdlib.study
+from kdlib.paths import RUNS_DIR, relative, repo_path
+from kdlib.study.grid import verify
+from kdlib.study.parameters import parse_pairs
+from kdlib.study.profiles import (
+    bench_throughput,
+    estimate,
+    load_profile,
+    notebook_parameters,
+    profile_results_dir,
+    profile_runs,
+    refresh,
+    reproduce,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m kdlib.study`` and its five commands."""
+    parser = argparse.ArgumentParser(prog="python -m kdlib.study",
+                                     description=(kdlib.study.__doc__ or "").split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("reproduce", help="execute the notebooks with a profile's full parameters")
+    r.add_argument("--profile", required=True)
+    r.add_argument("--jobs", type=int, default=1, help="runs side by side (default 1)")
+    r.add_argument("--notebooks", help="comma-separated subset, e.g. 01_ickd,06_head_to_head")
+    r.add_argument("--device", help="override the profile's device")
+    f = sub.add_parser("refresh", help="execute the committed notebooks in place with their defaults")
+    f.add_argument("--notebooks", help="comma-separated subset (default: all)")
+    f.add_argument("--keep-runs", action="store_true", help="reuse the smoke runs in runs/notebooks/")
+    p = sub.add_parser("params", help="print a notebook's parameters under a profile (YAML for papermill -f)")
+    p.add_argument("--profile", required=True)
+    p.add_argument("--notebook", required=True)
+    e = sub.add_parser("estimate", help="estimated device hours of a profile from a measured throughput")
+    e.add_argument("--profile", required=True)
+    e.add_argument("--images-per-s", type=float,
+                   help="measured training images/s (default: the latest bench/results.csv row)")
+    e.add_argument("--eval-images-per-s", type=float)
+    v = sub.add_parser("verify", help="retrain a profile's committed runs and compare them with the records")
+    v.add_argument("--profile", required=True)
+    v.add_argument("--match", action="append", default=[],
+                   help="only runs whose folder has these path parts, e.g. kd/default/seed0 (repeatable)")
+    v.add_argument("--out", default=str(RUNS_DIR / "verify"), help="scratch folder (default runs/verify)")
+    return parser
+
+
+def _notebooks(text: str | None) -> list[str] | None:
+    return [n.strip() for n in text.split(",")] if text else None
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    for path in reproduce(args.profile, args.jobs, _notebooks(args.notebooks), device=args.device):
+        print(relative(path))
+    return 0
+
+
+def _refresh(args: argparse.Namespace) -> int:
+    for name, seconds in refresh(_notebooks(args.notebooks), fresh=not args.keep_runs).items():
+        print(f"notebooks/{name}.ipynb: {seconds:.1f} s")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    rows = verify(profile_runs(args.profile, args.match), profile_results_dir(args.profile),
+                  repo_path(args.out))
+    for row in rows:
+        verdict = "identical" if row["identical"] else "DIFFERENT"
+        if not row["same_cpu"]:
+            verdict += f" (the record was made on another CPU, {row['cpu']}: bit-for-bit is not expected)"
+        print(f"{row['key']}: committed {row['top1_last']} @ {row['commit']}, "
+              f"now {row['new top1_last']}: {verdict}")
+    return 0 if all(row["identical"] for row in rows) else 1
+
+
+def _params(args: argparse.Namespace) -> int:
+    import yaml
+
+    print(yaml.safe_dump(notebook_parameters(args.profile, args.notebook), sort_keys=False), end="")
+    return 0
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    ips, eval_ips, basis = args.images_per_s, args.eval_images_per_s, "given on the command line"
+    if ips is None:
+        common = load_profile(args.profile)["common"]
+        device = "cuda" if str(common.get("device", "cpu")).startswith("cuda") else "cpu"
+        ips, eval_ips, basis = bench_throughput(device, parse_pairs(common["pairs"]))
+    table = estimate(args.profile, ips, eval_ips)
+    print(f"ESTIMATE (not a measurement) at {ips:g} training images/s ({basis}):")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+    return 0
+
+
+COMMANDS = {"reproduce": _reproduce, "refresh": _refresh, "verify": _verify, "params": _params,
+            "estimate": _estimate}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``python -m kdlib.study``; exit status 2 (and one line on stderr) for a bad value."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+    try:
+        return COMMANDS[args.command](args)
+    except ValueError as error:
+        print(f"kdlib.study: error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,253 @@
+"""Profiles: the full parameters of each notebook at a scale (``notebooks/profiles/<profile>.json``).
+
+- :func:`load_profile` / :func:`notebook_parameters`: a profile's ``common`` parameters and per-notebook
+  overrides, as the papermill parameters of one notebook.
+- :func:`reproduce`: the notebooks executed through papermill with a profile's parameters (``make
+  reproduce``); :func:`refresh`: the committed notebooks re-executed in place with their defaults.
+- :func:`profile_runs`: every run a profile plans (what ``verify`` retrains).
+- :func:`estimate`: a profile's device hours from a measured throughput (:func:`bench_throughput`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from kdlib.methods import get_method
+from kdlib.paths import (
+    BENCH_CSV,
+    NOTEBOOKS_DIR,
+    PROFILES_DIR,
+    REPRODUCE_DIR,
+    RUNS_DIR,
+    relative,
+    repo_path,
+)
+from kdlib.recipes import RECIPES, get_recipe
+from kdlib.study.grid import Run, grid_cells, plan_runs
+from kdlib.study.parameters import (
+    NOTEBOOK_METHODS,
+    NOTEBOOKS,
+    Pair,
+    Variant,
+    check_notebook_parameters,
+    parameter_defaults,
+    parse_pairs,
+    parse_seeds,
+    parse_variants,
+)
+
+log = logging.getLogger(__name__)
+
+PROFILES = ("cifar100", "imagenet", "proxy")
+#: Training and test set sizes, used by ``estimate``.
+DATASET_SIZES = {"cifar100": (50_000, 10_000), "cifar10": (50_000, 10_000), "fashion_mnist": (60_000, 10_000),
+                 "imagenet": (1_281_167, 50_000)}
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    """``notebooks/profiles/<name>.json``: ``common`` parameters and per-notebook overrides."""
+    path = PROFILES_DIR / f"{name}.json"
+    if not path.is_file():
+        found = sorted(p.stem for p in PROFILES_DIR.glob("*.json"))
+        raise ValueError(f"unknown profile '{name}'; choose one of: {', '.join(found)}")
+    profile = json.loads(path.read_text())
+    unknown = set(profile.get("notebooks", {})) - set(NOTEBOOKS)
+    if unknown:
+        raise ValueError(f"profile '{name}' names unknown notebooks {sorted(unknown)}; "
+                         f"choose from {', '.join(NOTEBOOKS)}")
+    return profile
+
+
+def notebook_parameters(profile: str | Mapping[str, Any], notebook: str, **extra: Any) -> dict[str, Any]:
+    """The papermill parameters of ``notebook`` under ``profile``: ``common``, then the notebook's own
+    entries, then ``extra`` (e.g. ``jobs``), keeping the names the notebook's ``parameters`` cell declares
+    (a notebook-specific entry it does not declare is an error: a typo would be ignored by papermill)."""
+    prof = load_profile(profile) if isinstance(profile, str) else profile
+    if notebook not in NOTEBOOKS:
+        raise ValueError(f"unknown notebook '{notebook}'; choose one of: {', '.join(NOTEBOOKS)}")
+    declared = parameter_defaults(notebook)
+    own = {k: v for k, v in prof.get("notebooks", {}).get(notebook, {}).items() if not k.startswith("_")}
+    unknown = sorted(set(own) - set(declared))
+    if unknown:
+        raise ValueError(f"profile entries {unknown} for {notebook} are not among its parameters: "
+                         f"{', '.join(declared)}")
+    params = {**prof.get("common", {}), **own, **extra}
+    return {k: v for k, v in params.items() if k in declared}
+
+
+def profile_runs(profile: str, match: Sequence[str] = ()) -> list[Run]:
+    """Every run the notebooks of ``profile`` plan (each folder once), or those whose folder holds one of the
+    ``match`` paths as whole parts (``kd/default/seed0`` selects ``…/kd/default/seed0``, not
+    ``…/iekd/default/seed0``); ``ValueError`` when ``match`` selects none."""
+    runs: dict[str, Run] = {}
+    for nb in NOTEBOOKS[1:]:
+        params = {**parameter_defaults(nb), **notebook_parameters(profile, nb)}
+        for run in plan_runs(check_notebook_parameters(nb, params)):
+            if not match or any(f"/{text.strip('/')}/" in f"/{run.key}/" for text in match):
+                runs.setdefault(run.key, run)
+    if not runs:
+        raise ValueError(f"no run of profile '{profile}' matches {list(match)}; runs are named like "
+                         "fashion_mnist/repdistiller/resnet32-resnet8/kd/default/seed0")
+    return list(runs.values())
+
+
+def profile_results_dir(profile: str) -> Path:
+    """Where ``profile`` commits its records (its ``results_dir``)."""
+    folder = load_profile(profile).get("common", {}).get("results_dir")
+    if not folder:
+        raise ValueError(f"profile '{profile}' sets no results_dir")
+    return repo_path(folder)
+
+
+# --- executing the notebooks ----------------------------------------------------------------------
+def reproduce(profile: str, jobs: int = 1, notebooks: Sequence[str] | None = None,
+              out_dir: str | Path | None = None, device: str | None = None) -> list[Path]:
+    """Execute the notebooks with ``profile``'s full parameters through papermill (kernel in
+    ``notebooks/``); executed copies go to ``runs/reproduce/<profile>/`` and records to the profile's
+    ``results_dir``. Every notebook's parameters are checked before the first one runs."""
+    import papermill
+
+    prof = load_profile(profile)
+    chosen = list(notebooks) if notebooks else list(NOTEBOOKS)
+    extra: dict[str, Any] = {"jobs": jobs}
+    if device:
+        extra["device"] = device
+    plans = {nb: notebook_parameters(prof, nb, **extra) for nb in chosen}
+    for nb, params in plans.items():
+        try:
+            check_notebook_parameters(nb, {**parameter_defaults(nb), **params})
+        except ValueError as error:
+            raise ValueError(f"profile '{profile}', notebook {nb}: {error}") from None
+    target = repo_path(out_dir) if out_dir else REPRODUCE_DIR / profile
+    target.mkdir(parents=True, exist_ok=True)
+    written = []
+    for nb, params in plans.items():
+        output = target / f"{nb}.ipynb"
+        log.info("executing %s with profile %s → %s", nb, profile, relative(output))
+        papermill.execute_notebook(str(NOTEBOOKS_DIR / f"{nb}.ipynb"), str(output), parameters=params,
+                                   cwd=str(NOTEBOOKS_DIR), progress_bar=False, log_output=True)
+        written.append(output)
+    return written
+
+
+def refresh(notebooks: Sequence[str] | None = None, fresh: bool = True) -> dict[str, float]:
+    """Execute the committed notebooks in place with their default parameters (kernel in ``notebooks/``),
+    so that their stored outputs are exactly those of the default run; ``fresh`` first removes their run
+    folders (``runs/notebooks/<name>``) so that every smoke run trains. Returns seconds per notebook."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    timings = {}
+    for name in notebooks or NOTEBOOKS:
+        path = NOTEBOOKS_DIR / f"{name}.ipynb"
+        out_dir = parameter_defaults(name).get("out_dir")
+        if fresh and out_dir and repo_path(out_dir).resolve().is_relative_to(RUNS_DIR.resolve()):
+            shutil.rmtree(repo_path(out_dir), ignore_errors=True)
+        nb = nbformat.read(path, as_version=4)
+        tick = time.perf_counter()
+        NotebookClient(nb, timeout=1800, kernel_name="python3",
+                       resources={"metadata": {"path": str(NOTEBOOKS_DIR)}}).execute()
+        timings[name] = time.perf_counter() - tick
+        for cell in nb.cells:  # no execution timestamps in the committed files
+            cell.metadata.pop("execution", None)
+        nbformat.write(nb, path)
+        log.info("%s: executed in %.1f s", name, timings[name])
+    return timings
+
+
+# --- cost -----------------------------------------------------------------------------------------
+def _estimated_cells(nb: str, params: Mapping[str, Any]) -> Iterator[tuple[str, Pair, Variant, int]]:
+    """The runs notebook ``nb`` plans under ``params`` as :func:`~kdlib.study.grid.grid_cells`, read from the
+    parameters alone (no teacher checkpoint needed); 00_teachers trains one ``ce`` run per teacher."""
+    pairs = parse_pairs(params["pairs"])
+    seeds = parse_seeds(params["seeds"])
+    if nb == "00_teachers":
+        for teacher in dict.fromkeys(p.teacher for p in pairs):
+            yield f"teacher/{teacher}", Pair(teacher, teacher), Variant("ce"), seeds[0]
+        return
+    variants = [*parse_variants(params.get("baselines", []), None, "baselines"),
+                *parse_variants(params.get("variants", []), NOTEBOOK_METHODS[nb])]
+    yield from grid_cells(params["dataset"], params["recipe"], pairs, variants, seeds)
+
+
+def _images(params: Mapping[str, Any],
+            cells: Sequence[tuple[str, Pair, Variant, int]]) -> tuple[float, float]:
+    """The training and evaluation images that ``cells`` process (see :func:`estimate`)."""
+    n_train, n_test = DATASET_SIZES.get(params["dataset"], (50_000, 10_000))
+    n_train = min(n_train, params.get("subset") or n_train)
+    n_test = min(n_test, params.get("eval_subset") or n_test)
+    overrides = {"epochs": params["epochs"]} if params.get("epochs") else {}
+    name = params["recipe"] if params["recipe"] in RECIPES else "repdistiller"  # not yet in kdlib
+    train_images = eval_images = 0.0
+    for _, pair, variant, _ in cells:
+        recipe = get_recipe(name, pair.student, **overrides)  # its epochs, scaled
+        pre = recipe.pretrain_epochs if get_method(variant.method).has_pretrain else 0
+        train_images += (recipe.epochs + pre) * n_train
+        eval_images += (recipe.epochs + (1 if variant.needs_teacher else 0)) * n_test
+    return train_images, eval_images
+
+
+def estimate(profile: str, images_per_s: float, eval_images_per_s: float | None = None) -> Any:
+    """An **estimate** (not a measurement) of a profile's device hours from a measured throughput.
+
+    Per notebook: its runs (those no earlier notebook already ran: same folder), the training images they
+    process (epochs × training set, plus IE-KD's pre-distillation epochs) and the evaluation images (one
+    test-set pass per epoch, plus the teacher's), divided by ``images_per_s`` (training: teacher forward +
+    student step) and ``eval_images_per_s`` (default 3 × training). Reads the profile only: no data,
+    teacher or device is needed.
+    """
+    import pandas as pd
+
+    prof = load_profile(profile)
+    eval_ips = eval_images_per_s or 3 * images_per_s
+    seen: set[str] = set()
+    rows = []
+    for nb in NOTEBOOKS:
+        params = notebook_parameters(prof, nb)
+        if nb in ("00_teachers", "06_head_to_head") and not params.get("train", False):
+            continue
+        cells = []
+        for cell in _estimated_cells(nb, params):
+            if cell[0] not in seen:
+                seen.add(cell[0])
+                cells.append(cell)
+        train_images, eval_images = _images(params, cells)
+        hours = (train_images / images_per_s + eval_images / eval_ips) / 3600
+        rows.append({"notebook": nb, "runs": len(cells), "train images (M)": train_images / 1e6,
+                     "eval images (M)": eval_images / 1e6, "estimated hours": hours})
+    table = pd.DataFrame(rows)
+    total = {"notebook": "total", **{c: table[c].sum() for c in table.columns if c != "notebook"}}
+    return pd.concat([table, pd.DataFrame([total])], ignore_index=True)
+
+
+def bench_throughput(device: str, pairs: Sequence[Pair] = (),
+                     path: str | Path = BENCH_CSV) -> tuple[float, float | None, str]:
+    """Training (and evaluation) images per second measured by ``bench/bench.py`` on ``device`` (``cpu`` or
+    ``cuda``) in its latest measurement: the row of one of ``pairs`` if the benchmark has one, else its
+    slowest pair; with a line saying where the number comes from."""
+    import csv
+
+    path = Path(path)
+    rows = list(csv.DictReader(path.open())) if path.is_file() else []
+    rows = [r for r in rows if r.get("device") == device and r.get("ours_images_per_s")]
+    if not rows:
+        target = "bench-gpu" if device == "cuda" else "bench"
+        raise ValueError(f"no {device} measurement in {relative(path)}: run make {target} or pass "
+                         "--images-per-s")
+    latest = max(r["date"] for r in rows)
+    rows = [r for r in rows if r["date"] == latest]
+    names = [f"{p.teacher}->{p.student}" for p in pairs]
+    rows = [r for r in rows if any(r["pair"].endswith(n) for n in names)] or rows
+    slowest = min(rows, key=lambda r: float(r["ours_images_per_s"]))
+    eval_s = slowest.get("ours_eval_s")
+    eval_ips = 10_000 / float(eval_s) if eval_s else None
+    basis = (f"bench/results.csv {latest[:10]} {slowest['device_name']}, pair {slowest['pair']}: "
+             f"{float(slowest['ours_images_per_s']):.0f} training images/s"
+             + (f", {eval_ips:.0f} evaluation images/s" if eval_ips else ""))
+    return float(slowest["ours_images_per_s"]), eval_ips, basis
