@@ -341,6 +341,63 @@ def map_reported(reported: pd.DataFrame, mapping: dict[str, Any]) -> pd.DataFram
     return pd.concat([df.reset_index(drop=True), pd.DataFrame(extra)], axis=1)
 
 
+#: The columns of :func:`compare`, in order.
+COMPARE_COLUMNS = (
+    "paper", "dataset", "teacher", "student", "teacher_id", "student_id", "method", "metric", "value",
+    "reported_acc", "dataset_id", "method_id", "variant", "role", "status", "n", "diverged", "recipe",
+    "epochs", "subset", "measured_last", "measured_last_lo", "measured_last_hi", "measured_best", "measured_best_lo",
+    "measured_best_hi", "diff_last", "diff_best", "note", "source",
+)
+_NO_TEACHER = "-"  # one sentinel on both sides: merge keys never rely on None/NaN matching
+
+
+def _join_keys(rep: pd.DataFrame, summary: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The reported rows and the measured summary, each with the ``_teacher`` (and reported ``_student``)
+    join key: a ``ce`` run matches on the student only; a reported teacher row matches a ``ce`` run of the
+    teacher architecture."""
+    rep = rep.copy()
+    rep["_row"] = np.arange(len(rep))
+    rep["_student"] = np.where(rep["role"] == "teacher", rep["teacher_id"], rep["student_id"])
+    rep["_teacher"] = np.where(rep["method_id"] == "ce", _NO_TEACHER, rep["teacher_id"].fillna(_NO_TEACHER))
+    measured = summary.copy()
+    if "teacher" not in measured:
+        measured["teacher"] = None
+    measured["_teacher"] = np.where(
+        measured["method"] == "ce",
+        _NO_TEACHER,
+        measured["teacher"].astype(object).where(measured["teacher"].notna(), _NO_TEACHER),
+    )
+    keep = [
+        c
+        for c in measured.columns
+        if c.startswith(("top1_", "top5_")) or c in ("n", "diverged", "recipe", "epochs", "subset", "seeds")
+    ]
+    return rep, measured[["dataset", "_teacher", "student", "method", "variant", *keep]]
+
+
+def _measured_columns(joined: pd.DataFrame) -> None:
+    """``measured_last``/``measured_best`` (top-1 or top-5 by the reported metric) with their intervals,
+    ``diff_*`` = measured − reported, and ``status``."""
+    for stat in ("mean", "lo", "hi"):
+        for which in ("last", "best"):
+            top1, top5 = f"top1_{which}_{stat}", f"top5_{which}_{stat}"
+            col = f"measured_{which}" if stat == "mean" else f"measured_{which}_{stat}"
+            t1 = joined[top1] if top1 in joined else np.nan
+            t5 = joined[top5] if top5 in joined else np.nan
+            joined[col] = np.where(joined["metric_kind"] == "top5", t5, t1)
+    joined["diff_last"] = joined["measured_last"] - joined["reported_acc"]
+    joined["diff_best"] = joined["measured_best"] - joined["reported_acc"]
+
+    def count(column: str) -> pd.Series:
+        return joined[column].fillna(0) if column in joined else pd.Series(0, index=joined.index)
+
+    joined["status"] = np.select(
+        [joined["scope"] == "out", count("n") > 0, count("diverged") > 0],
+        [STATUS_OUT_OF_SCOPE, STATUS_MEASURED, STATUS_DIVERGED],
+        STATUS_NOT_MEASURED,
+    )
+
+
 def compare(
     summary: pd.DataFrame,
     reported: pd.DataFrame | str | Path | None = None,
@@ -360,26 +417,7 @@ def compare(
         reported = pd.read_csv(reported or REPORTED_CSV, dtype=str, keep_default_na=False, na_values=[""])
     if not isinstance(mapping, dict):
         mapping = load_method_map(mapping)
-    rep = map_reported(reported, mapping)
-    rep["_row"] = np.arange(len(rep))
-    rep["_student"] = np.where(rep["role"] == "teacher", rep["teacher_id"], rep["student_id"])
-    no_teacher = "-"  # one sentinel on both sides: merge keys never rely on None/NaN matching
-    rep["_teacher"] = np.where(rep["method_id"] == "ce", no_teacher, rep["teacher_id"].fillna(no_teacher))
-
-    measured = summary.copy()
-    if "teacher" not in measured:
-        measured["teacher"] = None
-    measured["_teacher"] = np.where(
-        measured["method"] == "ce",
-        no_teacher,
-        measured["teacher"].astype(object).where(measured["teacher"].notna(), no_teacher),
-    )
-    keep = [
-        c
-        for c in measured.columns
-        if c.startswith(("top1_", "top5_")) or c in ("n", "diverged", "recipe", "epochs", "subset", "seeds")
-    ]
-    measured = measured[["dataset", "_teacher", "student", "method", "variant", *keep]]
+    rep, measured = _join_keys(map_reported(reported, mapping), summary)
     joined = rep.merge(
         measured,
         how="left",
@@ -387,57 +425,8 @@ def compare(
         right_on=["dataset", "_teacher", "student", "method", "variant"],
         suffixes=("", "_measured"),
     )
-    for stat in ("mean", "lo", "hi"):
-        for which in ("last", "best"):
-            top1, top5 = f"top1_{which}_{stat}", f"top5_{which}_{stat}"
-            col = f"measured_{which}" if stat == "mean" else f"measured_{which}_{stat}"
-            t1 = joined[top1] if top1 in joined else np.nan
-            t5 = joined[top5] if top5 in joined else np.nan
-            joined[col] = np.where(joined["metric_kind"] == "top5", t5, t1)
-    joined["diff_last"] = joined["measured_last"] - joined["reported_acc"]
-    joined["diff_best"] = joined["measured_best"] - joined["reported_acc"]
-
-    def count(column: str) -> pd.Series:
-        return joined[column].fillna(0) if column in joined else pd.Series(0, index=joined.index)
-
-    joined["status"] = np.select(
-        [joined["scope"] == "out", count("n") > 0, count("diverged") > 0],
-        [STATUS_OUT_OF_SCOPE, STATUS_MEASURED, STATUS_DIVERGED],
-        STATUS_NOT_MEASURED,
-    )
-    columns = [
-        "paper",
-        "dataset",
-        "teacher",
-        "student",
-        "teacher_id",
-        "student_id",
-        "method",
-        "metric",
-        "value",
-        "reported_acc",
-        "dataset_id",
-        "method_id",
-        "variant",
-        "role",
-        "status",
-        "n",
-        "diverged",
-        "recipe",
-        "epochs",
-        "subset",
-        "measured_last",
-        "measured_last_lo",
-        "measured_last_hi",
-        "measured_best",
-        "measured_best_lo",
-        "measured_best_hi",
-        "diff_last",
-        "diff_best",
-        "note",
-        "source",
-    ]
-    for c in columns:
+    _measured_columns(joined)
+    for c in COMPARE_COLUMNS:
         if c not in joined:
             joined[c] = None
-    return joined.sort_values("_row", kind="stable")[columns].reset_index(drop=True)
+    return joined.sort_values("_row", kind="stable")[list(COMPARE_COLUMNS)].reset_index(drop=True)
