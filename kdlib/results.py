@@ -345,8 +345,8 @@ def map_reported(reported: pd.DataFrame, mapping: dict[str, Any]) -> pd.DataFram
 COMPARE_COLUMNS = (
     "paper", "dataset", "teacher", "student", "teacher_id", "student_id", "method", "metric", "value",
     "reported_acc", "dataset_id", "method_id", "variant", "role", "status", "n", "diverged", "recipe",
-    "epochs", "subset", "measured_last", "measured_last_lo", "measured_last_hi", "measured_best", "measured_best_lo",
-    "measured_best_hi", "diff_last", "diff_best", "note", "source",
+    "epochs", "subset", "measured_last", "measured_last_lo", "measured_last_hi", "measured_best",
+    "measured_best_lo", "measured_best_hi", "diff_last", "diff_best", "note", "source",
 )
 _NO_TEACHER = "-"  # one sentinel on both sides: merge keys never rely on None/NaN matching
 
