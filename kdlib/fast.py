@@ -109,15 +109,21 @@ def crop_flip(
     return pixels
 
 
+#: ``v / 255`` for every uint8 value ``v``, divided on the CPU as ``ToTensor`` does. CUDA computes
+#: ``x.div_(255)`` as ``x * (1/255)``, one ulp off for 126 of the 256 values; a lookup is exact anywhere.
+UINT8_TO_UNIT = torch.arange(256, dtype=torch.float32) / 255
+
+
 def to_model_input(
     pixels: Tensor, mean: Tensor, std: Tensor, *, channels: int | None = None, channels_last: bool = False
 ) -> Tensor:
     """``(B, H, W, C)`` pixels → normalised ``(B, C, H, W)`` float32, as ``ToTensor`` + ``Normalize``.
 
-    ``uint8`` pixels are divided by 255 (float pixels are taken to be in [0, 1] already), then
-    ``(x - mean) / std`` per channel (``mean``/``std``: float32 tensors of shape ``(C,)``); the same
-    operations in the same order as torchvision, so the results are bit-identical. One stored channel is
-    repeated to ``channels``. The result is channels_last in memory when ``channels_last``, else contiguous.
+    ``uint8`` pixels are divided by 255 (looked up in :data:`UINT8_TO_UNIT`; float pixels are taken to be in
+    [0, 1] already), then ``(x - mean) / std`` per channel (``mean``/``std``: float32 tensors of shape
+    ``(C,)``); the same operations in the same order as torchvision, so the results are bit-identical. One
+    stored channel is repeated to ``channels``. The result is channels_last in memory when ``channels_last``,
+    else contiguous.
     """
     x = pixels.permute(0, 3, 1, 2)  # NCHW view of NHWC memory: already channels_last
     if channels is not None and x.shape[1] != channels:
@@ -125,10 +131,12 @@ def to_model_input(
             raise ValueError(f"cannot make {channels} channels from {x.shape[1]}")
         x = x.expand(-1, channels, -1, -1)
     # the layout first (on the small integers), then float arithmetic in place on a fresh tensor
-    x = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-    x = x.to(torch.float32, copy=True)
-    if pixels.dtype == torch.uint8:
-        x.div_(255)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = x.contiguous(memory_format=layout)
+    if pixels.dtype == torch.uint8:  # x / 255 looked up in a table the CPU divided: the same on any device
+        x = UINT8_TO_UNIT.to(x.device)[x.long()].contiguous(memory_format=layout)
+    else:
+        x = x.to(torch.float32, copy=True)
     return x.sub_(mean[:, None, None]).div_(std[:, None, None])
 
 
@@ -353,7 +361,10 @@ class CompiledOrEager:
     If ``torch.compile`` raises, or a call fails inside dynamo or the compiler backend (no Triton, no C++
     compiler, an unsupported Python), the reason is logged and kept in ``fallback_reason``, and this
     and every later call run ``fn`` eagerly; errors of ``fn`` itself (e.g. a shape mismatch) still surface,
-    from the eager call.
+    from the eager call. Reaching dynamo's recompile limit is such a failure too (dynamo alone would run the
+    frame eagerly with a warning while :meth:`describe` still said compiled). Each new instance starts from
+    an empty dynamo cache (``torch._dynamo.reset()``): runs trained one after another in one process (the
+    study with one job) each get their own recompile budget.
     """
 
     def __init__(self, fn: Callable[..., Any], *, enabled: bool = True, mode: str | None = None,
@@ -364,6 +375,7 @@ class CompiledOrEager:
         self.compiled: Callable[..., Any] | None = None
         self.fallback_reason: str | None = None
         if enabled:
+            torch._dynamo.reset()  # a new run: earlier runs' graphs do not count towards the recompile limit
             try:
                 self.compiled = torch.compile(fn, mode=mode, dynamic=False, backend=backend)
             except Exception as error:  # e.g. dynamo unsupported on this Python
@@ -389,9 +401,10 @@ class CompiledOrEager:
             if self.mode == "reduce-overhead":
                 torch.compiler.cudagraph_mark_step_begin()
             try:
-                return self.compiled(*args, **kwargs)
-            except torch._dynamo.exc.TorchDynamoException as error:
-                self._fall_back(error)
+                with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+                    return self.compiled(*args, **kwargs)
+            except (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit) as err:
+                self._fall_back(err)
         return self.fn(*args, **kwargs)
 
 

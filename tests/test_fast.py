@@ -29,6 +29,7 @@ from kdlib.fast import (
     reference_draws,
     run_teacher_in_inference_mode,
     source_index,
+    to_model_input,
 )
 from kdlib.methods import build_distiller
 
@@ -270,6 +271,42 @@ def test_compiled_or_eager_runs_other_batch_sizes_eagerly() -> None:
     fn(torch.ones(2, 3))  # the last, smaller batch: eager, no second compilation
     fn(torch.ones(8, 3))
     assert calls == [(8, 3)]
+
+
+def test_runs_one_after_another_each_compile() -> None:
+    """Twelve runs of differently shaped models in one process (the study with one job): each one compiled,
+    where dynamo alone stops compiling after its recompile limit (8) and runs the rest eagerly."""
+    graphs = []
+
+    def counting_backend(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    for width in range(12):
+        model = torch.nn.Linear(4, 2 + width)
+        forward = CompiledOrEager(model, backend=counting_backend)
+        forward(torch.ones(3, 4))
+        assert forward.is_compiled and forward.describe() == "compiled (default)"
+    assert len(graphs) == 12
+
+
+def test_the_recompile_limit_is_a_fallback_the_record_names() -> None:
+    """A run that recompiles past dynamo's limit says it ran eagerly (dynamo alone only warns)."""
+    forward = CompiledOrEager(lambda x: x * 2, backend="eager")
+    for n in range(1, 12):  # a new static shape each call: one recompilation each
+        assert torch.equal(forward(torch.ones(n)), torch.full((n,), 2.0))
+    assert not forward.is_compiled and "ecompile" in forward.describe()
+
+
+def test_uint8_pixels_become_the_cpu_quotients_on_any_device() -> None:
+    """The division by 255 is a lookup in a table the CPU divided: CUDA's x * (1/255) differs from x / 255
+    in the last bit for 126 of the 256 values, so dividing on the device would not give the CPU's batches."""
+    values = torch.arange(256, dtype=torch.float32)
+    assert int((values * (1 / 255) != values / 255).sum()) > 100  # the hazard, shown on the CPU
+    pixels = torch.arange(256, dtype=torch.uint8).reshape(1, 16, 16, 1)
+    x = to_model_input(pixels, torch.zeros(1), torch.ones(1))
+    assert torch.equal(x.flatten(), values / 255)
+    assert torch.equal(x.flatten(), TF.to_tensor(pixels[0].numpy()).flatten())
 
 
 @pytest.mark.parametrize("method", ["kd", "ickd", "iekd"])
