@@ -186,7 +186,7 @@ def hardware(device: torch.device) -> dict[str, Any]:
 
 def provenance(device: torch.device) -> dict[str, Any]:
     """Where and with what this process trains: device, hardware, torch version, commit (a resumed run adds
-    one of these per session to ``resumes``)."""
+    one of these per resumed run to ``resumes``)."""
     commit, dirty = git_info()
     return {"device": str(device), "hardware": hardware(device), "torch_version": str(torch.__version__),
             "git_commit": commit, "git_dirty": dirty}
