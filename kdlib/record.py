@@ -132,8 +132,8 @@ def config_id(record: Mapping[str, Any]) -> str:
 
 
 def config_id_of(config: TrainConfig) -> str:
-    """The ``config_id`` that training ``config`` records, computed without training: the same :func:`plan`,
-    resolved weights and :func:`settings` as the trainer."""
+    """The ``config_id`` that training ``config`` records, computed without training: the same
+    :func:`~kdlib.config.plan`, resolved weights and :func:`settings` as the trainer."""
     p = plan(config)
     return config_id(settings(p, *resolve_refs(config, p.needs_teacher)))
 
