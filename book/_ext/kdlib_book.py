@@ -88,13 +88,24 @@ class KdlibTable(SphinxDirective):
         if waiting.any():
             later = int((status == results.STATUS_NOT_MEASURED).sum())
             scope = int((status == results.STATUS_OUT_OF_SCOPE).sum())
+            why = [f"{later} not yet measured"] * bool(later) + [
+                f"{scope} out of scope (segmentation, detection)"] * bool(scope)
             count = (f"{int(waiting.sum())} of the {len(table)} rows {paper} reports have no measurement of "
-                     f"ours at their scale: {later} not yet measured, {scope} out of scope (segmentation, "
-                     "detection).")
-            listing = folded(table[waiting][[c for c in self.UNMEASURED if c in table]])
+                     f"ours at their scale: {', '.join(why)}.")
+            listing = numbered_sources(table[waiting][[c for c in self.UNMEASURED if c in table]])
             parts.append(f"{count}\n\n:::{{admonition}} The {int(waiting.sum())} reported rows without a "
                          f"measurement\n:class: dropdown\n\n{listing}\n:::")
         return "\n\n".join(parts)
+
+
+def numbered_sources(table: Any) -> str:
+    """:func:`folded`, with each distinct ``source`` written once below the table and numbered in its rows."""
+    sources = list(dict.fromkeys(table["source"]))
+    if len(sources) < 2 or len(sources) == len(table):
+        return folded(table)
+    number = {s: f"[{i}]" for i, s in enumerate(sources, 1)}
+    listed = "\n".join(f"{i}. {s}" for i, s in enumerate(sources, 1))
+    return f"{folded(table.assign(source=table['source'].map(number)))}\n\nSources:\n\n{listed}"
 
 
 def folded(table: Any) -> str:
