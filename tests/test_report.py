@@ -156,3 +156,28 @@ def test_diverged_configuration_in_reported_table(study: pd.DataFrame) -> None:
     table = report.reported_vs_measured("ICKD", study)
     row = table[(table["pair"] == "ResNet32x4 → ResNet8x4") & (table["ours: kdlib method"] == "ickd/default")]
     assert row["ours: diverged"].tolist() == ["1 of 3 runs"] * len(row) and len(row) >= 1
+
+
+def _history_record(method: str, seed: int, terms: dict[str, float]) -> dict:
+    history = [{"epoch": e, "top1": 50.0 + e, "top5": 90.0, "loss": sum(terms.values()), "lr": 0.1,
+                "losses": terms} for e in (1, 2)]
+    return {"method": method, "variant": "default", "seed": seed, "history": history}
+
+
+def test_loss_terms_legend_is_true_in_every_panel() -> None:
+    """A run keeps one colour across panels (a term only some runs have must not shift the others'), and
+    the figure has one legend naming every run in that colour."""
+    from kdlib import plots
+
+    records = [_history_record("kd", 0, {"ce": 1.0, "kd": 2.0}),
+               _history_record("ickd", 0, {"ce": 1.0, "ickd": 3.0})]
+    fig = plots.loss_terms(records)
+    by_panel = {ax.get_title(): [line.get_color() for line in ax.get_lines()] for ax in fig.axes}
+    legend = fig.legends[0]
+    named = {t.get_text(): h.get_color()
+             for t, h in zip(legend.get_texts(), legend.legend_handles, strict=True)}
+    assert set(named) == {"kd/default", "ickd/default"}
+    assert named["kd/default"] in by_panel["kd"] and named["ickd/default"] in by_panel["ickd"]
+    assert set(by_panel["ce"]) == set(named.values())  # both runs in the shared panel, in their colours
+    grid = plots.family_curves(records * 2)
+    assert [ax.get_title() for ax in grid.axes if ax.get_visible() and ax.has_data()] == ["ickd"]
