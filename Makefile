@@ -100,7 +100,8 @@ bench-gpu: bench-clean-tree
 JOBS ?= 1
 reproduce: $(STAMP) data-offline
 	@test -n "$(PROFILE)" || { echo "usage: make reproduce PROFILE=proxy|cifar100|imagenet [JOBS=N]"; exit 2; }
-	$(PY) -m kdlib.study reproduce --profile $(PROFILE) --jobs $(JOBS)
+	$(PY) -m kdlib.study reproduce --profile $(PROFILE) --jobs $(JOBS) 2>&1 \
+		| { grep --line-buffered -v "$(KERNEL_NOTE)" || true; }
 	rm -rf $(BOOK_NOTEBOOKS) && mkdir -p $(BOOK_NOTEBOOKS)
 	cp runs/reproduce/$(PROFILE)/*.ipynb $(BOOK_NOTEBOOKS)/
 	$(VENV)/bin/jupyter-book build book --all --quiet
