@@ -13,14 +13,16 @@ NOTEBOOKS := $(sort $(wildcard notebooks/*.ipynb))
 # The book reads notebooks from this git-ignored folder: executed copies (make book) or the committed ones.
 BOOK_NOTEBOOKS := book/notebooks
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
+# ipykernel's note on every kernel start (papermill's kernels listen on localhost only): kept out of make's output.
+KERNEL_NOTE := Kernel is running over TCP without encryption
 
-.PHONY: help book test unit lint nbval book-stored data-offline browser clean bench bench-gpu reproduce
+.PHONY: help book test unit lint nbval book-stored data-offline browser clean bench bench-gpu bench-clean-tree reproduce
 
 help:
 	@echo "make book   execute the notebooks and build the HTML book (book/_build/html/index.html)"
 	@echo "make test   the whole test-suite (pytest, ruff, nbval, book build with warnings as errors)"
 	@echo "make reproduce PROFILE=proxy|cifar100|imagenet [JOBS=N]   the study at full scale (README)"
-	@echo "make bench / make bench-gpu   speed of the trainer, side by side with a conventional loop"
+	@echo "make bench / make bench-gpu [RECORD=1]   speed of the trainer beside a conventional loop (RECORD=1: for the book)"
 	@echo "make clean  build outputs and the notebooks' scratch runs (keeps runs/teachers and runs/reproduce)"
 
 # The virtual environment, created on first use; the stamp makes it idempotent.
@@ -47,7 +49,8 @@ browser:
 book: $(STAMP) data-offline
 	rm -rf $(BOOK_NOTEBOOKS) && mkdir -p $(BOOK_NOTEBOOKS)
 	for nb in $(NOTEBOOKS); do \
-		$(PY) -m papermill --cwd notebooks --progress-bar "$$nb" "$(BOOK_NOTEBOOKS)/$$(basename $$nb)"; \
+		$(PY) -m papermill --cwd notebooks --progress-bar "$$nb" "$(BOOK_NOTEBOOKS)/$$(basename $$nb)" 2>&1 \
+			| { grep --line-buffered -v "$(KERNEL_NOTE)" || true; }; \
 	done
 	$(VENV)/bin/jupyter-book build book --all --quiet
 	@echo "book: $(CURDIR)/book/_build/html/index.html"
@@ -73,12 +76,22 @@ book-stored: $(STAMP)
 	$(VENV)/bin/jupyter-book build book --all --quiet --warningiserror --nitpick --keep-going
 
 # Speed, side by side (bench/README.md): the CPU variant here (under 5 minutes, no compilation); the CUDA one
-# with the Python that holds torch (PYTHONPATH=.; nothing to install), which appends a row per pair too.
-bench: $(STAMP)
-	$(PY) bench/bench.py --device cpu
+# with the Python that holds torch (PYTHONPATH=.; nothing to install). Rows go to the git-ignored
+# runs/bench/results.csv, so the tree stays clean; RECORD=1 appends them to the tracked bench/results.csv (the
+# book's table) instead, and only from a clean tree, so that every recorded row names a commit that exists.
+BENCH_OUT := runs/bench/results.csv
+ifeq ($(RECORD),1)
+BENCH_OUT := bench/results.csv
+endif
+bench-clean-tree:
+	@if [ "$(RECORD)" = 1 ] && [ -n "$$(git status --porcelain --untracked-files=no)" ]; then \
+		echo "make bench RECORD=1 records rows for the book: commit or stash your changes first"; exit 2; fi
 
-bench-gpu:
-	PYTHONPATH=. $(PYTHON) bench/bench.py --device cuda
+bench: $(STAMP) bench-clean-tree
+	$(PY) bench/bench.py --device cpu --out $(BENCH_OUT)
+
+bench-gpu: bench-clean-tree
+	PYTHONPATH=. $(PYTHON) bench/bench.py --device cuda --out $(BENCH_OUT)
 
 # The study at full scale: the notebooks executed through papermill with a profile's parameters
 # (notebooks/profiles/PROFILE.json: proxy = the CPU study, cifar100 and imagenet need a GPU); executed copies in
@@ -87,7 +100,8 @@ bench-gpu:
 JOBS ?= 1
 reproduce: $(STAMP) data-offline
 	@test -n "$(PROFILE)" || { echo "usage: make reproduce PROFILE=proxy|cifar100|imagenet [JOBS=N]"; exit 2; }
-	$(PY) -m kdlib.study reproduce --profile $(PROFILE) --jobs $(JOBS)
+	$(PY) -m kdlib.study reproduce --profile $(PROFILE) --jobs $(JOBS) 2>&1 \
+		| { grep --line-buffered -v "$(KERNEL_NOTE)" || true; }
 	rm -rf $(BOOK_NOTEBOOKS) && mkdir -p $(BOOK_NOTEBOOKS)
 	cp runs/reproduce/$(PROFILE)/*.ipynb $(BOOK_NOTEBOOKS)/
 	$(VENV)/bin/jupyter-book build book --all --quiet

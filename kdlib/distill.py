@@ -5,7 +5,7 @@ dict of *named, weighted* loss terms; the trainer sums the dict. The optimiser t
 ``distiller.trainable_parameters()``, so no projector is ever forgotten, and the teacher never reaches it.
 
 Every method has a configuration dataclass (a subclass of :class:`MethodConfig`) whose defaults are the
-weights of methods.md section 6; the student objective is always
+weights of each paper's official code (the book's method chapters list them); the student objective is always
 ``ce_weight·CE + kd_weight·KD_T + <method terms>``.
 
 This module holds the base classes only. Each method lives in its own module under ``kdlib.losses``

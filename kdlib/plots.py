@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 #: Colour maps, sequential for non-negative matrices and diverging for correlations in [-1, 1].
 SEQUENTIAL = "rocket_r"
@@ -56,24 +57,70 @@ def history_frame(records: Sequence[Mapping[str, Any]], label: str | None = None
     return pd.DataFrame(rows)
 
 
+def _palette(order: Sequence[str]) -> dict[str, Any]:
+    """One colour per run label, the same in every panel of a figure."""
+    return dict(zip(order, sns.color_palette("colorblind", n_colors=max(len(order), 1)), strict=False))
+
+
+def _legend(fig: Figure, palette: Mapping[str, Any], title: str | None = None) -> None:
+    """One legend for the whole figure, right of the panels: true in every panel (colours are shared)."""
+    handles = [Line2D([0], [0], color=c, marker="o", label=name) for name, c in palette.items()]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small", title=title,
+               frameon=False)
+
+
 def training_curves(records: Sequence[Mapping[str, Any]], title: str | None = None,
                     label: str | None = None) -> Figure:
     """Test top-1 and training loss per epoch, one line per run label (``method/variant``, or the record
-    field ``label``; mean over seeds, band = 95% interval when several seeds); single epochs are points."""
+    field ``label``; mean over seeds, band = 95% interval when several seeds); single epochs are points.
+    The loss is each run's own objective (the sum of its weighted terms), so it compares epochs of one run,
+    not methods."""
     df = history_frame(records, label)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     if df.empty:
         for ax in axes:
             ax.text(0.5, 0.5, "no completed runs", ha="center", va="center", transform=ax.transAxes)
         return _close(fig)
-    order = list(dict.fromkeys(df["run"]))
-    panels = (("top1", "test top-1 (%)"), ("loss", "training loss (sum of terms)"))
+    palette = _palette(list(dict.fromkeys(df["run"])))
+    panels = (("top1", "test top-1 (%)"), ("loss", "training objective (own terms)"))
     for ax, (column, name) in zip(axes, panels, strict=True):
-        sns.lineplot(data=df, x="epoch", y=column, hue="run", hue_order=order, marker="o",
-                     errorbar=("ci", 95), ax=ax, legend=ax is axes[-1])
+        sns.lineplot(data=df, x="epoch", y=column, hue="run", hue_order=list(palette), palette=palette,
+                     marker="o", errorbar=("ci", 95), ax=ax, legend=False)
         ax.set_ylabel(name)
         ax.xaxis.get_major_locator().set_params(integer=True)
-    axes[-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small", title=label or "run")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _legend(fig, palette, label or "run")
+    return _close(fig)
+
+
+def family_curves(records: Sequence[Mapping[str, Any]], title: str | None = None, reference: str = "kd",
+                  ncols: int = 4) -> Figure:
+    """Small multiples: test top-1 per epoch, one panel per method with its variants (mean over seeds, 95%
+    band), and the ``reference`` method's default run dashed in grey in every panel. Losses are left out: each
+    method's objective has its own terms and scale."""
+    df = history_frame(records)
+    df["method"] = df["run"].str.split("/").str[0]
+    methods = [m for m in dict.fromkeys(df["method"]) if m != reference] or [reference]
+    nrows = -(-len(methods) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 2.4 * nrows), sharex=True, sharey=True,
+                             squeeze=False)
+    base = df[df["run"] == f"{reference}/default"]
+    for ax, method in zip(axes.flat, methods, strict=False):
+        part = df[df["method"] == method]
+        variants = list(dict.fromkeys(part["run"]))
+        if len(base) and method != reference:
+            sns.lineplot(data=base, x="epoch", y="top1", color="grey", ls="--", errorbar=None, ax=ax,
+                         label=f"{reference}/default")
+        sns.lineplot(data=part, x="epoch", y="top1", hue="run", hue_order=variants,
+                     palette=_palette(variants), marker="o", errorbar=("ci", 95), ax=ax)
+        ax.legend(fontsize="x-small", loc="lower right", title=None)
+        ax.set_title(method)
+        ax.set_ylabel("test top-1 (%)")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    for ax in list(axes.flat)[len(methods):]:
+        ax.axis("off")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -81,21 +128,24 @@ def training_curves(records: Sequence[Mapping[str, Any]], title: str | None = No
 
 
 def loss_terms(records: Sequence[Mapping[str, Any]], title: str | None = None) -> Figure:
-    """Each named (weighted) loss term per epoch, one panel per term, one line per run label."""
+    """Each named (weighted) loss term per epoch, one panel per term, one line per run label; a run keeps its
+    colour in every panel and the figure has one legend."""
     df = history_frame(records)
     terms = [c for c in df.columns if c.startswith("loss:")]
-    fig, axes = plt.subplots(1, max(1, len(terms)), figsize=(3.6 * max(1, len(terms)), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(terms)), figsize=(3.0 * max(1, len(terms)), 3.0), squeeze=False)
+    palette = _palette(list(dict.fromkeys(df["run"])) if len(df) else [])
     for ax, term in zip(axes[0], terms, strict=False):
-        sns.lineplot(data=df.dropna(subset=[term]), x="epoch", y=term, hue="run", marker="o", ax=ax,
-                     legend=ax is axes[0][-1])
+        part = df.dropna(subset=[term])
+        sns.lineplot(data=part, x="epoch", y=term, hue="run", hue_order=[r for r in palette if r in
+                     set(part["run"])], palette=palette, marker="o", ax=ax, legend=False)
         ax.set_title(term.split(":", 1)[1])
         ax.set_ylabel("weighted term")
         ax.xaxis.get_major_locator().set_params(integer=True)
-    if terms:
-        axes[0][-1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize="small")
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    if terms:
+        _legend(fig, palette, "run")
     return _close(fig)
 
 

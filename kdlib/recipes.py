@@ -1,4 +1,5 @@
-"""Named training recipes: each one a paper's protocol, as a frozen dataclass (methods.md sections 3, 5, 7).
+"""Named training recipes: each one a paper's protocol, as a frozen dataclass (sources: each recipe's
+``source`` field names the official code and commit).
 
 - ``repdistiller``: 240 epochs, batch 64, SGD momentum 0.9, lr 0.05 (0.01 for MobileNetV2/ShuffleV1/V2),
   ×0.1 at 150/180/210, weight decay 5e-4, zero-padded crop.
@@ -16,8 +17,8 @@
     method option like every loss weight: ``--variant ce_weight=0.5,kd_weight=0.5,T=1,ickd_weight=500,``
     ``variant=imagenet`` (recorded, resolved, in the record's ``method_config``);
   - the student's initialisation: ``--student-weights torchvision`` (or a local torchvision ``resnet18``
-    weights file) for the published run (72.19), none for the from-scratch run (68.34 in ICKD's issue #8).
-    The study runs both.
+    weights file) for the published run (72.19), none for the from-scratch run (68.34 in thread #8 of the
+    official ICKD repository). The study runs both.
 
 The global batch size stays the recipe's whatever the number of processes (:mod:`kdlib.distributed`), and so
 does the learning rate.
@@ -28,7 +29,7 @@ whose transforms crop (ImageNet); the tests and CPU proxies train ImageNet recip
 ``--set image_size=64``.
 
 Every recipe also carries the pre-distillation stage of methods that have one (IE-KD's auto-encoder,
-methods.md section 5: 30 epochs, SGD Nesterov lr 0.1 constant, wd 5e-4, the recipe's batch size); methods
+official code @ 3274ab0: 30 epochs, SGD Nesterov lr 0.1 constant, wd 5e-4, the recipe's batch size); methods
 without one ignore those fields.
 
 Overrides (:func:`get_recipe`):
@@ -60,7 +61,7 @@ SMALL_LR_STUDENTS = ("MobileNetV2", "ShuffleV1", "ShuffleV2")
 
 @dataclass(frozen=True)
 class Recipe:
-    """A training protocol; defaults are RepDistiller's CIFAR-100 recipe (methods.md section 7)."""
+    """A training protocol; defaults are RepDistiller's CIFAR-100 recipe (RepDistiller @ b84f547)."""
 
     name: str
     epochs: int = 240

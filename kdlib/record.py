@@ -132,8 +132,8 @@ def config_id(record: Mapping[str, Any]) -> str:
 
 
 def config_id_of(config: TrainConfig) -> str:
-    """The ``config_id`` that training ``config`` records, computed without training: the same :func:`plan`,
-    resolved weights and :func:`settings` as the trainer."""
+    """The ``config_id`` that training ``config`` records, computed without training: the same
+    :func:`~kdlib.config.plan`, resolved weights and :func:`settings` as the trainer."""
     p = plan(config)
     return config_id(settings(p, *resolve_refs(config, p.needs_teacher)))
 
@@ -186,7 +186,7 @@ def hardware(device: torch.device) -> dict[str, Any]:
 
 def provenance(device: torch.device) -> dict[str, Any]:
     """Where and with what this process trains: device, hardware, torch version, commit (a resumed run adds
-    one of these per session to ``resumes``)."""
+    one of these per resumed run to ``resumes``)."""
     commit, dirty = git_info()
     return {"device": str(device), "hardware": hardware(device), "torch_version": str(torch.__version__),
             "git_commit": commit, "git_dirty": dirty}

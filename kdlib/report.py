@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,12 +43,17 @@ def _num(value: float | None, digits: int = 2) -> str:
 
 
 def _mean_ci(mean: float, lo: float, hi: float, n: float, diverged: float = 0) -> str:
-    """``mean [lo, hi] (n=…)``; the interval is left out for a single run; ``diverged`` when every run did."""
+    """``mean ± half-width`` of the 95% interval (symmetric: Student-t); the interval is left out for a
+    single run; ``diverged`` when every run did. The number of runs is a column of its own (:func:`_runs`)."""
     if mean is None or math.isnan(mean):
         return results.STATUS_DIVERGED if diverged else NOT_MEASURED
-    n = int(n)
-    interval = f" [{_num(lo)}, {_num(hi)}]" if n > 1 else ""
-    return f"{_num(mean)}{interval} (n={n})"
+    interval = f" ± {_num((hi - lo) / 2)}" if int(n) > 1 else ""
+    return f"{_num(mean)}{interval}"
+
+
+def _runs(n: float | None) -> str:
+    """The number of runs a mean is over (empty when there are none)."""
+    return "" if n is None or (isinstance(n, float) and math.isnan(n)) or not n else str(int(n))
 
 
 def _diverged(diverged: float, n: float) -> str:
@@ -95,6 +101,7 @@ def reported_vs_measured(paper: str, records: pd.DataFrame | None = None) -> pd.
                             strict=True)],
         "ours: last epoch": ours("last"),
         "ours: best epoch": ours("best"),
+        "ours: seeds": [_runs(n) if ok else "" for n, ok in zip(rows["n"], measured_here, strict=True)],
         "ours: diverged": [_diverged(d, n) if here else "" for d, n, here in
                            zip(rows["diverged"], rows["n"], diverged_here, strict=True)],
         "source": rows["source"],
@@ -126,6 +133,7 @@ def measured(records: pd.DataFrame | None = None, methods: list[str] | None = No
                                       summary[f"top1_{which}_hi"], summary["n"], summary["diverged"],
                                       strict=True)]
            for which in ("last", "best")},
+        "seeds": [_runs(n) for n in summary["n"]],
         "diverged": [_diverged(d, n) for d, n in zip(summary["diverged"], summary["n"], strict=True)],
         "teacher top-1": [_num(v) for v in summary["teacher_top1_mean"]],
     })
@@ -142,11 +150,18 @@ def _verdict(lo: float, hi: float, n: int, baseline: str) -> str:
     return "within the noise"
 
 
-def paired(records: pd.DataFrame | None = None, baseline: str = "kd") -> pd.DataFrame:
+def paired(records: pd.DataFrame | None = None, baseline: str = "kd",
+           methods: list[str] | None = None) -> pd.DataFrame:
     """Each method and variant minus ``baseline`` on the same seeds, per comparable group (best first): mean,
     95% Student-t interval and n of the paired difference in last- and best-epoch top-1, what the
-    last-epoch interval allows to say, and how many runs diverged (no accuracy, so no difference)."""
+    last-epoch interval allows to say, and how many runs diverged (no accuracy, so no difference).
+    ``methods``: only the rows of these methods (the baseline is paired against all the same)."""
     records = study_records() if records is None else records
+    table = _paired(records, baseline)
+    return table[table["method"].isin(methods)].reset_index(drop=True) if methods and len(table) else table
+
+
+def _paired(records: pd.DataFrame, baseline: str) -> pd.DataFrame:
     rows = []
     for _, group in results.comparison_groups(records):
         base = (baseline, "default")
@@ -168,6 +183,7 @@ def paired(records: pd.DataFrame | None = None, baseline: str = "kd") -> pd.Data
                 f"top-1 minus {baseline}, last epoch": _mean_ci(r.mean, r.lo, r.hi, r.n),
                 f"top-1 minus {baseline}, best epoch": _mean_ci(at_best["mean"], at_best["lo"], at_best["hi"],
                                                                 at_best["n"]),
+                "seeds": _runs(r.n),
                 "last epoch: verdict": _verdict(r.lo, r.hi, r.n, baseline),
                 "diverged": _diverged(summary.loc[(r.method, r.variant), "diverged"], r.n),
             })
@@ -177,7 +193,8 @@ def paired(records: pd.DataFrame | None = None, baseline: str = "kd") -> pd.Data
                 rows.append({"method": method, "variant": variant, **where,
                              f"top-1 minus {baseline}, last epoch": results.STATUS_DIVERGED,
                              f"top-1 minus {baseline}, best epoch": results.STATUS_DIVERGED,
-                             "last epoch: verdict": "", "diverged": _diverged(s["diverged"], s["n"])})
+                             "seeds": "", "last epoch: verdict": "",
+                             "diverged": _diverged(s["diverged"], s["n"])})
     return pd.DataFrame(rows)
 
 
@@ -200,16 +217,57 @@ def findings(records: pd.DataFrame | None = None, baseline: str = "kd") -> pd.Da
             chosen = group[group["finding"] == finding]
             if not len(chosen):
                 continue
-            named = [f"{m}/{v}" + (f" ({d.split(' (')[0]})" if finding in order[:2] else "")
+            named = [f"{m}/{v}" + (f" ({d.split(' ±')[0]})" if finding in order[:2] else "")
                      for m, v, d in zip(chosen["method"], chosen["variant"], chosen[difference], strict=True)]
             rows.append({"pair": where, "scale": size, "finding": finding, "configurations": len(chosen),
                          "which": ", ".join(named)})
     return pd.DataFrame(rows)
 
 
-def ranking(records: pd.DataFrame | None = None, baseline: str = "kd") -> list[Figure]:
+def _names(rows: pd.DataFrame, difference: str | None = None) -> str:
+    """``a/x (−1.95), b/y (−3.97)``: configurations, with their mean difference if ``difference`` is given."""
+    return ", ".join(f"{m}/{v}" + (f" ({d.split(' ±')[0]})" if difference else "")
+                     for m, v, d in zip(rows["method"], rows["variant"],
+                                        rows[difference] if difference else rows["method"], strict=True))
+
+
+def answer(records: pd.DataFrame | None = None, baseline: str = "kd") -> str:
+    """The study's answer in a few sentences (Markdown), per comparable group, from :func:`paired`: which
+    configurations beat ``baseline`` beyond seed noise, which fall below it, how many are within the noise,
+    which diverged, and at what scale; generated from the records, so it stays true when they change."""
+    records = study_records() if records is None else records
+    table = paired(records, baseline)
+    if table.empty:
+        return "No committed run has a KD run on the same seeds to pair with yet: no answer yet."
+    difference = f"top-1 minus {baseline}, last epoch"
+    paragraphs = []
+    for (where, size), group in table.groupby(["pair", "scale"], sort=False):
+        verdict = group["last epoch: verdict"]
+        above, below = group[verdict == f"above {baseline}"], group[verdict == f"below {baseline}"]
+        noise = group[verdict == "within the noise"]
+        diverged = group[group[difference] == results.STATUS_DIVERGED]
+        seeds = "/".join(sorted(set(group["seeds"]) - {""}))
+        lead = (f"**{len(above)} of {len(group)} configurations beat {baseline.upper()} beyond seed noise**: "
+                f"{_names(above, difference)}." if len(above) else
+                f"**No method or variant beats {baseline.upper()} beyond seed noise.**")
+        parts = [f"{lead} At {size}, {where}, {seeds} paired seeds each: {len(noise)} of {len(group)} "
+                 f"configurations are within the noise of {baseline.upper()}"]
+        if len(below):
+            parts.append(f"{len(below)} are below it (top-1 points, last epoch): {_names(below, difference)}")
+        if len(diverged):
+            parts.append(f"{len(diverged)} diverged on every seed: {_names(diverged)}")
+        paragraphs.append("; ".join(parts) + ".")
+    full = records["dataset"].isin(["cifar100", "imagenet"]).any() if len(records) else False
+    if not full:
+        paragraphs.append("No run at the papers' scale (CIFAR-100, ImageNet) is committed yet, so these "
+                          "numbers say nothing about whether a paper's result reproduces, nor how the "
+                          "methods rank there.")
+    return "\n\n".join(paragraphs)
+
+
+def ranking(records: pd.DataFrame | None = None, baseline: str = "kd", absolute: bool = True) -> list[Figure]:
     """Per comparable group, the ranking of :func:`paired` as a figure (difference to ``baseline``, 95%
-    interval) when the group has the baseline, and the absolute last-epoch top-1 with its interval."""
+    interval) when the group has the baseline, and (``absolute``) the last-epoch top-1 with its interval."""
     records = study_records() if records is None else records
     figures = []
     for title, group in results.comparison_groups(_completed(records)):
@@ -217,6 +275,8 @@ def ranking(records: pd.DataFrame | None = None, baseline: str = "kd") -> list[F
             diffs = results.paired_differences(group, baseline=(baseline, "default"))
             figures.append(plots.ranking(diffs, xlabel=f"top-1 (last epoch) minus {baseline}, same seeds",
                                          title=title))
+        if not absolute:
+            continue
         summary = results.summarize(group)
         figures.append(plots.ranking(summary, value="top1_last_mean", lo="top1_last_lo", hi="top1_last_hi",
                                      xlabel="top-1, last epoch (%)", title=title, reference=None))
@@ -225,11 +285,13 @@ def ranking(records: pd.DataFrame | None = None, baseline: str = "kd") -> list[F
 
 def reported_summary(datasets: tuple[str, ...] = ("CIFAR-100",)) -> pd.DataFrame:
     """The channel methods' (:data:`~kdlib.methods.CHANNEL_METHODS`) own headline numbers: method × pair, as
-    each paper reports them."""
+    each paper reports them (third-party reproductions, kept in the CSV under their own ``paper`` label, are
+    left out: they are in the method chapters)."""
     reported = pd.read_csv(REPORTED_CSV, dtype=str, keep_default_na=False)
     mapped = results.map_reported(reported, results.load_method_map())
     rows = mapped[mapped["method_id"].isin(CHANNEL_METHODS) & mapped["dataset"].isin(datasets)
-                  & mapped["metric"].str.startswith("top1")]
+                  & mapped["metric"].str.startswith("top1")
+                  & ~mapped["paper"].str.contains("3rd-party|reproduction", case=False)]
     return pd.DataFrame({
         "method": [f"{m}/{v}" for m, v in zip(rows["method_id"], rows["variant"], strict=True)],
         "as reported": rows["method"],
@@ -241,12 +303,18 @@ def reported_summary(datasets: tuple[str, ...] = ("CIFAR-100",)) -> pd.DataFrame
 
 
 def recipes() -> pd.DataFrame:
-    """Every named recipe with every field (what a run with ``--recipe NAME`` uses)."""
-    rows = []
+    """Every named recipe with every field (what a run with ``--recipe NAME`` uses): one row per field, one
+    column per recipe, so the table stays as narrow as the number of recipes."""
+    columns = {}
     for name in available_recipes():
         recipe = get_recipe(name)
-        rows.append({f.name: _cell(getattr(recipe, f.name)) for f in dataclasses.fields(recipe)})
-    return pd.DataFrame(rows)
+        columns[name] = [_cell(getattr(recipe, f.name)) for f in dataclasses.fields(recipe)]
+    fields = [f.name for f in dataclasses.fields(get_recipe(available_recipes()[0]))]
+    table = pd.DataFrame({"field": fields, **columns})
+    table = table[table["field"] != "name"]
+    # a recipe's source names internal notes ("methods.md section N") readers do not have; the commit stays
+    return table.replace(r"\s*\(methods\.md section \d+\)|methods\.md section \d+;\s*", "", regex=True
+                         ).reset_index(drop=True)
 
 
 def _cell(value: object) -> str:
@@ -289,7 +357,14 @@ def bench(path: str | Path = BENCH_CSV) -> pd.DataFrame:
     path = Path(path)
     if not path.exists():
         return pd.DataFrame()
-    return pd.read_csv(path, dtype=str, keep_default_na=False)
+    rows = pd.read_csv(path, dtype=str, keep_default_na=False)
+    if rows.empty:
+        return rows
+    # one row per field, one column per measured pair: 28 fields side by side would not fit a page
+    names = [f"{p} ({d}, {c})" for p, d, c in zip(rows["pair"], rows["date"].str[:10], rows["commit"],
+                                                   strict=True)]
+    return pd.DataFrame({"field": rows.columns, **{n: list(r) for n, (_, r) in zip(names, rows.iterrows(),
+                                                                                      strict=True)}})
 
 
 def provenance(records: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -297,11 +372,12 @@ def provenance(records: pd.DataFrame | None = None) -> pd.DataFrame:
     records = study_records() if records is None else records
     if not len(records):
         return pd.DataFrame()
+    paths = [relative(Path(p).parent) for p in records["path"]]
+    under = os.path.commonpath(paths) if len(paths) > 1 else str(Path(paths[0]).parent)
     return pd.DataFrame({
-        "record": [relative(p) for p in records["path"]],
-        "method": records["method"], "variant": records["variant"],
+        "records under": under,
+        "record (folder)": [os.path.relpath(p, under) for p in paths],
         "pair": [pair(t, s) for t, s in zip(records["teacher"], records["student"], strict=True)],
-        "seed": records["seed"].astype(int).astype(str),
         "status": [f"{s} ({reason})" if s == results.STATUS_DIVERGED and reason else s
                    for s, reason in zip(records["status"], records["failure_reason"], strict=True)],
         "top-1 last": [_num(v) for v in records["top1_last"]],
@@ -309,8 +385,8 @@ def provenance(records: pd.DataFrame | None = None) -> pd.DataFrame:
                    zip(records["git_commit"], records["git_dirty"], strict=True)],
         "hardware": [g if isinstance(g, str) and g else c for g, c in zip(records["gpu"], records["cpu"],
                                                                           strict=True)],
-        "created": records["created_at"],
-    }).sort_values("record").reset_index(drop=True)
+        "created": records["created_at"].astype(str).str[:10],
+    }).sort_values("record (folder)").reset_index(drop=True)
 
 
 #: The tables the book's ``kdlib-table`` directive can render, by name.
@@ -329,7 +405,28 @@ TABLES: dict[str, Callable[..., pd.DataFrame]] = {
 
 
 #: The figures of the book's ``kdlib-figure`` directive, by name (each returns a list of figures).
-FIGURES: dict[str, Callable[..., list[Figure]]] = {"ranking": ranking}
+FIGURES: dict[str, Callable[..., list[Figure]]] = {
+    "ranking": ranking,
+    "difference": lambda: ranking(absolute=False),  # the landing page's one figure
+}
+
+
+def split_constant(table: pd.DataFrame, keep: tuple[str, ...] = ("method", "variant", "run")) -> tuple[
+        dict[str, str], pd.DataFrame]:
+    """The columns whose every row holds the same value (said once above the table, not in every row), and
+    the table without them. Tables of one row, and the ``keep`` columns, are left whole."""
+    if len(table) < 2:
+        return {}, table
+    constant = {str(c): str(table[c].iloc[0]) for c in table.columns
+                if c not in keep and table[c].astype(str).nunique() == 1}
+    return constant, table.drop(columns=list(constant))
+
+
+def caption(constant: dict[str, str]) -> str:
+    """The sentence above a table that says what all its rows share, e.g. ``Every row: pair resnet32 →
+    resnet8; scale fashion_mnist, 10000 train images, 5 epochs (repdistiller).`` (empty values left out)."""
+    parts = [f"{name} {value}" for name, value in constant.items() if value.strip()]
+    return f"Every row: {'; '.join(parts)}." if parts else ""
 
 
 def to_markdown(table: pd.DataFrame) -> str:

@@ -16,7 +16,7 @@ laid out as ``<arch>_vanilla/ckpt_epoch_240.pth`` in RepDistiller's ``{'model': 
 ``kdlib.study.teacher_checkpoint`` looks for), evaluates it on the CIFAR-100 test set and writes
 ``DEST/teachers.json``: measured top-1/top-5 beside the accuracy RepDistiller advertises
 (``data/reported/reported_results.csv``, method ``Teacher``). Released teachers are known to differ from
-their advertised accuracy (methods.md section 7), hence the measurement.
+their advertised accuracy (resnet110: 70.27 measured, 74.31 advertised), hence the measurement.
 
 Without network every download fails with one line (:class:`WeightsError`, a :class:`~kdlib.data.DataError`).
 """

@@ -1,5 +1,7 @@
 """The built book, as a reader sees it: every page loads in headless Chromium without console errors,
-every internal link resolves, and the landing page shows the summary table.
+every internal link resolves, the landing page opens with the answer and its figure, and at 1,400 px every
+table fits the column it stands in, no cell is cut short ("..."), and no page speaks of the repository's
+working notes (the words "issue", "session", "methods.md").
 
 Needs ``book/_build/html`` (``make test`` builds it before the unit tests) and Debian's ``chromium`` and
 ``chromium-driver``. Without them the test skips with the reason, except under ``CI=true``, where a skip
@@ -11,6 +13,7 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import re
 import shutil
 import threading
 from collections.abc import Iterator
@@ -64,7 +67,7 @@ def browser() -> Iterator[object]:
     for flag in (
         "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        "--disable-dev-shm-usage", "--window-size=1280,900",
+        "--disable-dev-shm-usage", "--window-size=1400,900",
     ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
@@ -111,9 +114,52 @@ def test_landing_page_shows_the_summary(site: str, browser) -> None:
     browser.get(urljoin(site, "intro.html"))
     assert "channel" in browser.title.lower()
     assert browser.find_elements(By.CSS_SELECTOR, "article table"), "the landing page has no table"
+    answer = browser.find_elements(By.CSS_SELECTOR, ".kdlib-answer")
+    assert answer and "KD" in answer[0].text, "the landing page opens with the answer in words"
     if len(report.study_records()):  # the ranking, drawn at build time, fits the text column
-        figures = browser.find_elements(By.CSS_SELECTOR, ".kdlib-figure-ranking svg")
-        assert figures, "the landing page has no ranking figure"
+        figures = browser.find_elements(By.CSS_SELECTOR, ".kdlib-figure-difference svg")
+        assert len(figures) >= 1, "the landing page has no ranking figure"
         column = browser.find_element(By.CSS_SELECTOR, "article").size["width"]
         assert all(0 < f.size["width"] <= column for f in figures)
     browser.save_screenshot(str(ROOT / "book" / "_build" / "landing.png"))
+
+
+#: Words of the repository's working notes, not the reader's: none may appear in the book's text.
+NOT_FOR_READERS = re.compile(r"\b(issue|session)\b|methods\.md", re.IGNORECASE)
+
+#: Per table: its width, the width of the column it stands in (its parent block), whether a cell ends
+#: in "..." (pandas' cut) and the text of that cell. Folded blocks are opened first, so their tables count.
+_MEASURE_TABLES = """
+document.querySelectorAll('.toggle-hidden').forEach(e => e.classList.remove('toggle-hidden'));
+document.querySelectorAll('details').forEach(e => { e.open = true; });
+const article = document.querySelector('article');
+return Array.from(article.querySelectorAll('table')).map(t => {
+  let column = t.parentElement;
+  while (column && getComputedStyle(column).display.startsWith('inline')) { column = column.parentElement; }
+  const cut = Array.from(t.querySelectorAll('td, th')).map(c => c.textContent.trim())
+      .filter(text => text.endsWith('...') || text.endsWith('\u2026'));
+  return {table: Math.ceil(t.getBoundingClientRect().width), scroll: t.scrollWidth,
+          column: Math.floor(Math.min(column.clientWidth, article.clientWidth)),
+          wrapper: column.scrollWidth - column.clientWidth, cut: cut};
+});
+"""
+
+
+def test_every_page_fits_the_column_and_speaks_to_readers(site: str, browser) -> None:
+    """At 1,400 px: no table wider than its column (a wide table is split, folded or made narrower, not
+    scrolled), no cell ending in "...", none of the words of the working notes."""
+    from selenium.webdriver.common.by import By
+
+    browser.set_window_size(1400, 900)
+    problems = []
+    for page in _pages():
+        browser.get(urljoin(site, page))
+        for i, t in enumerate(browser.execute_script(_MEASURE_TABLES)):
+            if t["table"] > t["column"] + 1 or t["scroll"] > t["table"] + 1 or t["wrapper"] > 1:
+                problems.append(f"{page}: table {i} is {t['table']} px wide (scrolls {t['scroll']}) in a "
+                                f"column of {t['column']} px")
+            problems += [f"{page}: table {i} has a cell cut short: {text[-60:]!r}" for text in t["cut"]]
+        text = browser.find_element(By.CSS_SELECTOR, "article").get_attribute("textContent")
+        problems += [f"{page}: says {m.group(0)!r}: ...{text[max(0, m.start() - 60):m.end() + 20]!r}"
+                     for m in NOT_FOR_READERS.finditer(text)]
+    assert not problems, "\n".join(problems)

@@ -214,3 +214,22 @@ def test_head_to_head_renders_every_committed_record() -> None:
     cells = [c for c in load("06_head_to_head")["cells"] if "rendering the" in outputs_text(c)]
     assert len(cells) == 1
     assert f"rendering the {count} committed records" in outputs_text(cells[0]), "refresh the notebooks"
+
+
+@pytest.mark.parametrize("name", study.NOTEBOOKS)
+def test_notebook_is_written_for_readers(name: str) -> None:
+    """A misspelt ``-p NAME`` stops the run before any training; code cells that only compute are folded in
+    the book; tables are shown through ``study.show`` (no index, 2 decimals, no cut cells); the notebook's
+    title differs from its chapter's."""
+    cells = load(name)["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    text = "".join(source(c) for c in code)
+    assert f'study.check_parameter_names("{name}", globals())' in text
+    first_check = next(i for i, c in enumerate(code) if "check_parameter_names" in source(c))
+    assert not any("run_grid" in source(c) for c in code[:first_check + 1]), "checked before any training"
+    for cell in code:
+        if "parameters" not in tags(cell):
+            assert {"hide-input", "remove-input", "remove-cell"} & set(tags(cell)), source(cell)[:80]
+    assert "max_colwidth" not in text, "tables go through study.show, which cuts no cell"
+    title = source(cells[0]).splitlines()[0]
+    assert title.endswith(": the notebook") or name in ("00_teachers", "06_head_to_head"), title

@@ -29,7 +29,7 @@ def test_reported_vs_measured_puts_our_runs_beside_the_paper(records: pd.DataFra
     row = row.iloc[0]
     assert row["reported"] == "75.25"
     assert row["ours: kdlib method"] == "ickd/default"
-    assert row["ours: last epoch"].startswith("76.00 [") and row["ours: last epoch"].endswith("(n=3)")
+    assert row["ours: last epoch"] == "76.00 ± 2.48" and row["ours: seeds"] == "3"
     assert row["ours: scale"] == "cifar100, full train images, 240 epochs (repdistiller)"
     # a row we did not run says so, and out-of-scope rows are labelled
     assert (table["ours: last epoch"] == results.STATUS_NOT_MEASURED).any()
@@ -39,12 +39,13 @@ def test_reported_vs_measured_puts_our_runs_beside_the_paper(records: pd.DataFra
 
 def test_measured_and_provenance_show_every_run(records: pd.DataFrame) -> None:
     measured = report.measured(records)
-    assert list(measured["top-1, last epoch"]) == ["76.00 [73.52, 78.48] (n=3)"]  # 76 ± 4.303/√3
+    assert list(measured["top-1, last epoch"]) == ["76.00 ± 2.48"]  # 76 ± 4.303/√3
+    assert list(measured["seeds"]) == ["3"]
     assert list(measured["diverged"]) == [""]
     provenance = report.provenance(records)
     assert len(provenance) == 3
     assert set(provenance["commit"]) == {"abcdef1234"}
-    assert set(provenance["seed"]) == {"0", "1", "2"}
+    assert provenance["record (folder)"].nunique() == 3 and provenance["records under"].nunique() == 1
 
 
 def test_empty_study_gives_empty_tables() -> None:
@@ -56,7 +57,9 @@ def test_empty_study_gives_empty_tables() -> None:
 
 
 def test_recipes_table_lists_every_recipe() -> None:
-    assert list(report.recipes()["name"]) == available_recipes()
+    table = report.recipes()
+    assert list(table.columns) == ["field", *available_recipes()]  # one column per recipe: a narrow table
+    assert not table.apply(lambda c: c.str.contains("methods.md")).any().any()
 
 
 def test_markdown_escapes_cells() -> None:
@@ -85,7 +88,7 @@ def study(tmp_path: Path) -> pd.DataFrame:
 def test_diverged_runs_are_counted_never_averaged(study: pd.DataFrame) -> None:
     measured = report.measured(study).set_index(["method", "variant"])
     ickd = measured.loc[("ickd", "default")]
-    assert ickd["top-1, last epoch"] == "73.00 [60.29, 85.71] (n=2)"  # 73 ± 12.706·1.414/√2; not the 0.0
+    assert ickd["top-1, last epoch"] == "73.00 ± 12.71" and ickd["seeds"] == "2"  # 12.706·1.414/√2; not 0.0
     assert ickd["diverged"] == "1 of 3 runs"
     paper = measured.loc[("ickd", "variant=paper")]
     assert paper["top-1, last epoch"] == paper["top-1, best epoch"] == results.STATUS_DIVERGED
@@ -100,10 +103,10 @@ def test_paired_differences_table(study: pd.DataFrame) -> None:
     table = report.paired(study).set_index(["method", "variant"])
     assert set(table.index) == {("ce", "default"), ("ickd", "default"), ("ickd", "variant=paper")}
     ce = table.loc[("ce", "default")]
-    assert ce["top-1 minus kd, last epoch"] == "-2.00 [-2.00, -2.00] (n=3)"  # 68-70, 69-71, 70-72
+    assert ce["top-1 minus kd, last epoch"] == "-2.00 ± 0.00"  # 68-70, 69-71, 70-72
     assert ce["last epoch: verdict"] == "below kd"
     ickd = table.loc[("ickd", "default")]
-    assert ickd["top-1 minus kd, last epoch"] == "2.50 [-3.85, 8.85] (n=2)"  # +2, +3 on seeds 0, 1
+    assert ickd["top-1 minus kd, last epoch"] == "2.50 ± 6.35" and ickd["seeds"] == "2"  # +2, +3: seeds 0, 1
     assert ickd["last epoch: verdict"] == "within the noise" and ickd["diverged"] == "1 of 3 runs"
     paper = table.loc[("ickd", "variant=paper")]
     assert paper["top-1 minus kd, last epoch"] == results.STATUS_DIVERGED
@@ -117,7 +120,7 @@ def test_paired_differences_table(study: pd.DataFrame) -> None:
 def test_findings_read_the_paired_table_one_line_per_verdict(study: pd.DataFrame) -> None:
     table = report.findings(study)
     assert list(table["finding"]) == ["below kd", "within the noise", "diverged on every seed"]
-    assert list(table["which"]) == ["ce/default (-2.00 [-2.00, -2.00])", "ickd/default", "ickd/variant=paper"]
+    assert list(table["which"]) == ["ce/default (-2.00)", "ickd/default", "ickd/variant=paper"]
     assert list(table["configurations"]) == [1, 1, 1]
     assert set(table["pair"]) == {"resnet32x4 → resnet8x4"}
     assert report.findings(study, baseline="pkt").empty
@@ -129,9 +132,52 @@ def test_ranking_figures(study: pd.DataFrame) -> None:
     labels = [t.get_text() for t in figures[0].axes[0].get_yticklabels()]
     assert labels == ["ce/default (n=3)", "ickd/default (n=2)"]
     assert report.ranking(results.load_records([])) == []
+    assert len(report.ranking(study, absolute=False)) == 1  # the landing page's one figure
+
+
+def test_answer_says_the_verdicts_in_words(study: pd.DataFrame) -> None:
+    text = report.answer(study)
+    assert text.startswith("**No method or variant beats KD beyond seed noise.**")
+    assert "1 are below it" in text and "ce/default (-2.00)" in text
+    assert "1 diverged on every seed: ickd/variant=paper" in text
+    assert "No run at the papers' scale" not in text  # the fixture's runs are CIFAR-100 runs
+    assert "no answer yet" in report.answer(results.load_records([]))
+
+
+def test_split_constant_says_shared_values_once() -> None:
+    table = pd.DataFrame({"method": ["a", "a"], "scale": ["s", "s"], "top-1": ["1", "2"]})
+    constant, rest = report.split_constant(table)
+    assert constant == {"scale": "s"} and list(rest.columns) == ["method", "top-1"]
+    assert report.caption(constant) == "Every row: scale s."
+    assert report.split_constant(table.head(1))[1].shape == (1, 3)  # one row: left whole
 
 
 def test_diverged_configuration_in_reported_table(study: pd.DataFrame) -> None:
     table = report.reported_vs_measured("ICKD", study)
     row = table[(table["pair"] == "ResNet32x4 → ResNet8x4") & (table["ours: kdlib method"] == "ickd/default")]
     assert row["ours: diverged"].tolist() == ["1 of 3 runs"] * len(row) and len(row) >= 1
+
+
+def _history_record(method: str, seed: int, terms: dict[str, float]) -> dict:
+    history = [{"epoch": e, "top1": 50.0 + e, "top5": 90.0, "loss": sum(terms.values()), "lr": 0.1,
+                "losses": terms} for e in (1, 2)]
+    return {"method": method, "variant": "default", "seed": seed, "history": history}
+
+
+def test_loss_terms_legend_is_true_in_every_panel() -> None:
+    """A run keeps one colour across panels (a term only some runs have must not shift the others'), and
+    the figure has one legend naming every run in that colour."""
+    from kdlib import plots
+
+    records = [_history_record("kd", 0, {"ce": 1.0, "kd": 2.0}),
+               _history_record("ickd", 0, {"ce": 1.0, "ickd": 3.0})]
+    fig = plots.loss_terms(records)
+    by_panel = {ax.get_title(): [line.get_color() for line in ax.get_lines()] for ax in fig.axes}
+    legend = fig.legends[0]
+    named = {t.get_text(): h.get_color()
+             for t, h in zip(legend.get_texts(), legend.legend_handles, strict=True)}
+    assert set(named) == {"kd/default", "ickd/default"}
+    assert named["kd/default"] in by_panel["kd"] and named["ickd/default"] in by_panel["ickd"]
+    assert set(by_panel["ce"]) == set(named.values())  # both runs in the shared panel, in their colours
+    grid = plots.family_curves(records * 2)
+    assert [ax.get_title() for ax in grid.axes if ax.get_visible() and ax.has_data()] == ["ickd"]

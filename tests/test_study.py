@@ -94,6 +94,24 @@ def test_string_forms_of_list_parameters(tiny: dict[str, Path], tmp_path: Path) 
     assert [v.label for v in p.variants] == ["ce/default", "kd/default", "ickd/kd_weight=1.0,variant=paper"]
     dicts = study.parse_variants([{"method": "cd", "edt": "paper"}, "cwt"], None)
     assert [v.label for v in dicts] == ["cd/edt=paper", "cwt/default"]
+    # papermill -p passes a list as its text: JSON and Python lists are read as lists
+    for text in ('["default", {"variant": "paper"}]', "['default', {'variant': 'paper'}]"):
+        assert [v.label for v in study.parse_variants(text, "ickd")] == ["ickd/default", "ickd/variant=paper"]
+    assert [str(p) for p in study.parse_pairs('["resnet14->resnet8"]')] == ["resnet14 → resnet8"]
+    with pytest.raises(study.ParameterError, match="parameter 'variants'.*neither a JSON nor a Python list"):
+        study.parse_variants('["default"', "ickd")
+
+
+def test_unknown_notebook_parameter_stops_the_run() -> None:
+    """papermill only warns about ``-p epoch 3``; the notebook's first cell after the parameters stops."""
+    namespace = {**study.parameter_defaults("01_ickd"), "epoch": 3, "pd": pytest, "In": [], "_i1": "x"}
+    with pytest.raises(study.ParameterError) as error:
+        study.check_parameter_names("01_ickd", namespace)
+    message = str(error.value)
+    assert message.startswith("unknown parameter 'epoch' (did you mean 'epochs'?)")
+    assert "the parameters of 01_ickd are: dataset, pairs, epochs" in message
+    assert error.value._render_traceback_() == [f"ParameterError: {message}"]  # the notebook shows one line
+    study.check_parameter_names("01_ickd", study.parameter_defaults("01_ickd"))  # the defaults pass
 
 
 def test_relative_paths_are_relative_to_the_repository(tiny: dict[str, Path], tmp_path: Path) -> None:

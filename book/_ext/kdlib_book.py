@@ -7,7 +7,11 @@
       :paper: ICKD
       ```
 
-  A table with no rows renders as a sentence saying so (e.g. before any run is committed).
+  A table with no rows renders as a sentence saying so (e.g. before any run is committed). What every row
+  shares (the scale, the pair) is said once above the table (:func:`kdlib.report.split_constant`). A
+  reported-vs-measured table shows its measured rows; the reported rows not measured yet are counted, and
+  listed in a folded block.
+- ``kdlib-answer`` directive: the study's answer in words (:func:`kdlib.report.answer`), from the records.
 - ``kdlib-figure`` directive: the same for the figures of :data:`kdlib.report.FIGURES` (``ranking``), drawn
   at build time and inlined as SVG (no image files to keep in step with ``data/``).
 - ``kdlib-method-modules`` directive: the API reference (``automodule``) of every method module, in the order
@@ -27,7 +31,7 @@ from docutils.parsers.rst import directives
 from docutils.statemachine import StringList
 from sphinx.util.docutils import SphinxDirective
 
-from kdlib import plots, report
+from kdlib import plots, report, results
 from kdlib.methods import METHODS
 
 EMPTY = {
@@ -46,6 +50,9 @@ class KdlibTable(SphinxDirective):
 
     required_arguments = 1
     option_spec = {"paper": directives.unchanged, "methods": directives.unchanged}
+    #: The columns of the folded list of reported rows that have no measurement yet.
+    UNMEASURED = ["dataset", "pair", "method (as reported)", "metric", "reported", "ours: kdlib method",
+                  "source"]
 
     def run(self) -> list[nodes.Node]:
         name = self.arguments[0]
@@ -58,12 +65,63 @@ class KdlibTable(SphinxDirective):
             kwargs["methods"] = self.options["methods"].split()
         table = report.TABLES[name](**kwargs)
         self.env.note_dependency(str(report.RESULTS_DIR))
-        if table.empty:
+        if name == "reported-vs-measured":
+            text = self.reported(table, kwargs["paper"])
+        elif table.empty:
             text = EMPTY.get(name, f"No rows for {', '.join(kwargs.values()) or name}.")
         else:
-            text = report.to_markdown(table)
+            text = folded(table)
         container = nodes.container(classes=["kdlib-table", f"kdlib-table-{name}"])
         self.state.nested_parse(StringList(text.splitlines(), source=f"kdlib-table {name}"),
+                                self.content_offset, container)
+        return [container]
+
+
+    def reported(self, table: Any, paper: str) -> str:
+        """Measured rows first, as a table; the others counted, and listed in a folded block."""
+        if table.empty:
+            return (f"The reported numbers hold no row of {paper}, so there is nothing to put our "
+                    "measurements beside; the measured runs are below.")
+        status = table["ours: last epoch"]
+        waiting = status.isin([results.STATUS_NOT_MEASURED, results.STATUS_OUT_OF_SCOPE])
+        parts = [folded(table[~waiting])] if (~waiting).any() else []
+        if waiting.any():
+            later = int((status == results.STATUS_NOT_MEASURED).sum())
+            scope = int((status == results.STATUS_OUT_OF_SCOPE).sum())
+            why = [f"{later} not yet measured"] * bool(later) + [
+                f"{scope} out of scope (segmentation, detection)"] * bool(scope)
+            count = (f"{int(waiting.sum())} of the {len(table)} rows {paper} reports have no measurement of "
+                     f"ours at their scale: {', '.join(why)}.")
+            listing = numbered_sources(table[waiting][[c for c in self.UNMEASURED if c in table]])
+            parts.append(f"{count}\n\n:::{{admonition}} The {int(waiting.sum())} reported rows without a "
+                         f"measurement\n:class: dropdown\n\n{listing}\n:::")
+        return "\n\n".join(parts)
+
+
+def numbered_sources(table: Any) -> str:
+    """:func:`folded`, with each distinct ``source`` written once below the table and numbered in its rows."""
+    sources = list(dict.fromkeys(table["source"]))
+    if len(sources) < 2 or len(sources) == len(table):
+        return folded(table)
+    number = {s: f"[{i}]" for i, s in enumerate(sources, 1)}
+    listed = "\n".join(f"{i}. {s}" for i, s in enumerate(sources, 1))
+    return f"{folded(table.assign(source=table['source'].map(number)))}\n\nSources:\n\n{listed}"
+
+
+def folded(table: Any) -> str:
+    """A Markdown table, with what every row shares said once above it."""
+    constant, shown = report.split_constant(table)
+    above = report.caption(constant)
+    return f"{above}\n\n{report.to_markdown(shown)}" if above else report.to_markdown(shown)
+
+
+class KdlibAnswer(SphinxDirective):
+    """The study's answer in words, generated from the records (:func:`kdlib.report.answer`)."""
+
+    def run(self) -> list[nodes.Node]:
+        self.env.note_dependency(str(report.RESULTS_DIR))
+        container = nodes.container(classes=["kdlib-answer"])
+        self.state.nested_parse(StringList(report.answer().splitlines(), source="kdlib-answer"),
                                 self.content_offset, container)
         return [container]
 
@@ -119,6 +177,7 @@ def _dedupe_scripts(app: Any, pagename: str, templatename: str, context: dict, d
 def setup(app: Any) -> dict[str, Any]:
     app.add_directive("kdlib-table", KdlibTable)
     app.add_directive("kdlib-figure", KdlibFigure)
+    app.add_directive("kdlib-answer", KdlibAnswer)
     app.add_directive("kdlib-method-modules", KdlibMethodModules)
     app.connect("html-page-context", _dedupe_scripts, priority=900)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

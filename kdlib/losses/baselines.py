@@ -67,7 +67,8 @@ class FitNet(Distiller):
     (student H smaller than the teacher's but not half of it), ConvReg is built for the teacher's channels at
     the student's H×W and the teacher hint is adaptive-avg-pooled to it
     (:func:`~kdlib.losses.functional.pool_to_match`)
-    [assumption, methods.md §6]; ``self.pooled`` records whether that happens.
+    [assumption: the study's rule for point-wise losses across architectures]; ``self.pooled``
+    records whether that happens.
     """
 
     name = "fitnet"
@@ -111,7 +112,7 @@ class AT(Distiller):
 
     RepDistiller zips the two lists, so when the student and teacher have different numbers of stages the
     first ``min(n_s, n_t)`` are paired and the deeper ones of the longer list are dropped [code: Python
-    ``zip`` in ``Attention.forward``]; we keep that. None of the standard pairs of methods.md §7 has a
+    ``zip`` in ``Attention.forward``]; we keep that. None of RepDistiller's standard CIFAR-100 pairs has a
     mismatch (CIFAR ResNet/WRN 3 vs 3, VGG/MobileNetV2/ResNet50 4 vs 4, ShuffleNet 3 vs 3).
     """
 

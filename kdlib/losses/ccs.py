@@ -1,6 +1,7 @@
 """CCS: Channel Correlation Structure (Li et al., KSEM 2021).
 
-No public code; only the abstract was available, so **everything here is [assumption]** (methods.md §2):
+No public code; only the abstract was available, so **everything here is [assumption]**, our reading of
+the abstract:
 intra-instance Pearson matrices per sample and an inter-instance Pearson matrix over the batch
 (:func:`~kdlib.losses.functional.ccs_intra_loss`, :func:`~kdlib.losses.functional.ccs_inter_loss`).
 Objective ``ce_weight·CE + kd_weight·KD_4 + intra_weight·L_intra + inter_weight·L_inter``, defaults
@@ -35,7 +36,7 @@ class CCSConfig(MethodConfig):
       the per-stage losses summed (when the models have different numbers of stages, the last
       ``min(n_s, n_t)`` stages are paired).
     - ``projector``: ``auto`` = a student ``1×1 conv + BN`` (as ICKD) only where channels differ, identity
-      otherwise (methods.md §2); ``always`` = the projector on every tap.
+      otherwise (borrowed from ICKD's official code); ``always`` = the projector on every tap.
     - ``inter_variant``: ``channel`` (C×C Pearson over the batch) or ``sample`` (B×B similarity of the
       per-sample matrices).
     - ``eps``: guard against zero-variance (dead) channels.
@@ -65,7 +66,7 @@ class CCS(Distiller):
 
     ``self.projectors[i]`` maps student tap ``i`` to the teacher's channels (``nn.Identity`` where channels
     match and ``projector=auto``); the teacher maps are used raw. Spatial sizes may differ: both terms
-    compare C×C matrices (the inter term pools channels first), so no pooling is needed (methods.md §6).
+    compare C×C matrices (the inter term pools channels first), so no pooling is needed.
     """
 
     name = "ccs"

@@ -45,7 +45,7 @@ class CWT(Distiller):
     and the last pre-pool stage are [assumption]; both convs keep a bias (an MLP's affine layers), except
     the first when followed by BN [assumption]. When student and teacher H×W differ the transform runs at
     the student's resolution and the larger of the two maps is then adaptive-avg-pooled to the smaller
-    (:func:`~kdlib.losses.functional.pool_to_match`) [assumption, methods.md §6]; ``self.pooled`` records
+    (:func:`~kdlib.losses.functional.pool_to_match`) [assumption]; ``self.pooled`` records
     whether that happens.
     """
 

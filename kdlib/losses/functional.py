@@ -9,7 +9,7 @@ Conventions shared by all functions here:
   reproduces RepDistiller, which computes its teacher terms under ``no_grad`` itself.
 - **Inputs are never modified**; every function works in float32 and float64 and returns a 0-dim tensor
   (except the matrix helpers and :func:`edt_weights`).
-- Every statement is tagged like ``reference/methods.md``: **[code]** what the official repository computes,
+- Every statement is tagged: **[code]** what the official repository computes,
   **[paper]** the paper's text, **[assumption]** our choice where no source settles it.
 
 Sources (repository @ commit):
@@ -164,7 +164,8 @@ def ickd_loss(f_s: Tensor, f_t: Tensor, variant: str = "code", grid: tuple[int, 
 
     - ``"code"`` (default): rows of G L2-normalised (``F.normalize(G, dim=2)``, eps 1e-12),
       ``L = Σ (Ĝ_s − Ĝ_t)² / (C·B)`` [code: ICKD@403b8d3 ``Cifar100/distiller_zoo/ICKD.py``].
-    - ``"paper"``: no normalisation, ``L = Σ (G_s − G_t)² / (C²·B)`` [paper, second-hand via ICKD issue #3].
+    - ``"paper"``: no normalisation, ``L = Σ (G_s − G_t)² / (C²·B)`` [paper,
+      second-hand: quoted in thread #3 of the official ICKD repository].
     - ``"imagenet"``: as ``"code"`` but divided by ``C·B²`` [code: the ImageNet fork's ``ChSimLoss``].
 
     Grid-level ICKD: ``grid=(m, n)`` splits each map into m cells along H and n along W (each map on its own
@@ -231,7 +232,7 @@ def gkd_loss(logits_s: Tensor, logits_t: Tensor, labels: Tensor, T: float = 1.0)
     ``L_GKD = T² · Σ_{b: argmax z_t,b = y_b} KL(p_t,b ‖ p_s,b) / K``, K the number of correct samples,
     ``p = softmax(z / T)``, KL summed over classes [code: CD@2464d30 ``KDLossv2``; T = 1 in every config].
 
-    Fixes relative to the official code (methods.md §3):
+    Fixes relative to the official code (CD@2464d30):
 
     - The official code divides by K without a guard and **returns NaN when K = 0**; here the per-sample KL
       is masked to the correct rows and the sum is divided by ``max(K, 1)``, so K = 0 gives an exact 0 that
@@ -268,7 +269,7 @@ def edt_weights(
       e < 60, 1 for 60 ≤ e < 160, 2 for e ≥ 160.
 
     ``variant="paper"``: ``ce = gkd = 1`` always, only the CD weight decays [paper; the maintainers confirm
-    the code's CE/GKD warm-up is deliberate, CD issues #3, #5, #10].
+    the code's CE/GKD warm-up is deliberate, threads #3, #5, #10 of the official CD repository].
 
     ``epochs`` (other schedule lengths, e.g. the 240-epoch RepDistiller recipe or a short proxy run): the
     boundaries scale proportionally with the schedule, base 100 (imagenet) or 200 (cifar100) [assumption].
@@ -359,7 +360,7 @@ def ccs_intra_loss(f_s: Tensor, f_t: Tensor, eps: float = 1e-6) -> Tensor:
     r"""CCS intra-instance term: ``L_intra = mean_b ‖R_b^s − R_b^t‖²_F / C²``.
 
     ``R_b`` from :func:`channel_pearson`; H×W of student and teacher may differ (R is C×C). Bounded by 4.
-    Everything is [assumption] (CCS, Li et al. KSEM 2021: no public code, abstract only; methods.md §2).
+    Everything is [assumption] (CCS, Li et al. KSEM 2021: no public code, abstract only).
     """
     _check_4d("f_s", f_s)
     _check_4d("f_t", f_t)
@@ -370,7 +371,7 @@ def ccs_intra_loss(f_s: Tensor, f_t: Tensor, eps: float = 1e-6) -> Tensor:
 
 
 def ccs_inter_loss(f_s: Tensor, f_t: Tensor, eps: float = 1e-6, variant: str = "channel") -> Tensor:
-    r"""CCS inter-instance term, two readings of the abstract (all [assumption], methods.md §2).
+    r"""CCS inter-instance term, two readings of the abstract (all [assumption]).
 
     - ``"channel"`` (default): ``V = GAP(f) ∈ R^{B×C}``, R the C×C Pearson matrix with the batch as
       observations (:func:`batch_channel_pearson`), ``L_inter = ‖R^s − R^t‖²_F / C²``. Inputs may also be
@@ -418,7 +419,7 @@ def pool_to_match(f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor]:
 
     Both are pooled to ``(min(H_s, H_t), min(W_s, W_t))`` (a no-op for the map already that size), which for
     the usual case is "pool the larger to the smaller" [assumption for point-wise losses across architectures,
-    methods.md §6; as RepDistiller's AT does for attention maps].
+    as RepDistiller's AT does for attention maps].
     """
     _check_4d("f_s", f_s)
     _check_4d("f_t", f_t)

@@ -2,7 +2,7 @@
 
 Official code ``aliyun/Revisiting-Knowledge-Distillation-an-Inheritance-and-Exploration-Framework@3274ab0``
 (it does not run as released, and its ``teacher``/``student`` names are swapped; below T is the frozen teacher
-and S the student). Two stages (methods.md §5):
+and S the student). Two stages (CVPR 2021 paper and official code):
 
 - **Stage A**: an auto-encoder ``D(E(f_t))`` on the frozen teacher's last pre-pool map, reconstruction loss
   mean ``|f_t − D(E(f_t))|`` [code] (``rec=l2``: mean squared error, the paper's form).
@@ -140,7 +140,7 @@ class IEKD(Distiller):
     Setting ``pretraining`` re-applies the current train/eval mode, so the auto-encoder is in train mode only
     while ``pretraining`` is True and the distiller is training; ``train()``/``eval()`` keep it that way.
     Factor H×W equals the tapped map's (stride-1 coders); where student and teacher H×W differ the factors are
-    pooled to the smaller with :func:`~kdlib.losses.functional.pool_to_match` [assumption, methods.md §6].
+    pooled to the smaller with :func:`~kdlib.losses.functional.pool_to_match` [assumption].
     """
 
     name = "iekd"

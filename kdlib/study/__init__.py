@@ -63,6 +63,7 @@ from kdlib.study.outcomes import (
     records_of,
     sample_batch,
     setup,
+    show,
     teacher_record,
     teacher_runs,
     trained,
@@ -75,9 +76,11 @@ from kdlib.study.parameters import (
     NOTEBOOKS,
     SMOKE_LABEL,
     Pair,
+    ParameterError,
     Parameters,
     Variant,
     check_notebook_parameters,
+    check_parameter_names,
     check_parameters,
     parameter_defaults,
     parse_pairs,
@@ -104,7 +107,8 @@ __all__ = [
     "RUNS_DIR", "TEACHERS_DIR", "relative", "repo_path",
     # parameters
     "DEVICES", "NOTEBOOK_METHODS", "NOTEBOOK_ONLY", "NOTEBOOKS", "SMOKE_LABEL", "Pair", "Parameters",
-    "Variant", "check_notebook_parameters", "check_parameters", "parameter_defaults", "parse_pairs",
+    "ParameterError", "Variant", "check_notebook_parameters", "check_parameter_names",
+    "check_parameters", "parameter_defaults", "parse_pairs",
     "parse_seeds", "parse_variants", "teacher_checkpoint",
     # grid
     "CHECKPOINT", "RECORD", "REPRODUCED", "Outcome", "Run", "train_argv", "grid_cells", "plan_runs",
@@ -112,7 +116,7 @@ __all__ = [
     # outcomes
     "completed", "evaluate_teachers", "failures", "find", "first_seed", "install_teacher", "load_distiller",
     "load_teacher_of", "metrics", "outcomes_table", "read_records", "records_frame", "records_of",
-    "sample_batch", "setup", "teacher_record", "teacher_runs", "trained", "trained_teachers",
+    "sample_batch", "setup", "show", "teacher_record", "teacher_runs", "trained", "trained_teachers",
     # profiles
     "DATASET_SIZES", "PROFILES", "bench_throughput", "estimate", "load_profile", "notebook_parameters",
     "profile_results_dir", "profile_runs", "refresh", "reproduce",

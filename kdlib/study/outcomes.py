@@ -1,5 +1,6 @@
 """What the notebooks read from a grid's outcomes: tables, records, trained models, and the teachers.
 
+- :func:`show`: any table formatted for reading.
 - :func:`outcomes_table`, :func:`records_frame`, :func:`metrics`: the runs as tables (and the JSON that
   ``tests/test_notebooks.py`` checks in the stored outputs).
 - :func:`completed`, :func:`find`, :func:`trained`, :func:`load_distiller`, :func:`sample_batch`: trained
@@ -14,12 +15,13 @@ import json
 import logging
 import shutil
 from collections.abc import Callable, Sequence
+from html import escape
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from kdlib import models, results
+from kdlib import models, report, results
 from kdlib.config import TrainConfig
 from kdlib.data import get_dataset_spec, load_data
 from kdlib.loop import evaluate_checkpoint, seed_everything
@@ -43,6 +45,22 @@ def setup(threads: int | None = 1, seed: int = 0) -> None:
 
 
 # --- tables ---------------------------------------------------------------------------------------
+def show(table: Any, digits: int = 2) -> Any:
+    """A table as a reader sees it in a notebook: HTML without the index, numbers to ``digits`` decimals,
+    missing values as empty cells, headers in words (``top1_last`` → ``top1 last``), no cell cut short, and
+    what every row shares said once above the table (:func:`kdlib.report.split_constant`)."""
+    import pandas as pd
+    from IPython.display import HTML
+
+    constant, frame = report.split_constant(table.rename(columns=lambda c: str(c).replace("_", " ")))
+    with pd.option_context("display.max_colwidth", None):
+        html = frame.to_html(index=False, na_rep="", border=0, classes="kdlib-notebook-table",
+                             float_format=lambda v: f"{v:.{digits}f}")
+    above = report.caption({k: v for k, v in constant.items() if v not in ("nan", "None")})
+    html = html.replace(' style="text-align: right;"', "")  # pandas right-aligns the headers over left text
+    return HTML(f"<p>{escape(above)}</p>\n{html}" if above else html)
+
+
 def outcomes_table(outcomes: Sequence[Outcome]) -> Any:
     """One row per run: label, pair, seed, status, last/best top-1, teacher top-1, wall time."""
     import pandas as pd

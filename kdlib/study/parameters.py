@@ -9,6 +9,8 @@ notebook's ``parameters`` cell.
 
 from __future__ import annotations
 
+import ast
+import difflib
 import json
 import os
 from collections.abc import Mapping
@@ -64,7 +66,8 @@ class Variant:
 
     ``student_weights``: the student's initial weights (``torchvision`` or a file; None: random), a run
     option rather than a method one; it is part of ``variant`` (:func:`kdlib.results.run_variant`), so a
-    pretrained student is a variant of its own (ICKD's ImageNet run, methods.md section 1).
+    pretrained student is a variant of its own (ICKD's ImageNet run: the official ImageNet fork
+    initialises the student from torchvision's pretrained ResNet18).
     """
 
     method: str
@@ -136,9 +139,17 @@ class Parameters:
 
 
 # --- single values --------------------------------------------------------------------------------
-def bad_parameter(name: str, message: str) -> ValueError:
+class ParameterError(ValueError):
+    """A bad notebook parameter. In a notebook (IPython reads ``_render_traceback_``) its traceback is the
+    message alone, so the first error line papermill prints names the parameter and the allowed values."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"ParameterError: {self}"]
+
+
+def bad_parameter(name: str, message: str) -> ParameterError:
     """The error of a bad parameter value: ``parameter '<name>': <message>``."""
-    return ValueError(f"parameter '{name}': {message}")
+    return ParameterError(f"parameter '{name}': {message}")
 
 
 def _is_int(value: Any) -> bool:
@@ -167,11 +178,25 @@ def _choice(name: str, value: Any, choices: Mapping[str, Any]) -> str:
 
 def _items(name: str, value: Any, separator: str) -> list[Any]:
     """A list parameter: a list/tuple, or a string of items separated by ``separator`` (papermill ``-p``)."""
+    if isinstance(value, str) and value.strip().startswith("["):  # a JSON or Python list given to -p
+        value = _literal(name, value)
     if isinstance(value, str):
         return [v.strip() for v in value.split(separator) if v.strip()]
     if isinstance(value, list | tuple):
         return list(value)
     raise bad_parameter(name, f"must be a list (or a '{separator}'-separated string), got {value!r}")
+
+
+def _literal(name: str, text: str) -> Any:
+    """A list written as JSON or as a Python literal (``-p variants '["default", {"variant": "paper"}]'``)."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise bad_parameter(name, f"{text!r} is neither a JSON nor a Python list") from None
 
 
 # --- lists: pairs, variants, seeds ----------------------------------------------------------------
@@ -451,8 +476,6 @@ def check_parameters(
 # --- the notebooks' parameters --------------------------------------------------------------------
 def parameter_defaults(notebook: str | Path) -> dict[str, Any]:
     """The names and default values of a notebook's cell tagged ``parameters`` (literals only)."""
-    import ast
-
     path = Path(notebook)
     if not path.suffix:
         path = NOTEBOOKS_DIR / f"{notebook}.ipynb"
@@ -468,6 +491,30 @@ def parameter_defaults(notebook: str | Path) -> dict[str, Any]:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             values[node.targets[0].id] = ast.literal_eval(node.value)
     return values
+
+
+#: Names every IPython namespace holds besides the notebook's own.
+_IPYTHON_NAMES = frozenset({"In", "Out", "get_ipython", "exit", "quit", "open"})
+_PARAMETER_TYPES = (str, int, float, bool, list, tuple, dict, type(None))
+
+
+def check_parameter_names(notebook: str, namespace: Mapping[str, Any]) -> None:
+    """Stop a notebook run that was given a parameter its ``parameters`` cell does not declare.
+
+    papermill only warns about ``-p NAME VALUE`` with an unknown ``NAME`` and runs the defaults; called with
+    ``globals()`` at the top of a notebook, this raises :class:`ParameterError` naming the unknown name, the
+    closest declared one and every declared parameter. Values papermill can inject (literals) are checked;
+    modules, functions and IPython's own names are not parameters.
+    """
+    declared = list(parameter_defaults(notebook))
+    unknown = sorted(name for name, value in namespace.items()
+                     if not name.startswith("_") and name not in _IPYTHON_NAMES and name not in declared
+                     and isinstance(value, _PARAMETER_TYPES))
+    if unknown:
+        close = {n: difflib.get_close_matches(n, declared, 1) for n in unknown}
+        hints = [f"'{n}'" + "".join(f" (did you mean '{m}'?)" for m in close[n]) for n in unknown]
+        raise ParameterError(f"unknown parameter {', '.join(hints)}; the parameters of {Path(notebook).stem} "
+                             f"are: {', '.join(declared)}")
 
 
 def check_notebook_parameters(notebook: str, params: Mapping[str, Any]) -> Parameters:
