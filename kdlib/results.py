@@ -13,6 +13,7 @@ Accuracies are in percent, as in the papers. A reported error rate (``top1_err``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -25,6 +26,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from kdlib.distill import taps_agree
+from kdlib.methods import get_method, variant_string
 from kdlib.paths import METHOD_MAP, REPORTED_CSV
 
 log = logging.getLogger(__name__)
@@ -85,6 +88,24 @@ def run_variant(variant: str, student_weights: str | None) -> str:
     return init if variant == "default" else f"{variant},{init}"
 
 
+def record_variant(record: dict[str, Any]) -> str:
+    """A record's method options as the defaults stand today: :func:`~kdlib.methods.variant_string` of its
+    ``method_config``, so a run keeps the label of what it ran when a default changes (IE-KD's λ was 50 by
+    default until it became the official code's 1: those runs read ``exp_weight=50.0,inh_weight=50.0``). An
+    ICKD or IE-KD record made before the ``tap`` option read RepDistiller's ``feats[-2]``: it is labelled
+    ``tap=repdistiller`` where that differs from today's default tap. The stored ``variant`` is the fallback
+    when the configuration cannot be rebuilt (an unknown method or option)."""
+    config = dict(record.get("method_config") or {})
+    try:
+        config_class = get_method(record["method"]).config_class
+        if "tap" in {f.name for f in dataclasses.fields(config_class)} and "tap" not in config:
+            if not taps_agree(record.get("student"), record.get("teacher")):
+                config["tap"] = "repdistiller"
+        return variant_string(config_class(**config))
+    except (KeyError, TypeError, ValueError):
+        return record.get("variant") or "default"
+
+
 def commit_label(commit: str | None, dirty: bool | None) -> str:
     """A record's code version as shown: the commit's first 10 characters, ``+dirty`` when the working tree
     had changes."""
@@ -113,7 +134,7 @@ def load_records(
     ``completed`` ones: a record is never taken as complete unless its status says so. Add ``diverged`` to
     count the runs whose loss became non-finite (:func:`summarize` keeps them apart). Unreadable files are
     skipped with a warning. Columns: those of :data:`RECORD_COLUMNS` (``variant`` as :func:`run_variant`
-    makes it) plus ``recipe`` (the name), ``cpu``, ``gpu``, ``path``.
+    makes it of :func:`record_variant`) plus ``recipe`` (the name), ``cpu``, ``gpu``, ``path``.
     """
     rows = []
     for path in _record_paths(paths_or_dir):
@@ -127,7 +148,7 @@ def load_records(
         if statuses is not None and record.get("status") not in statuses:
             continue
         row = {key: record.get(key) for key in RECORD_COLUMNS}
-        row["variant"] = run_variant(row["variant"], row["student_weights"])
+        row["variant"] = run_variant(record_variant(record), row["student_weights"])
         recipe = record.get("recipe")
         row["recipe"] = record.get("recipe_name") or (
             recipe.get("name") if isinstance(recipe, dict) else recipe
