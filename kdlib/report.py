@@ -97,6 +97,7 @@ def reported_vs_measured(paper: str, records: pd.DataFrame | None = None) -> pd.
         "ours: best epoch": ours("best"),
         "ours: diverged": [_diverged(d, n) if here else "" for d, n, here in
                            zip(rows["diverged"], rows["n"], diverged_here, strict=True)],
+        "caveat": rows["caveat"].fillna(""),
         "source": rows["source"],
     })
     return table.reset_index(drop=True)
@@ -236,6 +237,7 @@ def reported_summary(datasets: tuple[str, ...] = ("CIFAR-100",)) -> pd.DataFrame
         "pair": [pair(t, s) for t, s in zip(rows["teacher_id"], rows["student_id"], strict=True)],
         "dataset": rows["dataset"],
         "reported top-1": [_num(v) for v in rows["reported_acc"]],
+        "caveat": rows["caveat"].fillna(""),
         "paper": rows["paper"],
     }).reset_index(drop=True)
 
