@@ -27,12 +27,20 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlib.losses.functional import kd_loss
+from kdlib.losses.functional import ce_loss, kd_loss
+from kdlib.models import model_spec
 
 Losses = dict[str, Tensor]
+
+#: Where a method that taps "the last feature map before global pooling" (ICKD, IE-KD) reads it:
+#: ``code`` = the map the model's global pool reads, ``model(x, prepool=True)``, as the official code's
+#: models return it [code: ICKD@403b8d3 ``Cifar100/models``; IE-KD@3274ab0 ``model/wide_resnet.py``];
+#: ``repdistiller`` = RepDistiller's ``feats[-2]``. They differ on WRN (``feats[-2]`` is before the final BN
+#: and ReLU), MobileNetV2 (160 vs 1280 channels) and ShuffleV2 (464 vs 1024), and agree on every other model
+#: (:attr:`kdlib.models.ModelSpec.prepool_in_features`).
+LAST_MAP_TAPS = ("code", "repdistiller")
 
 
 @dataclass
@@ -74,6 +82,34 @@ def eval_features(model: nn.Module, x: Tensor) -> list[Tensor]:
     _, feats = model(x, with_features=True)
     model.train(was_training)
     return feats
+
+
+def last_map(model: nn.Module, x: Tensor, tap: str) -> tuple[Tensor, Tensor]:
+    """``model``'s logits and its last map before global pooling, as ``tap`` (:data:`LAST_MAP_TAPS`) reads
+    it."""
+    if tap == "repdistiller":
+        logits, feats = model(x, with_features=True)
+        return logits, feats[-2]
+    return model(x, prepool=True)
+
+
+@torch.no_grad()
+def eval_last_map(model: nn.Module, x: Tensor, tap: str) -> Tensor:
+    """The :func:`last_map` of ``x`` in eval mode, without autograd; ``model``'s mode is restored."""
+    was_training = model.training
+    model.eval()
+    _, f = last_map(model, x, tap)
+    model.train(was_training)
+    return f
+
+
+def taps_agree(*archs: str | None) -> bool:
+    """True when the two :data:`LAST_MAP_TAPS` read the same map on every named architecture (None: no
+    model)."""
+    try:
+        return all(model_spec(arch).prepool_in_features for arch in archs if arch is not None)
+    except ValueError:  # not a registered architecture: assume the taps differ
+        return False
 
 
 class Distiller(nn.Module):
@@ -159,11 +195,24 @@ class Distiller(nn.Module):
             shapes.append([f.shape[1:] for f in feats])
         return shapes[0], shapes[1]
 
+    @torch.no_grad()
+    def probe_last_map(self, tap: str) -> tuple[torch.Size, torch.Size]:
+        """Per-sample shapes of student's and teacher's :func:`last_map` from one dummy forward."""
+        x = torch.zeros(2, *self.input_shape)
+        return eval_last_map(self.student, x, tap).shape[1:], eval_last_map(self.teacher, x, tap).shape[1:]
+
+    def last_maps(self, x: Tensor, tap: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Student logits and last map, then the teacher's (without autograd), as ``tap`` reads them."""
+        logits, f_s = last_map(self.student, x, tap)
+        with torch.no_grad():
+            logits_t, f_t = last_map(self.teacher, x, tap)
+        return logits, f_s, logits_t, f_t
+
     def task_losses(self, logits_s: Tensor, logits_t: Tensor | None, y: Tensor) -> Losses:
         """The weighted ``ce`` and ``kd`` terms (a term with weight 0 is left out)."""
         losses: Losses = {}
         if self.config.ce_weight:
-            losses["ce"] = self.config.ce_weight * F.cross_entropy(logits_s, y)
+            losses["ce"] = self.config.ce_weight * ce_loss(logits_s, y)
         if self.config.kd_weight:
             if logits_t is None:
                 raise ValueError(f"method '{self.name}' has kd_weight > 0 but no teacher")

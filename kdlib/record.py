@@ -35,6 +35,7 @@ import torch
 
 from kdlib import weights
 from kdlib.config import Plan, TrainConfig, plan
+from kdlib.distill import taps_agree
 from kdlib.files import file_sha256, save_json
 from kdlib.loop import NonFiniteLoss
 from kdlib.methods import variant_string
@@ -111,12 +112,17 @@ def settings(p: Plan, teacher: WeightsRef | None, student: WeightsRef | None) ->
 def identity(record: Mapping[str, Any]) -> dict[str, Any]:
     """What determines a run's result, from its settings or its record. Options added after record version 1
     (student weights, ``bn``, the recipe's :data:`~kdlib.recipes.LATER_FIELDS`) enter only when set, so runs
-    without them keep their earlier ``config_id``."""
+    without them keep their earlier ``config_id``. So does ICKD's and IE-KD's ``tap``: earlier runs read
+    RepDistiller's ``feats[-2]`` (``tap=repdistiller``), so ``tap`` enters only where it reads another map:
+    ``tap=code`` on a pair with WRN, MobileNetV2 or ShuffleV2 (:func:`kdlib.distill.taps_agree`)."""
     identity = {
         key: record[key]
         for key in ("method", "method_config", "teacher", "teacher_ckpt_sha256", "student", "dataset",
                     "subset", "eval_subset", "seed", "precision")
     }
+    tap = (record["method_config"] or {}).get("tap")
+    if tap == "repdistiller" or (tap is not None and taps_agree(record["student"], record.get("teacher"))):
+        identity["method_config"] = {k: v for k, v in record["method_config"].items() if k != "tap"}
     identity["recipe"] = recipe_identity(record["recipe"])
     if record.get("student_weights_sha256") is not None:
         identity["student_weights_sha256"] = record["student_weights_sha256"]

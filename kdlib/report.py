@@ -104,6 +104,7 @@ def reported_vs_measured(paper: str, records: pd.DataFrame | None = None) -> pd.
         "ours: seeds": [_runs(n) if ok else "" for n, ok in zip(rows["n"], measured_here, strict=True)],
         "ours: diverged": [_diverged(d, n) if here else "" for d, n, here in
                            zip(rows["diverged"], rows["n"], diverged_here, strict=True)],
+        "caveat": rows["caveat"].fillna(""),
         "source": rows["source"],
     })
     return table.reset_index(drop=True)
@@ -298,6 +299,7 @@ def reported_summary(datasets: tuple[str, ...] = ("CIFAR-100",)) -> pd.DataFrame
         "pair": [pair(t, s) for t, s in zip(rows["teacher_id"], rows["student_id"], strict=True)],
         "dataset": rows["dataset"],
         "reported top-1": [_num(v) for v in rows["reported_acc"]],
+        "caveat": rows["caveat"].fillna(""),
         "paper": rows["paper"],
     }).reset_index(drop=True)
 

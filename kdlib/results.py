@@ -13,6 +13,7 @@ Accuracies are in percent, as in the papers. A reported error rate (``top1_err``
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -25,6 +26,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from kdlib.distill import taps_agree
+from kdlib.methods import get_method, variant_string
 from kdlib.paths import METHOD_MAP, REPORTED_CSV
 
 log = logging.getLogger(__name__)
@@ -85,6 +88,26 @@ def run_variant(variant: str, student_weights: str | None) -> str:
     return init if variant == "default" else f"{variant},{init}"
 
 
+def record_variant(record: dict[str, Any]) -> str:
+    """A record's method options as the defaults stand today: :func:`~kdlib.methods.variant_string` of its
+    ``method_config``, so a run keeps the label of what it ran when a default changes (IE-KD's λ was 50 by
+    default until it became the official code's 1: those runs read ``exp_weight=50.0,inh_weight=50.0``). An
+    ICKD or IE-KD record made before the ``tap`` option read RepDistiller's ``feats[-2]``: it is labelled
+    ``tap=repdistiller`` where that differs from today's default tap. The stored ``variant`` is the fallback
+    when the configuration cannot be rebuilt (no ``method_config``, an unknown method or option)."""
+    if not isinstance(record.get("method_config"), dict):
+        return record.get("variant") or "default"
+    config = dict(record["method_config"])
+    try:
+        config_class = get_method(record["method"]).config_class
+        if "tap" in {f.name for f in dataclasses.fields(config_class)} and "tap" not in config:
+            if not taps_agree(record.get("student"), record.get("teacher")):
+                config["tap"] = "repdistiller"
+        return variant_string(config_class(**config))
+    except (KeyError, TypeError, ValueError):
+        return record.get("variant") or "default"
+
+
 def commit_label(commit: str | None, dirty: bool | None) -> str:
     """A record's code version as shown: the commit's first 10 characters, ``+dirty`` when the working tree
     had changes."""
@@ -113,7 +136,7 @@ def load_records(
     ``completed`` ones: a record is never taken as complete unless its status says so. Add ``diverged`` to
     count the runs whose loss became non-finite (:func:`summarize` keeps them apart). Unreadable files are
     skipped with a warning. Columns: those of :data:`RECORD_COLUMNS` (``variant`` as :func:`run_variant`
-    makes it) plus ``recipe`` (the name), ``cpu``, ``gpu``, ``path``.
+    makes it of :func:`record_variant`) plus ``recipe`` (the name), ``cpu``, ``gpu``, ``path``.
     """
     rows = []
     for path in _record_paths(paths_or_dir):
@@ -127,7 +150,7 @@ def load_records(
         if statuses is not None and record.get("status") not in statuses:
             continue
         row = {key: record.get(key) for key in RECORD_COLUMNS}
-        row["variant"] = run_variant(row["variant"], row["student_weights"])
+        row["variant"] = run_variant(record_variant(record), row["student_weights"])
         recipe = record.get("recipe")
         row["recipe"] = record.get("recipe_name") or (
             recipe.get("name") if isinstance(recipe, dict) else recipe
@@ -293,12 +316,35 @@ def parse_reported_value(text: Any) -> float:
     return float(match.group(1))
 
 
+def reported_qualifier(text: Any) -> str:
+    """What a reported value says beside its number (``"74.3 (final epoch)"`` → ``"(final epoch)"``)."""
+    match = re.match(r"\s*-?\d+(?:\.\d+)?(.*)", str(text))
+    return (match.group(1) if match else str(text)).strip()
+
+
+def _caveat(note: Any, value: Any, metric: str, qualifier: str) -> str | None:
+    """One sentence of what a reader must know about a reported row: the accuracy is ``100 − error`` when
+    the source published an error rate; the value as published when it has a qualifier; the mapping's note."""
+    parts = []
+    if metric.endswith("_err"):  # the published text, qualifier included
+        parts.append(f"100 − the published {metric.split('_')[0].replace('top', 'top-')} error {value}")
+    elif qualifier:
+        parts.append(f"published as {value}")
+    if isinstance(note, str) and note:
+        parts.append(note)
+    return "; ".join(parts) or None
+
+
 def map_reported(reported: pd.DataFrame, mapping: dict[str, Any]) -> pd.DataFrame:
-    """Add ``dataset_id``, ``method_id``, ``variant``, ``role``, ``scope``, ``note`` and ``reported_acc``.
+    """Add ``dataset_id``, ``method_id``, ``variant``, ``role``, ``scope``, ``note``, ``reported_acc``,
+    ``converted``, ``qualifier`` and ``caveat``.
 
     Methods map by (paper, dataset, label) first, then (paper, label), then label alone; ``role`` is
     ``teacher`` for rows that report the teacher itself (compared with a ``ce`` run of the teacher
-    architecture).
+    architecture). ``converted`` is True where the source published an error rate, so ``reported_acc`` is
+    ``100 − error`` (CD's 20.08 → 79.92); ``qualifier`` is what the published value says beside its number
+    (``(final epoch)``, ``*``); ``caveat`` (:func:`_caveat`) puts both and the mapping's ``note`` in words,
+    for tables to show beside the number.
     """
     datasets = mapping["datasets"]
     out_of_scope = set(mapping.get("out_of_scope_datasets", []))
@@ -331,6 +377,10 @@ def map_reported(reported: pd.DataFrame, mapping: dict[str, Any]) -> pd.DataFram
                 "scope": "out" if row.dataset in out_of_scope else "in",
                 "note": entry.get("note") if entry else None,
                 "reported_acc": acc,
+                "converted": metric.endswith("_err"),
+                "qualifier": reported_qualifier(row.value),
+                "caveat": _caveat(entry.get("note") if entry else None, row.value, metric,
+                                  reported_qualifier(row.value)),
                 "metric_kind": "top5"
                 if metric.startswith("top5")
                 else "top1"
@@ -346,7 +396,8 @@ COMPARE_COLUMNS = (
     "paper", "dataset", "teacher", "student", "teacher_id", "student_id", "method", "metric", "value",
     "reported_acc", "dataset_id", "method_id", "variant", "role", "status", "n", "diverged", "recipe",
     "epochs", "subset", "measured_last", "measured_last_lo", "measured_last_hi", "measured_best",
-    "measured_best_lo", "measured_best_hi", "diff_last", "diff_best", "note", "source",
+    "measured_best_lo", "measured_best_hi", "diff_last", "diff_best", "note", "converted", "qualifier",
+    "caveat", "source",
 )
 _NO_TEACHER = "-"  # one sentinel on both sides: merge keys never rely on None/NaN matching
 

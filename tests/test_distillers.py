@@ -131,11 +131,13 @@ def test_default_weights_follow_methods_md():
         "sp": {"sp_weight": 3000.0},
         "rkd": {"rkd_weight": 1.0, "distance_weight": 25.0, "angle_weight": 50.0},
         "pkt": {"pkt_weight": 30000.0},
-        "ickd": {"ickd_weight": 2.5, "kd_weight": 0.0, "T": 4.0, "ce_weight": 1.0, "variant": "code"},
+        "ickd": {"ickd_weight": 2.5, "kd_weight": 0.0, "T": 4.0, "ce_weight": 1.0, "variant": "code",
+                 "tap": "code"},
         "ccs": {"intra_weight": 10.0, "inter_weight": 10.0, "kd_weight": 0.0, "inter_variant": "channel"},
         "cd": {"cd_weight": 6.0, "gkd_weight": 0.1, "gkd_T": 1.0, "edt": "code", "teacher_bn": "eval"},
         "cwt": {"cwt_weight": 5e-3, "bn": False},
-        "iekd": {"inh_weight": 50.0, "exp_weight": 50.0, "goal": "ce", "rec": "l1", "split": "natural"},
+        "iekd": {"inh_weight": 1.0, "exp_weight": 1.0, "goal": "ce", "rec": "l1", "split": "natural",
+                 "tap": "code"},
     }
     for method, fields in expected.items():
         config = make_config(method)
@@ -509,8 +511,8 @@ def test_iekd_terms_use_the_split(split):
         idx = d.split_index
         inherit = factor_distance(factor_t, d.inherit_encoder(feats_s[-2][:, idx[:32]]))
         explore = factor_distance(factor_t, d.explore_encoder(feats_s[-2][:, idx[32:]]))
-    assert losses["inherit"].item() == pytest.approx(50 * inherit.item(), rel=1e-6)
-    assert losses["explore"].item() == pytest.approx(-50 * explore.item(), rel=1e-6)
+    assert losses["inherit"].item() == pytest.approx(inherit.item(), rel=1e-6)  # λ = 1 [code]
+    assert losses["explore"].item() == pytest.approx(-explore.item(), rel=1e-6)
 
 
 @pytest.mark.parametrize("rec", ["l1", "l2"])

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from kdlib import results
+from kdlib.losses.functional import edt_weights
 from kdlib.methods import available_methods, make_config, variant_string
 
 
@@ -233,3 +234,31 @@ def test_paired_differences() -> None:
     assert (ickd["lo"], ickd["hi"]) == pytest.approx((0.449558, 1.883775))  # t interval of the differences
     vs_ce = results.paired_differences(df, baseline=("ce", "default"))
     assert vs_ce.set_index("method").loc["kd", "mean"] == pytest.approx(1.5)
+
+
+def test_mapped_rows_carry_conversion_qualifier_and_caveat() -> None:
+    table = results.compare(_summary([make_record()]))
+    assert {"converted", "qualifier", "caveat", "note"} <= set(table.columns)
+    cd = table[(table["paper"] == "CD") & (table["dataset"] == "CIFAR-100") & (table["method"] == "CD(our)")
+               & (table["metric"] == "top1_err")].iloc[0]
+    assert cd["reported_acc"] == pytest.approx(79.92) and cd["converted"]
+    assert "100 − the published top-1 error 20.08" in cd["caveat"]
+    final = table[table["value"].astype(str) == "74.3 (final epoch)"].iloc[0]
+    assert final["qualifier"] == "(final epoch)" and "(final epoch)" in final["caveat"]
+    assert not final["converted"]
+    kd = table[(table["paper"] == "CD") & (table["method"] == "KD")].iloc[0]
+    assert "KD weights are not documented" in kd["caveat"]  # the mapping's note reaches the row
+
+
+def test_cd_gkd_on_imagenet_decays_the_cd_weight_and_ie_augmented_is_uncertain() -> None:
+    reported = pd.read_csv(results.REPORTED_CSV, dtype=str, keep_default_na=False, na_values=[""])
+    mapped = results.map_reported(reported, results.load_method_map())
+    cd_gkd = mapped[(mapped["paper"] == "CD") & (mapped["dataset"] == "ImageNet")
+                    & (mapped["method"] == "CD+GKD(our)")].iloc[0]
+    assert cd_gkd["variant"] == "edt=paper,edt_dataset=imagenet,gkd_weight=1.0"
+    config = make_config("cd", {"edt": "paper", "edt_dataset": "imagenet", "gkd_weight": 1.0})
+    for epoch, cd_weight in ((1, 6.0), (30, 6 * 0.9), (95, 6 * 0.9**3)):  # 6·0.9^⌊e/30⌋, CE and GKD always on
+        w = edt_weights(epoch, config.edt_dataset, config.edt, epochs=100)
+        assert w == {"ce": 1.0, "gkd": 1.0, "cd": pytest.approx(cd_weight)}
+    ie = mapped[mapped["method"] == "IE-KD (IE-augmented method)"].iloc[0]
+    assert ie["variant"] == "exp_weight=50.0,inh_weight=50.0" and "uncertain" in ie["note"]

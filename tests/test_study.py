@@ -328,7 +328,7 @@ def test_verify_finds_a_committed_number_this_code_does_not_compute(tiny: dict[s
 
 def test_verify_command_selects_runs_by_whole_path_parts(capsys: pytest.CaptureFixture[str]) -> None:
     keys = [r.key for r in study.profile_runs("proxy", ["kd/default/seed0"])]
-    assert keys == ["fashion_mnist/repdistiller/resnet32-resnet8/kd/default/seed0"]  # not iekd/default/seed0
+    assert keys == ["fashion_mnist/repdistiller/resnet32-resnet8/kd/default/seed0"]  # not ickd/default/seed0
     runs = study.profile_runs("proxy")  # the protocol is committed in full: make reproduce skips every run
     committed = {r.key: json.loads((study.profile_results_dir("proxy") / r.key / "record.json").read_text())
                  for r in runs}
@@ -395,7 +395,8 @@ def test_proxy_profile_follows_the_protocol() -> None:
         "pkt/default",
         "ickd/default", "ickd/variant=paper", "ickd/kd_weight=1.0", "ickd/kd_weight=1.0,variant=paper",
         "ccs/default", "ccs/inter_variant=sample", "cd/default", "cd/edt=paper", "cd/teacher_bn=train",
-        "cwt/default", "iekd/default", "iekd/split=random", "iekd/rec=l2",
+        "cwt/default", "iekd/exp_weight=50.0,inh_weight=50.0",
+        "iekd/exp_weight=50.0,inh_weight=50.0,split=random", "iekd/exp_weight=50.0,inh_weight=50.0,rec=l2",
     ]
     if study.teacher_checkpoint("fashion_mnist", pair.teacher) is not None:  # the committed teacher
         for notebook in study.NOTEBOOKS:

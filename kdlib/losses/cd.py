@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from kdlib.distill import Distiller, Losses, MethodConfig, eval_features
@@ -32,6 +31,7 @@ from kdlib.losses.functional import (
     EDT_DATASETS,
     EDT_VARIANTS,
     cd_loss,
+    ce_loss,
     channel_attention,
     edt_weights,
     gkd_loss,
@@ -144,7 +144,7 @@ class CD(Distiller):
         w_ce, w_gkd, w_cd = self.edt_multipliers.float()  # fp32 weights even in a half-precision distiller
         losses: Losses = {}
         if cfg.ce_weight:
-            losses["ce"] = cfg.ce_weight * w_ce * F.cross_entropy(logits, y)
+            losses["ce"] = cfg.ce_weight * w_ce * ce_loss(logits, y)
         if cfg.kd_weight:
             losses["kd"] = cfg.kd_weight * kd_loss(logits, logits_t, cfg.T)
         if cfg.gkd_weight:

@@ -9,6 +9,10 @@ Conventions shared by all functions here:
   reproduces RepDistiller, which computes its teacher terms under ``no_grad`` itself.
 - **Inputs are never modified**; every function works in float32 and float64 and returns a 0-dim tensor
   (except the matrix helpers and :func:`edt_weights`).
+- **Full precision whatever the autocast state.** Every loss is decorated with :func:`float32_loss`: autocast
+  is off inside it and half-precision inputs (bf16, fp16) are cast to float32 first, so a loss is the same
+  function of the features under bf16 autocast as without it (RKD's and PKT's Gram matrices of near-collinear
+  features were ×3–×9 off when autocast ran them in bf16).
 - Every statement is tagged: **[code]** what the official repository computes,
   **[paper]** the paper's text, **[assumption]** our choice where no source settles it.
 
@@ -33,11 +37,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from kdlib.losses.precision import float32_loss
+
 __all__ = [
     "ICKD_VARIANTS",
     "CCS_INTER_VARIANTS",
     "EDT_VARIANTS",
     "EDT_DATASETS",
+    "float32_loss",
+    "ce_loss",
     "kd_loss",
     "inter_channel_correlation",
     "grid_cell_bounds",
@@ -47,6 +55,7 @@ __all__ = [
     "gkd_loss",
     "edt_weights",
     "factor_distance",
+    "reconstruction_loss",
     "channel_pearson",
     "batch_channel_pearson",
     "ccs_intra_loss",
@@ -109,7 +118,15 @@ def _paired(
     return list(zip(s, t, strict=True))
 
 
+# --------------------------------------------------------------------------------------------- precision
+@float32_loss
+def ce_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy, ``F.cross_entropy`` (mean over the batch), in float32."""
+    return F.cross_entropy(logits, labels)
+
+
 # --------------------------------------------------------------------------------------------- KD
+@float32_loss
 def kd_loss(logits_s: Tensor, logits_t: Tensor, T: float) -> Tensor:
     r"""Hinton's knowledge distillation, RepDistiller ``DistillKL``.
 
@@ -153,6 +170,7 @@ def grid_cell_bounds(size: int, cells: int) -> list[tuple[int, int]]:
     return [((i * size) // cells, -((-(i + 1) * size) // cells)) for i in range(cells)]
 
 
+@float32_loss
 def ickd_loss(f_s: Tensor, f_t: Tensor, variant: str = "code", grid: tuple[int, int] = (1, 1)) -> Tensor:
     r"""ICKD, Inter-Channel Correlation distillation (Liu et al., ICCV 2021).
 
@@ -204,6 +222,7 @@ def channel_attention(f: Tensor) -> Tensor:
     return f.mean(dim=(2, 3))
 
 
+@float32_loss
 def cd_loss(feats_s: Tensor | Sequence[Tensor], feats_t: Tensor | Sequence[Tensor]) -> Tensor:
     r"""Channel Distillation (Zhou et al., arXiv 2006.01683).
 
@@ -226,6 +245,7 @@ def cd_loss(feats_s: Tensor | Sequence[Tensor], feats_t: Tensor | Sequence[Tenso
     return total
 
 
+@float32_loss
 def gkd_loss(logits_s: Tensor, logits_t: Tensor, labels: Tensor, T: float = 1.0) -> Tensor:
     r"""Guided KD: KD restricted to the samples the teacher classifies correctly (CD paper).
 
@@ -302,6 +322,7 @@ def edt_weights(
 
 
 # --------------------------------------------------------------------------------------------- IE-KD
+@float32_loss
 def factor_distance(x: Tensor, y: Tensor) -> Tensor:
     r"""IE-KD's distance between factors: ``d(x, y) = mean |x̂ − ŷ|``.
 
@@ -317,6 +338,16 @@ def factor_distance(x: Tensor, y: Tensor) -> Tensor:
     x_hat = F.normalize(x.reshape(x.shape[0], -1), dim=1)
     y_hat = F.normalize(y.reshape(y.shape[0], -1), dim=1)
     return (x_hat - y_hat).abs().mean()
+
+
+@float32_loss
+def reconstruction_loss(reconstruction: Tensor, target: Tensor, kind: str = "l1") -> Tensor:
+    """IE-KD's stage-A loss: ``mean |D(E(f_t)) − f_t|`` (``l1``) [code], or the mean squared error (``l2``)
+    [paper]."""
+    _choice("reconstruction", kind, ("l1", "l2"))
+    if kind == "l1":
+        return (reconstruction - target).abs().mean()
+    return F.mse_loss(reconstruction, target)
 
 
 # --------------------------------------------------------------------------------------------- CCS
@@ -356,6 +387,7 @@ def batch_channel_pearson(v: Tensor, eps: float = 1e-6) -> Tensor:
     return _pearson_from_centred(vc, eps)
 
 
+@float32_loss
 def ccs_intra_loss(f_s: Tensor, f_t: Tensor, eps: float = 1e-6) -> Tensor:
     r"""CCS intra-instance term: ``L_intra = mean_b ‖R_b^s − R_b^t‖²_F / C²``.
 
@@ -370,6 +402,7 @@ def ccs_intra_loss(f_s: Tensor, f_t: Tensor, eps: float = 1e-6) -> Tensor:
     return diff.pow(2).sum(dim=(1, 2)).mean() / (c * c)
 
 
+@float32_loss
 def ccs_inter_loss(f_s: Tensor, f_t: Tensor, eps: float = 1e-6, variant: str = "channel") -> Tensor:
     r"""CCS inter-instance term, two readings of the abstract (all [assumption]).
 
@@ -402,6 +435,7 @@ def ccs_inter_loss(f_s: Tensor, f_t: Tensor, eps: float = 1e-6, variant: str = "
 
 
 # --------------------------------------------------------------------------------------------- CWT
+@float32_loss
 def cwt_loss(f_s_transformed: Tensor, f_t: Tensor) -> Tensor:
     r"""CWT feature loss: ``L_feat = Σ (MLP(f_s) − f_t)² / B``.
 
@@ -431,6 +465,7 @@ def pool_to_match(f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor]:
     return f_s, f_t
 
 
+@float32_loss
 def fitnet_loss(f_s_regressed: Tensor, f_t: Tensor) -> Tensor:
     """FitNet hint loss: ``mean (r(f_s) − f_t)²`` [code: RepDistiller ``HintLoss`` = ``nn.MSELoss()``].
 
@@ -445,6 +480,7 @@ def attention_map(f: Tensor, p: int = 2) -> Tensor:
     return F.normalize(f.pow(p).mean(1).reshape(f.shape[0], -1))
 
 
+@float32_loss
 def at_loss(feats_s: Tensor | Sequence[Tensor], feats_t: Tensor | Sequence[Tensor], p: int = 2) -> Tensor:
     r"""Attention Transfer (Zagoruyko & Komodakis 2017), RepDistiller ``Attention``.
 
@@ -465,6 +501,7 @@ def at_loss(feats_s: Tensor | Sequence[Tensor], feats_t: Tensor | Sequence[Tenso
     return total
 
 
+@float32_loss
 def sp_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
     r"""Similarity-Preserving KD (Tung & Mori 2019), RepDistiller ``Similarity`` for one pair.
 
@@ -507,6 +544,7 @@ def _positive_mean(d: Tensor) -> Tensor:
     return d.sum() / (d > 0).sum()
 
 
+@float32_loss
 def rkd_loss(emb_s: Tensor, emb_t: Tensor, w_dist: float = 25.0, w_angle: float = 50.0) -> Tensor:
     r"""Relational KD (Park et al. 2019), RepDistiller ``RKDLoss`` exactly.
 
@@ -532,6 +570,7 @@ def rkd_loss(emb_s: Tensor, emb_t: Tensor, w_dist: float = 25.0, w_angle: float 
     return w_dist * loss_d + w_angle * loss_a
 
 
+@float32_loss
 def pkt_loss(emb_s: Tensor, emb_t: Tensor, eps: float = 1e-7) -> Tensor:
     r"""Probabilistic Knowledge Transfer (Passalis & Tefas 2018), RepDistiller ``PKT.cosine_similarity_loss``.
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from kdlib.distill import Distiller, Losses, MethodConfig, eval_features
+from kdlib.distill import LAST_MAP_TAPS, Distiller, Losses, MethodConfig, eval_last_map
 from kdlib.losses.functional import ICKD_VARIANTS, ickd_loss, inter_channel_correlation
 
 
@@ -28,16 +28,22 @@ def conv1x1_bn(in_channels: int, out_channels: int) -> nn.Sequential:
 
 @dataclass
 class ICKDConfig(MethodConfig):
-    """ICKD options: ``variant`` of the loss (code | paper | imagenet), ``grid`` (m, n) cells, weight β.
+    """ICKD options: ``variant`` of the loss (code | paper | imagenet), ``grid`` (m, n), weight β, ``tap``.
 
     ``grid`` (1, 1) is the image-level loss; larger grids are the dense-prediction form [assumption].
+    ``tap`` (:data:`~kdlib.distill.LAST_MAP_TAPS`): ``code`` (default) = the last map before global pooling as
+    the official code's fork of RepDistiller's models returns it [code: ICKD@403b8d3 ``Cifar100/models``]:
+    ``relu(bn1(block3))`` on WRN, the 1280-channel ``conv2`` output on MobileNetV2, the 1024-channel
+    ``relu(bn2(conv2(...)))`` on ShuffleV2; ``repdistiller`` = RepDistiller's ``feat[-2]`` (pre-BN on WRN, 160
+    and 464 channels on the other two). The two agree on every other model.
     """
 
     ickd_weight: float = 2.5
     variant: str = "code"
     grid: tuple[int, int] = (1, 1)
+    tap: str = "code"
 
-    CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {"variant": ICKD_VARIANTS}
+    CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {"variant": ICKD_VARIANTS, "tap": LAST_MAP_TAPS}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -47,7 +53,7 @@ class ICKDConfig(MethodConfig):
 
 
 class ICKD(Distiller):
-    """ICKD on the last pre-pool map ``feat[-2]``.
+    """ICKD on the last map before global pooling (``tap``, :class:`ICKDConfig`).
 
     Student embedding ``Conv2d(C_s→C_t, 1×1, bias=False) → BatchNorm2d(C_t)`` (built even when C_s = C_t);
     the teacher map is used raw [code]. The official code also builds an unused teacher embedding; it is
@@ -64,20 +70,19 @@ class ICKD(Distiller):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        shapes_s, shapes_t = self.probe()
-        self.embed = conv1x1_bn(shapes_s[-2][0], shapes_t[-2][0])
+        shape_s, shape_t = self.probe_last_map(self.config.tap)
+        self.embed = conv1x1_bn(shape_s[0], shape_t[0])
 
-    def compared_maps(self, feats_s: list[Tensor], feats_t: list[Tensor]) -> tuple[Tensor, Tensor]:
+    def compared_maps(self, f_s: Tensor, f_t: Tensor) -> tuple[Tensor, Tensor]:
         """What the loss compares: the embedded student map ``e(f_s)`` and the teacher map ``f_t``."""
-        return self.embed(feats_s[-2]), feats_t[-2]
+        return self.embed(f_s), f_t
 
     def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Losses]:
-        logits, feats = self.student(x, with_features=True)
-        logits_t, feats_t = self.teacher_forward(x)
-        losses = self.task_losses(logits, logits_t, y)
         cfg = self.config
+        logits, f_s, logits_t, f_t = self.last_maps(x, cfg.tap)
+        losses = self.task_losses(logits, logits_t, y)
         if cfg.ickd_weight:
-            loss = ickd_loss(*self.compared_maps(feats, feats_t), variant=cfg.variant, grid=cfg.grid)
+            loss = ickd_loss(*self.compared_maps(f_s, f_t), variant=cfg.variant, grid=cfg.grid)
             if cfg.variant == "imagenet" and self.world_size > 1:
                 loss = loss / self.world_size
             losses["ickd"] = cfg.ickd_weight * loss
@@ -90,10 +95,12 @@ class ICKD(Distiller):
     ) -> dict[str, np.ndarray]:
         """Batch-mean inter-channel correlation ``Ĝ``
         (:func:`~kdlib.losses.functional.inter_channel_correlation`, rows L2-normalised as in the ``code``
-        variant) of the last pre-pool map of ``x``: teacher ``f_t``,
+        variant) of the last map before pooling of ``x`` (``tap``): teacher ``f_t``,
         distilled student after its embedding ``e(f_s)`` (:meth:`compared_maps`, what the loss compares), and
         the ``vanilla`` student's own ``f_s``. Drawn by :func:`kdlib.plots.ickd_correlations`."""
-        f_s, f_t = self.compared_maps(eval_features(self.student, x), eval_features(self.teacher, x))
-        f_v = eval_features(vanilla, x)[-2]
+        tap = self.config.tap
+        f_s = eval_last_map(self.student, x, tap)
+        f_s, f_t = self.compared_maps(f_s, eval_last_map(self.teacher, x, tap))
+        f_v = eval_last_map(vanilla, x, tap)
         return {name: inter_channel_correlation(f, normalize).mean(0).numpy()
                 for name, f in (("teacher", f_t), ("ICKD student e(f_s)", f_s), ("vanilla student", f_v))}

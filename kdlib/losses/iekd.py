@@ -4,11 +4,11 @@ Official code ``aliyun/Revisiting-Knowledge-Distillation-an-Inheritance-and-Expl
 (it does not run as released, and its ``teacher``/``student`` names are swapped; below T is the frozen teacher
 and S the student). Two stages (CVPR 2021 paper and official code):
 
-- **Stage A**: an auto-encoder ``D(E(f_t))`` on the frozen teacher's last pre-pool map, reconstruction loss
-  mean ``|f_t − D(E(f_t))|`` [code] (``rec=l2``: mean squared error, the paper's form).
-- **Stage B**: S's last pre-pool map is split 50/50 on channels into an inheritance and an exploration part,
-  each encoded by a fresh ``Coder(C/2, 32)`` trained with S; with ``F_T = E(f_t)`` (auto-encoder frozen, eval,
-  ``no_grad``)::
+- **Stage A**: an auto-encoder ``D(E(f_t))`` on the frozen teacher's last map before pooling, reconstruction
+  loss mean ``|f_t − D(E(f_t))|`` [code] (``rec=l2``: mean squared error, the paper's form).
+- **Stage B**: S's last map before pooling is split 50/50 on channels into an inheritance and an exploration
+  part, each encoded by a fresh ``Coder(C/2, 32)`` trained with S; with ``F_T = E(f_t)`` (auto-encoder frozen,
+  eval, ``no_grad``)::
 
       L = L_goal + inh_weight·d(F_T, F_inh) − exp_weight·d(F_T, F_exp)
 
@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlib.distill import Distiller, Losses, MethodConfig, eval_features
-from kdlib.losses.functional import factor_distance, pool_to_match
+from kdlib.distill import LAST_MAP_TAPS, Distiller, Losses, MethodConfig, eval_last_map, last_map
+from kdlib.losses.functional import factor_distance, pool_to_match, reconstruction_loss
 
 #: α of the "IE + KD" goal, ``(1−α)·CE + α·KD_4`` [code: CIFAR-100 configs].
 KD_GOAL_ALPHA = 0.9
@@ -76,8 +76,8 @@ class AutoEncoder(nn.Module):
 class IEKDConfig(MethodConfig):
     """IE-KD options.
 
-    - ``inh_weight`` / ``exp_weight`` 50: λ of the paper's ablation [paper, second-hand]; the code's configs
-      use 1.
+    - ``inh_weight`` / ``exp_weight`` 1: λ of every configuration of the official code [code]; 50, which the
+      paper's ablation reportedly picks [paper, second-hand], is a variant (``inh_weight=50,exp_weight=50``).
     - ``goal``: ``ce`` (default) or ``kd`` = "IE + KD", ``(1−α)·CE + α·KD_T`` with α = 0.9, T = 4 [code].
       With ``goal=kd``, ``__post_init__`` sets ``ce_weight`` to 0.1 if it is at its default 1 and
       ``kd_weight`` to 0.9 if it is at its default 0; other values are kept (so ``ce_weight=1`` cannot be
@@ -87,17 +87,23 @@ class IEKDConfig(MethodConfig):
       a fixed permutation drawn from ``torch.Generator().manual_seed(split_seed)`` [paper: channels picked at
       random; the seeded fixed permutation is our assumption].
     - ``factor_channels`` 32: channels of every factor [code].
+    - ``tap`` (:data:`~kdlib.distill.LAST_MAP_TAPS`): ``code`` (default) = the last map before global pooling,
+      post-BN-ReLU on WRN as IE-KD's own ``model/wide_resnet.py`` returns it [code] (on MobileNetV2 and
+      ShuffleV2, which IE-KD's code does not have, the same rule [assumption]); ``repdistiller`` =
+      RepDistiller's ``feat[-2]`` (pre-BN on WRN). The two agree on every other model.
     """
 
-    inh_weight: float = 50.0
-    exp_weight: float = 50.0
+    inh_weight: float = 1.0
+    exp_weight: float = 1.0
     goal: str = "ce"
     rec: str = "l1"
     split: str = "natural"
     split_seed: int = 0
     factor_channels: int = 32
+    tap: str = "code"
 
     CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {
+        "tap": LAST_MAP_TAPS,
         "goal": ("ce", "kd"),
         "rec": ("l1", "l2"),
         "split": ("natural", "random"),
@@ -115,7 +121,7 @@ class IEKDConfig(MethodConfig):
 
 
 class IEKD(Distiller):
-    """Inheritance and exploration on the last pre-pool map ``feat[-2]``.
+    """Inheritance and exploration on the last map before global pooling (``tap``, :class:`IEKDConfig`).
 
     Parts: ``autoencoder`` (stage A, on the teacher; frozen in stage B), ``inherit_encoder`` and
     ``explore_encoder`` (stage B, trained with the student), buffer ``split_index`` (the channel order: the
@@ -150,8 +156,8 @@ class IEKD(Distiller):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._pretraining = False
-        shapes_s, shapes_t = self.probe()
-        c_s, c_t = shapes_s[-2][0], shapes_t[-2][0]
+        shape_s, shape_t = self.probe_last_map(self.config.tap)
+        c_s, c_t = shape_s[0], shape_t[0]
         k = self.config.factor_channels
         self.autoencoder = AutoEncoder(c_t, k)
         if self.config.split == "random":
@@ -192,41 +198,35 @@ class IEKD(Distiller):
 
     # --- stage A ----------------------------------------------------------------------------------
     def pretrain_loss(self, x: Tensor) -> Losses:
-        _, feats_t = self.teacher_forward(x)
-        f_t = feats_t[-2]
-        rec = self.autoencoder(f_t)
-        if self.config.rec == "l1":
-            loss = (rec - f_t).abs().mean()
-        else:
-            loss = F.mse_loss(rec, f_t)
-        return {"reconstruction": loss}
+        with torch.no_grad():
+            _, f_t = last_map(self.teacher, x, self.config.tap)
+        return {"reconstruction": reconstruction_loss(self.autoencoder(f_t), f_t, self.config.rec)}
 
     # --- stage B ----------------------------------------------------------------------------------
     def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Losses]:
         cfg = self.config
-        logits, feats = self.student(x, with_features=True)
-        logits_t, feats_t = self.teacher_forward(x)
+        logits, f_s, logits_t, f_t = self.last_maps(x, cfg.tap)
         losses = self.task_losses(logits, logits_t, y)
         if not (cfg.inh_weight or cfg.exp_weight):
             return logits, losses
         with torch.no_grad():
-            factor_t = self.teacher_factor(feats_t)
+            factor_t = self.teacher_factor(f_t)
         weights = {"inherit": cfg.inh_weight, "explore": -cfg.exp_weight}
-        for name, (encoder, part) in self.student_parts(feats).items():
+        for name, (encoder, part) in self.student_parts(f_s).items():
             if weights[name]:
                 factor_s, factor_tt = pool_to_match(encoder(part), factor_t)
                 losses[name] = weights[name] * factor_distance(factor_tt, factor_s)
         return logits, losses
 
-    def teacher_factor(self, feats_t: list[Tensor]) -> Tensor:
-        """The teacher factor ``F_T = E(f_t)`` of the teacher's last pre-pool map (by the auto-encoder)."""
-        return self.autoencoder.encoder(feats_t[-2])
+    def teacher_factor(self, f_t: Tensor) -> Tensor:
+        """The teacher factor ``F_T = E(f_t)`` of the teacher's last map ``f_t`` (by the auto-encoder)."""
+        return self.autoencoder.encoder(f_t)
 
-    def student_parts(self, feats_s: list[Tensor]) -> dict[str, tuple[nn.Module, Tensor]]:
-        """The student's last pre-pool map split on channels (``split_index``), each part with its encoder:
+    def student_parts(self, f_s: Tensor) -> dict[str, tuple[nn.Module, Tensor]]:
+        """The student's last map ``f_s`` split on channels (``split_index``), each part with its encoder:
         ``{"inherit": (inherit_encoder, the first n_inherit channels),
         "explore": (explore_encoder, the rest)}``."""
-        f_s = feats_s[-2].index_select(1, self.split_index)
+        f_s = f_s.index_select(1, self.split_index)
         return {"inherit": (self.inherit_encoder, f_s[:, : self.n_inherit]),
                 "explore": (self.explore_encoder, f_s[:, self.n_inherit :])}
 
@@ -238,10 +238,11 @@ class IEKD(Distiller):
         and the batch's factor distance ``d`` (:func:`~kdlib.losses.functional.factor_distance`, what the loss
         uses). Rows of a long table: part, sample, cosine, distance. Drawn by
         :func:`kdlib.plots.iekd_similarity`."""
-        factor_t = self.teacher_factor(eval_features(self.teacher, x))
+        tap = self.config.tap
+        factor_t = self.teacher_factor(eval_last_map(self.teacher, x, tap))
         names = {"inherit": "inheritance", "explore": "exploration"}
         rows = []
-        for name, (encoder, part) in self.student_parts(eval_features(self.student, x)).items():
+        for name, (encoder, part) in self.student_parts(eval_last_map(self.student, x, tap)).items():
             factor_s, factor_tt = pool_to_match(encoder(part), factor_t)
             cosine = F.cosine_similarity(factor_s.flatten(1), factor_tt.flatten(1), dim=1)
             distance = float(factor_distance(factor_tt, factor_s))

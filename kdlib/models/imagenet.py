@@ -22,8 +22,11 @@ the final activation); the stem and pooled vector are unchanged, as in RepDistil
 inverted-residual blocks end in a linear projection with no activation, so pre- and post-activation stage
 outputs are the same tensor and ``preact=True`` returns the same list.
 
-Hooks are registered for the duration of one ``with_features=True`` call only; ``model(x)`` is torchvision's
-forward untouched.
+``prepool=True`` returns ``(logits, map)``, the map global pooling reads: ``layer4`` (= ``feats[-2]``) for the
+ResNets, the final 1x1 conv ``features.18`` (1280 ch, post-ReLU6) for mobilenet_v2.
+
+Hooks are registered for the duration of one ``with_features=True`` or ``prepool=True`` call only;
+``model(x)`` is torchvision's forward untouched.
 """
 
 from __future__ import annotations
@@ -46,13 +49,17 @@ class HookedFeatures:
 
     feature_taps: tuple[str, ...] = ()
     head: str = ""
+    #: The module whose output is the last map before global pooling (``prepool=True``).
+    prepool_tap: str = ""
 
     def preact_taps(self) -> dict[int, nn.Module]:
         return {}
 
     def forward(
-        self, x: Tensor, with_features: bool = False, preact: bool = False
-    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        self, x: Tensor, with_features: bool = False, preact: bool = False, prepool: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor] | tuple[Tensor, list[Tensor]]:
+        if prepool:
+            return self._forward_prepool(x)
         if not with_features:
             return super().forward(x)  # type: ignore[misc]
         post: dict[int, Tensor] = {}
@@ -93,12 +100,24 @@ class HookedFeatures:
         feats = [pre.get(i, post[i]) for i in range(len(self.feature_taps))]
         return logits, [*feats, pooled[-1]]
 
+    def _forward_prepool(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits and the output of ``prepool_tap`` (a forward hook for the duration of the call)."""
+        kept: list[Tensor] = []
+        handle = self.get_submodule(self.prepool_tap).register_forward_hook(  # type: ignore[attr-defined]
+            lambda module, args, output: kept.append(output))
+        try:
+            logits = super().forward(x)  # type: ignore[misc]
+        finally:
+            handle.remove()
+        return logits, kept[-1]
+
 
 class TorchvisionResNet(HookedFeatures, torchvision.models.ResNet):
     """torchvision's ``ResNet`` with kdlib's feature interface (see the module docstring)."""
 
     feature_taps = ("maxpool", "layer1", "layer2", "layer3", "layer4")
     head = "fc"
+    prepool_tap = "layer4"
 
     def preact_taps(self) -> dict[int, nn.Module]:
         return {i: getattr(self, f"layer{i}")[-1].relu for i in range(1, 5)}
@@ -109,6 +128,7 @@ class TorchvisionMobileNetV2(HookedFeatures, torchvision.models.MobileNetV2):
 
     feature_taps = ("features.0", "features.3", "features.6", "features.13", "features.17")
     head = "classifier"
+    prepool_tap = "features"
 
 
 def resnet18(num_classes: int = 1000) -> TorchvisionResNet:

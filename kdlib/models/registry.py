@@ -4,7 +4,12 @@ Names are case-sensitive and never aliased: ``ResNet50`` is RepDistiller's CIFAR
 torchvision's ImageNet model, ``resnet50_cifar`` the CD paper's CIFAR model. Every model has the interface
 ``logits = model(x)``; ``logits, feats = model(x, with_features=True)``; ``model(x, with_features=True,
 preact=True)``, with ``feats = [stem, stage_1, ..., stage_N, pooled_vector]`` (see each model module for what
-the stem and the stages are, and what ``preact`` does).
+the stem and the stages are, and what ``preact`` does); ``logits, last = model(x, prepool=True)``, with
+``last`` the map global pooling reads (the last map before pooling). That map is RepDistiller's ``feats[-2]``
+except on WRN (``relu(bn1(block3))``; ``feats[-2]`` is before that BN and ReLU), MobileNetV2 (the final 1x1
+``conv2``, 1280 channels) and ShuffleV2 (``relu(bn2(conv2(layer3)))``, 1024 channels):
+``ModelSpec.prepool_in_features``.
+The feature list itself stays RepDistiller's.
 
 Checkpoint formats accepted by :func:`load_teacher`:
 
@@ -53,7 +58,8 @@ class ModelSpec:
     """A registered architecture.
 
     ``classifier`` is the state-dict prefix of the final linear layer (used to infer the class count of a
-    checkpoint); ``source`` says where the code comes from.
+    checkpoint); ``source`` says where the code comes from; ``prepool_in_features`` is False where the map
+    global pooling reads (``model(x, prepool=True)``) is not the feature list's ``feats[-2]``.
     """
 
     name: str
@@ -61,6 +67,7 @@ class ModelSpec:
     num_classes: int
     classifier: str
     source: str
+    prepool_in_features: bool = True
 
 
 _REPDISTILLER = "RepDistiller models/"
@@ -81,7 +88,8 @@ _SPECS: list[ModelSpec] = [
     ),
     ModelSpec("ResNet50", resnetv2.ResNet50, CIFAR_CLASSES, "linear", _REPDISTILLER + "resnetv2.py"),
     *(
-        ModelSpec(n, getattr(wrn, n), CIFAR_CLASSES, "fc", _REPDISTILLER + "wrn.py")
+        ModelSpec(n, getattr(wrn, n), CIFAR_CLASSES, "fc", _REPDISTILLER + "wrn.py",
+                  prepool_in_features=False)
         for n in ("wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2")
     ),
     *(
@@ -94,12 +102,14 @@ _SPECS: list[ModelSpec] = [
         CIFAR_CLASSES,
         "classifier.0",
         _REPDISTILLER + "mobilenetv2.py",
+        prepool_in_features=False,
     ),
     ModelSpec(
         "ShuffleV1", shufflenetv1.ShuffleV1, CIFAR_CLASSES, "linear", _REPDISTILLER + "ShuffleNetv1.py"
     ),
     ModelSpec(
-        "ShuffleV2", shufflenetv2.ShuffleV2, CIFAR_CLASSES, "linear", _REPDISTILLER + "ShuffleNetv2.py"
+        "ShuffleV2", shufflenetv2.ShuffleV2, CIFAR_CLASSES, "linear", _REPDISTILLER + "ShuffleNetv2.py",
+        prepool_in_features=False,
     ),
     *(
         ModelSpec(n, getattr(resnet_cifar_bottleneck, n), CIFAR_CLASSES, "fc", "torchvision ResNet, CD stem")
@@ -115,6 +125,7 @@ _SPECS: list[ModelSpec] = [
         IMAGENET_CLASSES,
         "classifier.1",
         "torchvision.models.mobilenetv2",
+        prepool_in_features=False,
     ),
 ]
 _REGISTRY: dict[str, ModelSpec] = {spec.name: spec for spec in _SPECS}

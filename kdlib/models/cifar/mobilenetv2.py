@@ -11,6 +11,9 @@ stride change; ``conv2``, the final 1x1 conv to 1280 channels, is not in the lis
 The blocks end in a linear projection with no activation, and RepDistiller ignores ``preact`` for this
 model: ``preact=True`` returns the same list.
 
+``prepool=True`` returns ``(logits, conv2 output)`` (conv + BN + ReLU, 1280 channels), the map the pool reads
+(ICKD's official tap).
+
 Deviations: ``forward(x, with_features=False, preact=False)`` returns ``logits`` or ``(logits, feats)``; no
 ``print`` in the constructor; the unused ``remove_avg`` option is kept; default class count 100.
 """
@@ -99,8 +102,8 @@ class MobileNetV2(nn.Module):
         self._initialize_weights()
 
     def forward(
-        self, x: Tensor, with_features: bool = False, preact: bool = False
-    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        self, x: Tensor, with_features: bool = False, preact: bool = False, prepool: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor] | tuple[Tensor, list[Tensor]]:
         out = self.conv1(x)
         f0 = out
         out = self.blocks[0](out)
@@ -115,11 +118,14 @@ class MobileNetV2(nn.Module):
         out = self.blocks[6](out)
         f4 = out
         out = self.conv2(out)
+        last = out
         if not self.remove_avg:
             out = self.avgpool(out)
         out = out.view(out.size(0), -1)
         f5 = out
         out = self.classifier(out)
+        if prepool:
+            return out, last
         if not with_features:
             return out
         return out, [f0, f1, f2, f3, f4, f5]  # preact has no effect (RepDistiller)

@@ -148,8 +148,8 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(
-        self, x: Tensor, with_features: bool = False, preact: bool = False
-    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        self, x: Tensor, with_features: bool = False, preact: bool = False, prepool: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor] | tuple[Tensor, list[Tensor]]:
         x = self.relu(self.bn1(self.conv1(x)))  # 32x32
         f0 = x
         x, f1_pre = self.layer1(x)  # 32x32
@@ -162,6 +162,8 @@ class ResNet(nn.Module):
         x = x.view(x.size(0), -1)
         f4 = x
         x = self.fc(x)
+        if prepool:
+            return x, f3
         if not with_features:
             return x
         if preact:

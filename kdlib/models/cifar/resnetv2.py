@@ -112,8 +112,8 @@ class ResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(
-        self, x: Tensor, with_features: bool = False, preact: bool = False
-    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        self, x: Tensor, with_features: bool = False, preact: bool = False, prepool: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor] | tuple[Tensor, list[Tensor]]:
         out = F.relu(self.bn1(self.conv1(x)))
         f0 = out
         out, f1_pre = self.layer1(out)
@@ -128,6 +128,8 @@ class ResNet(nn.Module):
         out = out.view(out.size(0), -1)
         f5 = out
         out = self.linear(out)
+        if prepool:
+            return out, f4
         if not with_features:
             return out
         if preact:

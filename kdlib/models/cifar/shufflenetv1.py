@@ -96,8 +96,8 @@ class ShuffleNet(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(
-        self, x: Tensor, with_features: bool = False, preact: bool = False
-    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        self, x: Tensor, with_features: bool = False, preact: bool = False, prepool: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor] | tuple[Tensor, list[Tensor]]:
         out = F.relu(self.bn1(self.conv1(x)))
         f0 = out
         out, f1_pre = self.layer1(out)
@@ -110,6 +110,8 @@ class ShuffleNet(nn.Module):
         out = out.view(out.size(0), -1)
         f4 = out
         out = self.linear(out)
+        if prepool:
+            return out, f3
         if not with_features:
             return out
         if preact:

@@ -10,6 +10,9 @@ channels), which is not itself in the list. ``preact=True`` gives, as RepDistill
 ``cat([x1, bn3(conv3(...))])`` *before* the ReLU *and before the channel shuffle*, so its channel order
 differs from the post-activation feature's.
 
+``prepool=True`` returns ``(logits, relu(bn2(conv2(layer3 output))))`` (1024 channels), the map the pool reads
+(ICKD's official tap).
+
 Deviations: ``forward(x, with_features=False, preact=False)`` returns ``logits`` or ``(logits, feats)``;
 only net size 1 (the registered ``ShuffleV2``) is configured; default class count 100.
 """
@@ -134,8 +137,8 @@ class ShuffleNetV2(nn.Module):
         return nn.Sequential(*layers)
 
     def forward(
-        self, x: Tensor, with_features: bool = False, preact: bool = False
-    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        self, x: Tensor, with_features: bool = False, preact: bool = False, prepool: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor] | tuple[Tensor, list[Tensor]]:
         out = F.relu(self.bn1(self.conv1(x)))
         f0 = out
         out, f1_pre = self.layer1(out)
@@ -145,10 +148,13 @@ class ShuffleNetV2(nn.Module):
         out, f3_pre = self.layer3(out)
         f3 = out
         out = F.relu(self.bn2(self.conv2(out)))
+        last = out
         out = F.avg_pool2d(out, 4)
         out = out.view(out.size(0), -1)
         f4 = out
         out = self.linear(out)
+        if prepool:
+            return out, last
         if not with_features:
             return out
         if preact:

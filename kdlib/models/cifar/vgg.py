@@ -51,8 +51,8 @@ class VGG(nn.Module):
         self._initialize_weights()
 
     def forward(
-        self, x: Tensor, with_features: bool = False, preact: bool = False
-    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        self, x: Tensor, with_features: bool = False, preact: bool = False, prepool: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor] | tuple[Tensor, list[Tensor]]:
         h = x.shape[2]
         x = F.relu(self.block0(x))
         f0 = x
@@ -81,6 +81,8 @@ class VGG(nn.Module):
         x = x.view(x.size(0), -1)
         f5 = x
         x = self.classifier(x)
+        if prepool:
+            return x, f4
         if not with_features:
             return x
         if preact:

@@ -11,6 +11,9 @@ BatchNorm that follows them (``block2.layer[0].bn1``, ``block3.layer[0].bn1``, `
 right before the next ReLU. This is reproduced exactly, including RepDistiller's side effect: in train
 mode that extra BatchNorm call updates those layers' running statistics a second time per step.
 
+``prepool=True`` returns ``(logits, relu(bn1(block3 output)))``, the map the global pool reads (post-BN-ReLU,
+128x8x8 on wrn_16_2): the tap of ICKD's and IE-KD's official code, which ``feats[-2]`` is not.
+
 Deviations: ``forward(x, with_features=False, preact=False)`` returns ``logits`` or ``(logits, feats)``;
 default class count 100.
 """
@@ -99,8 +102,8 @@ class WideResNet(nn.Module):
                 m.bias.data.zero_()
 
     def forward(
-        self, x: Tensor, with_features: bool = False, preact: bool = False
-    ) -> Tensor | tuple[Tensor, list[Tensor]]:
+        self, x: Tensor, with_features: bool = False, preact: bool = False, prepool: bool = False
+    ) -> Tensor | tuple[Tensor, Tensor] | tuple[Tensor, list[Tensor]]:
         out = self.conv1(x)
         f0 = out
         out = self.block1(out)
@@ -110,10 +113,13 @@ class WideResNet(nn.Module):
         out = self.block3(out)
         f3 = out
         out = self.relu(self.bn1(out))
+        last = out
         out = F.avg_pool2d(out, 8)
         out = out.view(-1, self.nChannels)
         f4 = out
         out = self.fc(out)
+        if prepool:
+            return out, last
         if not with_features:
             return out
         if preact:
