@@ -203,7 +203,7 @@ class Run:
                                     batch_size=recipe.batch_size)
 
     def _speed(self) -> dict[str, Any]:
-        """How this session trains (provenance; the recipe is the same either way)."""
+        """How this process trains (provenance; the recipe is the same either way)."""
         cuda = self.p.device.type == "cuda"
         if self.fast:  # a compilation that failed at its first step fell back to eager: describe() says so
             forward = self.forward.describe()
@@ -238,7 +238,7 @@ class Run:
             self.pre_optimizer.load_state_dict(ckpt["pretrain_optimizer"])
         current = {k: record[k] for k in ("device", "hardware", "torch_version", "git_commit", "git_dirty")}
         record.update(ckpt["record"], status="running", failure_reason=None)
-        record.setdefault("resumes", []).append({  # provenance of each session after the first
+        record.setdefault("resumes", []).append({  # provenance of each process after the first
             "after_epoch": ckpt["state"]["epoch"], "after_pretrain_epoch": ckpt["state"]["pretrain_epoch"],
             "at": now(), **current, "world_size": self.dist.world_size,
         })
