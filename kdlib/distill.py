@@ -23,6 +23,7 @@ limit (8) it would run eagerly for the rest of the run (tests/test_compile.py).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -33,6 +34,11 @@ from torch import Tensor, nn
 from kdlib.losses.functional import kd_loss
 
 Losses = dict[str, Tensor]
+
+
+class MethodOptionError(ValueError):
+    """A method option that does not fit the student or teacher (found when the distiller is built, e.g.
+    FitNet's ``hint_layer`` beyond the models' features): bad input, like an invalid ``--variant``."""
 
 
 @dataclass
@@ -57,9 +63,11 @@ class MethodConfig:
                 raise ValueError(f"invalid {name} {value!r}; choose one of: {choices}")
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):  # nan would train, then 'diverge'
+                raise ValueError(f"{field.name} must be a finite number, got {value!r}")
             if field.name.endswith("weight") and not (isinstance(value, int | float) and value >= 0):
                 raise ValueError(f"{field.name} must be a number >= 0, got {value!r}")
-        if self.T <= 0:
+        if not self.T > 0:
             raise ValueError(f"T must be > 0, got {self.T!r}")
 
 
