@@ -143,7 +143,8 @@ def test_invalid_and_duplicate_records_are_named_and_skipped(
     with caplog.at_level("WARNING", logger="kdlib.results"):
         df = results.load_records(tmp_path)
     assert sorted(df["seed"]) == [0, 1] and sorted(df["top1_last"]) == [74.0, 76.0]
-    assert f"{tmp_path / 'run2' / 'record.json'}: a copy of {tmp_path / 'run1' / 'record.json'}" in caplog.text
+    copy, first = (tmp_path / name / "record.json" for name in ("run2", "run1"))
+    assert f"{copy}: a copy of {first}" in caplog.text
     for i in range(len(invalid)):
         assert f"skipping invalid record {tmp_path / f'run{i + 3}' / 'record.json'}: " in caplog.text
     (row,) = results.summarize(df).to_dict("records")
