@@ -434,9 +434,11 @@ def test_rkd_with_a_last_batch_of_one_stays_finite(tiny: dict[str, Path], tmp_pa
 _FORK_AND_DIE = """
 import os, sys, time
 from kdlib.runlock import run_lock
-run_lock(sys.argv[1]).__enter__()
+lock = run_lock(sys.argv[1])  # kept referenced: a collected context manager would unlock
+lock.__enter__()
 child = os.fork()  # as a DataLoader worker: it inherits the open lock file
 if child == 0:
+    os.closerange(0, 3)  # the test reads our output to its end: only the lock file stays open
     time.sleep(60)
     os._exit(0)
 print(child, flush=True)
@@ -451,12 +453,17 @@ def test_the_lock_dies_with_its_process_not_with_its_forked_children(tmp_path: P
     assert done.returncode == -signal.SIGKILL, done.stderr
     child = int(done.stdout)
     try:
-        os.kill(child, 0)  # the orphaned child is alive, holding the lock file open
-        with runlock.run_lock(out):  # and yet the folder is free at once
-            with pytest.raises(runlock.FolderInUse, match="this process"):
-                runlock.run_lock(out).__enter__()  # one process never holds a folder twice
+        held = [os.readlink(fd) for fd in Path(f"/proc/{child}/fd").iterdir()]
+        assert str(out / runlock.LOCK_NAME) in held  # the orphaned child is alive, holding the lock file open
+        lock = runlock.run_lock(out)
+        lock.__enter__()  # and yet the folder is free at once
     finally:
         os.kill(child, signal.SIGKILL)
+    try:
+        with pytest.raises(runlock.FolderInUse, match="this process"):
+            runlock.run_lock(out).__enter__()  # one process never holds a folder twice
+    finally:
+        lock.__exit__(None, None, None)
 
 
 def test_a_profile_of_the_wrong_shape_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
