@@ -4,7 +4,8 @@ Every argument is validated before anything is loaded (method, model names, data
 keys and values, ``--set`` fields, teacher checkpoint for methods that need one, paths, output folder,
 device). An invalid argument prints one line ``kdlib: error: ...`` on stderr and exits with status 2, never
 a traceback; missing data (offline) and a folder already in use by another run are bad input too. A run that
-fails (non-finite loss, disk full) prints one line and exits with status 1.
+fails (non-finite loss, disk full) prints one line and exits with status 1; Ctrl-C, one line saying how to
+resume, status 130.
 
 Examples::
 
@@ -36,6 +37,7 @@ from typing import NoReturn
 from kdlib import models
 from kdlib.config import add_arguments, from_args, nonnegative_int, plan, positive_int
 from kdlib.data import DATASETS, DataError, get_dataset_spec
+from kdlib.distill import MethodOptionError
 from kdlib.distributed import env_rank, resolve_device
 from kdlib.loop import evaluate_checkpoint
 from kdlib.methods import available_methods, get_method, make_config, variant_string
@@ -109,9 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_out(out: Path, resume: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out '{out}' exists and is not a folder")
     try:  # create it and a scratch file in it: the only sure test (os.access says yes to root everywhere)
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"--out '{out}' exists and is not a folder")
         out.mkdir(parents=True, exist_ok=True)
         tempfile.TemporaryFile(dir=out).close()
     except OSError as error:
@@ -155,10 +157,12 @@ def _train(args: argparse.Namespace) -> int:
     _setup_logging()
     try:
         record = run(p)
-    except (CheckpointError, ResumeError, DataError, FolderInUse) as error:
+    except (CheckpointError, ResumeError, DataError, FolderInUse, MethodOptionError) as error:
         raise UsageError(str(error)) from None
     except (TrainingFailed, OSError) as error:  # OSError: e.g. the disk filled up (the record says failed)
         _fail(str(error), 1)
+    except KeyboardInterrupt:  # the record says failed (interrupted); last.pt holds the last whole epoch
+        _fail(f"interrupted; to continue, run the same command with --resume (--out '{args.out}')", 130)
     if _rank() != 0:
         return 0
     print(
@@ -267,3 +271,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except UsageError as error:
         _fail(str(error), 2)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)

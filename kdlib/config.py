@@ -33,9 +33,14 @@ from kdlib.fields import format_field
 from kdlib.methods import get_method, make_config
 from kdlib.recipes import Recipe, get_recipe
 
+#: The largest count (batch size, images, epochs) a run accepts: what Python's slices and torch take.
+MAX_COUNT = 2**63 - 1
+#: The largest seed: torch's generators take unsigned 64-bit seeds.
+MAX_SEED = 2**64 - 1
 
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse ``type``: an integer ``>= minimum``, else one clear message."""
+
+def int_at_least(minimum: int, maximum: int = MAX_COUNT) -> Callable[[str], int]:
+    """An argparse ``type``: an integer from ``minimum`` to ``maximum``, else one clear message."""
 
     def parse(text: str) -> int:
         try:
@@ -44,6 +49,8 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
             value = minimum - 1
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be an integer <= {maximum}, got {text!r}")
         return value
 
     return parse
@@ -51,6 +58,7 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
 
 positive_int = int_at_least(1)
 nonnegative_int = int_at_least(0)
+seed_int = int_at_least(0, MAX_SEED)
 
 
 def option(default: Any = dataclasses.MISSING, help: str | None = None, **argparse_kwargs: Any) -> Any:
@@ -88,7 +96,7 @@ class TrainConfig:
     subset: int | None = option(None, "N training images, class-balanced, deterministic", type=positive_int)
     eval_subset: int | None = option(None, "N test images (default: the full test set)", type=positive_int)
     batch_size: int | None = option(None, "override the recipe's batch size", type=positive_int)
-    seed: int = option(0, "the run's seed", type=nonnegative_int)
+    seed: int = option(0, "the run's seed", type=seed_int)
     device: str = option("auto", "auto, cpu or cuda")
     variant: dict[str, Any] = option(
         default_factory=dict, help="method options (repeatable)", metavar="K=V,...")
@@ -247,10 +255,24 @@ def _check_weights(config: TrainConfig, needs_teacher: bool) -> None:
 def _check_counts(config: TrainConfig) -> None:
     for name in ("epochs", "subset", "eval_subset", "batch_size"):
         value = getattr(config, name)
-        if value is not None and (not isinstance(value, int) or value < 1):
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if value is not None and (not isinstance(value, int) or not 1 <= value <= MAX_COUNT):
+            raise ValueError(f"{name} must be an integer >= 1 and <= {MAX_COUNT}, got {value!r}")
     if not isinstance(config.workers, int) or config.workers < 0:
         raise ValueError(f"workers must be an integer >= 0, got {config.workers!r}")
+    if not isinstance(config.seed, int) or not 0 <= config.seed <= MAX_SEED:
+        raise ValueError(f"seed must be an integer >= 0 and <= {MAX_SEED}, got {config.seed!r}")
+    if str(config.out).strip() == "":
+        raise ValueError("--out is empty; name the run's output folder")
+
+
+def _check_overrides(config: TrainConfig) -> None:
+    """A recipe field given both by its own option and by ``--set`` is ambiguous (one would be ignored)."""
+    for name in ("epochs", "batch_size"):
+        if getattr(config, name) is not None and name in config.recipe_overrides:
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(
+                f"--set {name}={config.recipe_overrides[name]} and {flag} {getattr(config, name)} both set "
+                f"{name}; pass only one")
 
 
 def _recipe(config: TrainConfig) -> Recipe:
@@ -273,6 +295,7 @@ def plan(config: TrainConfig) -> Plan:
     if config.bn not in distributed.BN_MODES:
         raise ValueError(f"invalid bn '{config.bn}'; choose one of: {', '.join(distributed.BN_MODES)}")
     _check_counts(config)
+    _check_overrides(config)
     recipe = _recipe(config)
     spec.with_image_size(recipe.image_size)  # a fixed-size dataset refuses another image size
     world_size = distributed.env_world_size()

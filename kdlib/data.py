@@ -53,6 +53,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
 
+from kdlib.idx import check_idx_split
+
 log = logging.getLogger(__name__)
 
 #: Where the Debian package ``dataset-fashion-mnist`` puts the gzipped IDX files.
@@ -222,6 +224,7 @@ def install_fashion_mnist(root: Path, source: Path | None = None) -> bool:
 def _load_fashion_mnist(root: Path, train: bool, download: bool) -> Dataset:
     raw = root / "FashionMNIST" / "raw"
     if install_fashion_mnist(root) or not download:
+        check_idx_split(raw, train, DataError)  # a damaged file: torchvision would only assert
         try:
             return tv_datasets.FashionMNIST(str(root), train=train, download=False)
         except RuntimeError:
@@ -588,11 +591,6 @@ def load_data(
         generator=torch.Generator().manual_seed(seed),
         **common,
     )
-    log.info(
-        "%s: %d training images%s, %d test images",
-        name,
-        len(train_set),
-        f" (class-balanced subset of {len(train_set.base)})" if subset else "",
-        test_images,
-    )
+    log.info("%s: %d training images%s, %d test images", name, len(train_set),
+             f" (class-balanced subset of {len(train_set.base)})" if subset else "", test_images)
     return Data(spec, train, test, test_images)

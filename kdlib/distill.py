@@ -23,6 +23,7 @@ limit (8) it would run eagerly for the rest of the run (tests/test_compile.py).
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -41,6 +42,11 @@ Losses = dict[str, Tensor]
 #: and ReLU), MobileNetV2 (160 vs 1280 channels) and ShuffleV2 (464 vs 1024), and agree on every other model
 #: (:attr:`kdlib.models.ModelSpec.prepool_in_features`).
 LAST_MAP_TAPS = ("code", "repdistiller")
+
+
+class MethodOptionError(ValueError):
+    """A method option that does not fit the student or teacher (found when the distiller is built, e.g.
+    FitNet's ``hint_layer`` beyond the models' features): bad input, like an invalid ``--variant``."""
 
 
 @dataclass
@@ -65,9 +71,11 @@ class MethodConfig:
                 raise ValueError(f"invalid {name} {value!r}; choose one of: {choices}")
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if isinstance(value, float) and not math.isfinite(value):  # nan would train, then 'diverge'
+                raise ValueError(f"{field.name} must be a finite number, got {value!r}")
             if field.name.endswith("weight") and not (isinstance(value, int | float) and value >= 0):
                 raise ValueError(f"{field.name} must be a number >= 0, got {value!r}")
-        if self.T <= 0:
+        if not self.T > 0:
             raise ValueError(f"T must be > 0, got {self.T!r}")
 
 

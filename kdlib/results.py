@@ -134,11 +134,13 @@ def load_records(
 
     ``statuses``: keep only records with one of these ``status`` values (``None``: all). By default only
     ``completed`` ones: a record is never taken as complete unless its status says so. Add ``diverged`` to
-    count the runs whose loss became non-finite (:func:`summarize` keeps them apart). Unreadable files are
-    skipped with a warning. Columns: those of :data:`RECORD_COLUMNS` (``variant`` as :func:`run_variant`
-    makes it of :func:`record_variant`) plus ``recipe`` (the name), ``cpu``, ``gpu``, ``path``.
+    count the runs whose loss became non-finite (:func:`summarize` keeps them apart). Unreadable files and
+    invalid records (:func:`record_problem`) are skipped with a warning naming them, and so are copies of a
+    run already read (same ``config_id`` and seed; the first path in sorted order is kept). Columns: those
+    of :data:`RECORD_COLUMNS` (``variant`` as :func:`run_variant` makes it of :func:`record_variant`) plus
+    ``recipe`` (the name), ``cpu``, ``gpu``, ``path``.
     """
-    rows = []
+    rows, seen = [], {}
     for path in _record_paths(paths_or_dir):
         try:
             record = json.loads(path.read_text())
@@ -149,6 +151,15 @@ def load_records(
             continue
         if statuses is not None and record.get("status") not in statuses:
             continue
+        problem = record_problem(record)
+        if problem:
+            log.warning("skipping invalid record %s: %s", path, problem)
+            continue
+        run = (record["config_id"], record["seed"])
+        if run in seen:
+            log.warning("skipping record %s: a copy of %s (config_id %s, seed %s)", path, seen[run], *run)
+            continue
+        seen[run] = path
         row = {key: record.get(key) for key in RECORD_COLUMNS}
         row["variant"] = run_variant(record_variant(record), row["student_weights"])
         recipe = record.get("recipe")
@@ -173,6 +184,28 @@ def load_records(
     return df
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def record_problem(record: dict[str, Any]) -> str | None:
+    """Why ``record`` cannot be counted (None if it can): the identifying fields must be there, the seed an
+    integer, ``hardware`` an object, and a ``completed`` record must have finite accuracies."""
+    missing = [k for k in ("config_id", "status", "method", "variant", "dataset", "student")
+               if not isinstance(record.get(k), str)]
+    if missing:
+        return f"missing or not a string: {', '.join(missing)}"
+    if not isinstance(record.get("seed"), int) or isinstance(record.get("seed"), bool):
+        return f"seed must be an integer, got {record.get('seed')!r}"
+    if not isinstance(record.get("hardware") or {}, dict):
+        return f"hardware must be an object, got {record.get('hardware')!r}"
+    if record["status"] == "completed":
+        bad = [k for k in ("top1_last", "top1_best", "top5_last") if not _is_number(record.get(k))]
+        if bad:
+            return f"a completed record without a finite {', '.join(bad)}"
+    return None
+
+
 # --- statistics -----------------------------------------------------------------------------------
 def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
     """Student-t interval of the mean, ``mean ± t(n−1)·s/√n`` (NaN values dropped; NaN for fewer than 2).
@@ -195,7 +228,8 @@ def summarize(
     metrics: Sequence[str] = ("top1_last", "top1_best", "top5_last"),
     confidence: float = 0.95,
 ) -> pd.DataFrame:
-    """Per configuration (``by``, default :data:`CONFIG_KEYS`): ``n`` (completed runs), ``diverged`` (runs
+    """Per configuration (``by``, default :data:`CONFIG_KEYS`): ``n`` (the runs each mean is over: not
+    diverged, with a value of the first metric), ``diverged`` (runs
     whose ``status`` is ``diverged``: they count, but have no accuracy), and for each metric ``<m>_mean``,
     ``<m>_std`` (sample std, NaN for n = 1), ``<m>_lo``/``<m>_hi`` (:func:`mean_interval`; NaN for n = 1),
     plus ``seeds`` (sorted list) and ``teacher_top1_mean``."""
@@ -210,6 +244,8 @@ def summarize(
             t = group["teacher_top1"].astype(float)
             row["teacher_top1_mean"] = float(t.mean()) if t.notna().any() else math.nan
         group = group[status != STATUS_DIVERGED]
+        if metrics and metrics[0] in group:  # n: the runs the first metric's mean is over
+            group = group[group[metrics[0]].notna()]
         row["n"] = len(group)
         if "seed" in group:
             row["seeds"] = sorted(int(s) for s in group["seed"].dropna())

@@ -223,7 +223,7 @@ class Run:
             return
         if not last.is_file():
             return
-        ckpt = torch.load(last, map_location="cpu", weights_only=True)
+        ckpt = _read_last(last)
         if ckpt["config_id"] != record["config_id"]:
             raise ResumeError(
                 f"cannot resume: {last} belongs to another configuration "
@@ -348,6 +348,31 @@ class Run:
         if epoch == self.recipe.epochs:
             record["status"] = "completed"
         self.checkpoint()
+
+
+#: What ``last.pt`` holds (:meth:`Run.checkpoint`); a file without these is not a resume state.
+_LAST_KEYS = {"version": int, "config_id": str, "state": dict, "distiller": dict, "optimizer": dict,
+              "scheduler": dict, "record": dict, "rng": dict}
+_STATE_KEYS = ("epoch", "pretrain_epoch", "wall_time_s", "train_time_s", "train_images")
+
+
+def _read_last(last: Path) -> dict[str, Any]:
+    """``OUT/last.pt`` read with ``weights_only=True`` and checked to be a resume state; otherwise a
+    :class:`ResumeError` naming the file and what to do (before anything in the folder is overwritten)."""
+    what = "delete it (and record.json) to start the run again, or restore it from a copy"
+    try:
+        ckpt = models.read_checkpoint(last)
+    except models.CheckpointError as error:
+        raise ResumeError(f"cannot resume: {str(error).rstrip('.')}; {what}") from None
+    wrong = [key for key, kind in _LAST_KEYS.items()
+             if not isinstance(ckpt, dict) or not isinstance(ckpt.get(key), kind)]
+    if not wrong:
+        wrong = [key for key in _STATE_KEYS if not isinstance(ckpt["state"].get(key), int | float)]
+    if wrong:
+        raise ResumeError(
+            f"cannot resume: '{last}' is not a kdlib resume checkpoint (missing or invalid: "
+            f"{', '.join(wrong)}); {what}")
+    return ckpt
 
 
 def _fmt(losses: dict[str, float]) -> str:

@@ -21,6 +21,7 @@ import ast
 import io
 import json
 import os
+import pickle
 import random
 import resource
 import signal
@@ -31,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from helpers import write_fashion_mnist, write_teacher
@@ -61,6 +63,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.save({"model": state, "arch": "resnet14", "extra": Payload()}, root / "unsafe.pt")
     (root / "a_file").write_text("a file, not a folder\n")
     (root / "a_file").chmod(0o755)  # executable too: root passes os.access(W_OK | X_OK) on it
+    with open(root / "raw_pickle.pt", "wb") as f:  # no zip, protocol 4: torch warns, then refuses
+        pickle.dump({"model": {k: v.numpy() for k, v in state.items()}, "arch": "resnet14"}, f, protocol=4)
+    images = write_fashion_mnist(root / "damaged", 26, 7) / "FashionMNIST" / "raw" / "train-images-idx3-ubyte"
+    images.write_bytes(np.random.default_rng(0).integers(0, 256, images.stat().st_size, np.uint8).tobytes())
     return {"root": root, "data": root / "data", "teacher": teacher}
 
 
@@ -118,6 +124,23 @@ BAD_INPUT = {  # kind: (extra arguments, part of the message)
     "data missing offline": (["--method", "ce", "--dataset", "cifar100", "--data-root", "{root}/empty"],
                              "CIFAR-100 not found in"),
     "output folder under a file": (["--out", "{root}/a_file/run"], "is not writable (Not a directory"),
+    # issue #23, the red-team pass
+    "raw pickle teacher": (["--teacher-ckpt", "{root}/raw_pickle.pt"], "refusing to load '"),
+    "empty output folder": (["--out", ""], "--out is empty"),
+    "output folder name too long": (["--out", "{root}/" + "a" * 300], "is not writable (File name too long"),
+    "damaged Fashion-MNIST file": (["--data-root", "{root}/damaged"],
+                                   "train-images-idx3-ubyte' is not a valid IDX file (magic number"),
+    "huge batch size": (["--batch-size", "100000000000000000000"], "--batch-size: must be an integer <="),
+    "huge seed": (["--seed", "18446744073709551616"], "--seed: must be an integer <= 18446744073709551615"),
+    "--set and --epochs": (["--set", "epochs=abc"], "--set epochs=abc and --epochs 1 both set epochs"),
+    "negative fitnet hint layer": (["--method", "fitnet", "--variant", "hint_layer=-1"],
+                                   "hint_layer must be an integer >= 0"),
+    "T=nan": (["--variant", "T=nan"], "T must be a finite number, got nan"),
+    "T=inf": (["--variant", "T=inf"], "T must be a finite number, got inf"),
+    "ce_weight=inf": (["--variant", "ce_weight=inf"], "ce_weight must be a finite number, got inf"),
+    "cd gkd_T=nan": (["--method", "cd", "--variant", "gkd_T=nan"], "gkd_T must be a finite number, got nan"),
+    "at p=-2": (["--method", "at", "--variant", "p=-2"], "p must be an integer >= 1, got -2"),
+    "at p=0": (["--method", "at", "--variant", "p=0"], "p must be an integer >= 1, got 0"),
 }
 
 
@@ -353,3 +376,107 @@ def test_a_second_run_on_the_same_folder_is_refused(tiny: dict[str, Path], tmp_p
     assert status == 0, err
     assert read_json(out / "record.json")["status"] == "completed"
     assert not (out / runlock.LOCK_NAME).exists()
+
+
+# --- issue #23: the red-team pass (each test fails on the code before the fix) --------------------
+DAMAGED_LAST = {  # kind: writes OUT/last.pt
+    "truncated": lambda tiny, last: last.write_bytes(tiny["teacher"].read_bytes()[:1000]),
+    "text": lambda tiny, last: last.write_text("not a checkpoint\n"),
+    "malicious": lambda tiny, last: torch.save({"config_id": "x", "extra": Payload()}, last),
+    "a copy of model.pt": lambda tiny, last: last.write_bytes(tiny["teacher"].read_bytes()),
+}
+
+
+@pytest.mark.parametrize("kind", list(DAMAGED_LAST))
+def test_resume_from_a_damaged_last_pt_is_one_line_and_overwrites_nothing(
+    tiny: dict[str, Path], tmp_path: Path, kind: str
+) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    DAMAGED_LAST[kind](tiny, out / "last.pt")
+    before = (out / "last.pt").read_bytes()
+    line = one_error_line(kdlib(train_args(tiny, out, "--resume", method="ce")), 2)
+    last = out / "last.pt"
+    assert f"cannot resume: '{last}'" in line or f"cannot resume: refusing to load '{last}'" in line, line
+    assert "delete it (and record.json) to start the run again" in line, line
+    assert sorted(p.name for p in out.iterdir()) == ["last.pt"] and (out / "last.pt").read_bytes() == before
+
+
+def test_fitnet_hint_layer_out_of_range_lists_the_valid_ones(tiny: dict[str, Path], tmp_path: Path) -> None:
+    done = kdlib(train_args(tiny, tmp_path / "run", "--variant", "hint_layer=99", method="fitnet"))
+    line = one_error_line(done, 2)
+    assert "hint_layer 99 is not a feature map of both student and teacher; choose one of: 0, 1, 2, 3" in line
+
+
+def test_ctrl_c_is_one_line_saying_how_to_resume(tiny: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = start(train_args(tiny, out, "--epochs", "3", "--subset", "256", "--eval-subset", "10",
+                            "--batch-size", "16", method="ce"))
+    watch = FolderWatch(out)
+    watch.until(proc, lambda: (out / "record.json").exists())
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=TIMEOUT)
+    line = one_error_line(subprocess.CompletedProcess(proc.args, proc.returncode, "", err), 130)
+    assert "interrupted; to continue, run the same command with --resume" in line, line
+    record = read_json(out / "record.json")
+    assert record["status"] == "failed" and record["failure_reason"] == "interrupted"
+
+
+def test_rkd_with_a_last_batch_of_one_stays_finite(tiny: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    done = kdlib(train_args(tiny, out, "--epochs", "1", "--subset", "11", "--eval-subset", "10",
+                            "--batch-size", "10", method="rkd"))
+    assert done.returncode == 0, done.stderr
+    (epoch,) = read_json(out / "record.json")["history"]
+    assert all(np.isfinite(v) for v in epoch["losses"].values()) and "rkd" in epoch["losses"]
+
+
+_FORK_AND_DIE = """
+import os, sys, time
+from kdlib.runlock import run_lock
+lock = run_lock(sys.argv[1])  # kept referenced: a collected context manager would unlock
+lock.__enter__()
+child = os.fork()  # as a DataLoader worker: it inherits the open lock file
+if child == 0:
+    os.closerange(0, 3)  # the test reads our output to its end: only the lock file stays open
+    time.sleep(60)
+    os._exit(0)
+print(child, flush=True)
+os.kill(os.getpid(), 9)
+"""
+
+
+def test_the_lock_dies_with_its_process_not_with_its_forked_children(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-c", _FORK_AND_DIE, str(out)], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    child = int(done.stdout)
+    try:
+        held = [os.readlink(fd) for fd in Path(f"/proc/{child}/fd").iterdir()]
+        assert str(out / runlock.LOCK_NAME) in held  # the orphaned child is alive, holding the lock file open
+        lock = runlock.run_lock(out)
+        lock.__enter__()  # and yet the folder is free at once
+    finally:
+        os.kill(child, signal.SIGKILL)
+    try:
+        with pytest.raises(runlock.FolderInUse, match="this process"):
+            runlock.run_lock(out).__enter__()  # one process never holds a folder twice
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def test_a_profile_of_the_wrong_shape_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from kdlib.study import cli as study_cli
+    from kdlib.study import profiles
+
+    monkeypatch.setattr(profiles, "PROFILES_DIR", tmp_path)
+    shapes = {"list": "[1]", "common": '{"common": [1]}', "notebook": '{"notebooks": {"x": 1}}', "json": "{"}
+    for name, text in shapes.items():
+        (tmp_path / f"{name}.json").write_text(text)
+        with pytest.raises(ValueError, match=f"profile '{tmp_path / name}.json'"):
+            profiles.load_profile(name)
+    assert study_cli.main(["params", "--profile", "list", "--notebook", "01_ickd"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "must be an object with 'common' and 'notebooks' objects" in err, err

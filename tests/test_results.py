@@ -80,7 +80,7 @@ def test_load_records_keeps_only_complete_runs(three_seeds: Path) -> None:
     assert sorted(df["top1_last"]) == [74.0, 75.0, 76.0]
     assert set(df["recipe"]) == {"repdistiller"} and df["path"].str.endswith("record.json").all()
     everything = results.load_records(three_seeds, statuses=None)
-    assert len(everything) == 6  # the broken file is skipped
+    assert len(everything) == 5  # the broken file and the record without status or config_id are skipped
     one = results.load_records([three_seeds / "run0" / "record.json"])
     assert len(one) == 1
     with pytest.raises(FileNotFoundError):
@@ -89,7 +89,8 @@ def test_load_records_keeps_only_complete_runs(three_seeds: Path) -> None:
 
 def test_a_pretrained_student_is_its_own_variant(tmp_path: Path) -> None:
     runs = {"scratch": make_record(student_weights=None),
-            "tv": make_record(student_weights="torchvision:ResNet18_Weights.IMAGENET1K_V1"),
+            "tv": make_record(student_weights="torchvision:ResNet18_Weights.IMAGENET1K_V1",
+                              config_id="another: student weights enter config_id"),
             "file": make_record(variant="kd_weight=1.0", student_weights="/some/where/init.pt")}
     for name, record in runs.items():
         (tmp_path / name).mkdir()
@@ -124,6 +125,34 @@ def test_mean_interval() -> None:
     draws = np.random.default_rng(0).normal(10.0, 2.0, size=(4000, 3))
     covered = np.mean([lo <= 10.0 <= hi for lo, hi in map(results.mean_interval, draws)])
     assert 0.94 < covered < 0.96
+
+
+def test_invalid_and_duplicate_records_are_named_and_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue #23: n is always the number of runs averaged; a copy counts once; nothing crashes."""
+    good = [make_record(seed=s, top1_last=v) for s, v in enumerate([74.0, 76.0])]
+    invalid = {
+        "no top1_last": {k: v for k, v in make_record(seed=2).items() if k != "top1_last"},
+        "null top1_last": make_record(seed=3, top1_last=None, top1_best=1.0),
+        "nan top1_last": make_record(seed=4, top1_last=math.nan),
+        "no variant": {k: v for k, v in make_record(seed=5).items() if k != "variant"},
+        "no seed": {k: v for k, v in make_record().items() if k != "seed"},
+        "hardware a list": make_record(seed=6, hardware=["x"]),
+    }
+    write_records(tmp_path, [*good, good[1], *invalid.values()])  # run2 is a copy of run1
+    with caplog.at_level("WARNING", logger="kdlib.results"):
+        df = results.load_records(tmp_path)
+    assert sorted(df["seed"]) == [0, 1] and sorted(df["top1_last"]) == [74.0, 76.0]
+    copy, first = (tmp_path / name / "record.json" for name in ("run2", "run1"))
+    assert f"{copy}: a copy of {first}" in caplog.text
+    for i in range(len(invalid)):
+        assert f"skipping invalid record {tmp_path / f'run{i + 3}' / 'record.json'}: " in caplog.text
+    (row,) = results.summarize(df).to_dict("records")
+    assert row["n"] == 2 and row["seeds"] == [0, 1] and row["top1_last_mean"] == 75.0
+    frame = pd.DataFrame([*good, make_record(seed=2, top1_last=math.nan)])  # built by hand, not loaded
+    frame["recipe"] = frame["recipe_name"]
+    assert results.summarize(frame)["n"].tolist() == [2]  # the count the mean is over
 
 
 def test_summarize_groups_by_configuration() -> None:

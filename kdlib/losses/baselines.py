@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from kdlib.distill import Distiller, Losses, MethodConfig
+from kdlib.distill import Distiller, Losses, MethodConfig, MethodOptionError
 from kdlib.losses.functional import at_loss, fitnet_loss, pkt_loss, pool_to_match, rkd_loss, sp_loss
 
 
@@ -59,6 +59,11 @@ class FitNetConfig(MethodConfig):
     fitnet_weight: float = 100.0
     hint_layer: int = 2
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.hint_layer < 0:
+            raise ValueError(f"hint_layer must be an integer >= 0 (a feature map), got {self.hint_layer}")
+
 
 class FitNet(Distiller):
     """FitNet hints (Romero et al. 2015) as RepDistiller trains them (one stage, no hint pre-training).
@@ -78,6 +83,11 @@ class FitNet(Distiller):
         super().__init__(*args, **kwargs)
         shapes_s, shapes_t = self.probe()
         layer = self.config.hint_layer
+        maps = [i for i, (s, t) in enumerate(zip(shapes_s, shapes_t, strict=False)) if len(s) == len(t) == 3]
+        if layer not in maps:
+            raise MethodOptionError(
+                f"hint_layer {layer} is not a feature map of both student and teacher; "
+                f"choose one of: {', '.join(map(str, maps))}")
         s_shape, t_shape = tuple(shapes_s[layer]), tuple(shapes_t[layer])
         s_h, t_h = s_shape[1], t_shape[1]
         self.pooled = s_h < t_h and 2 * s_h != t_h
@@ -105,6 +115,11 @@ class ATConfig(MethodConfig):
 
     at_weight: float = 1000.0
     p: int = 2
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.p < 1:  # p = 0 makes every attention map constant (a zero loss); p < 0 divides by zero
+            raise ValueError(f"p must be an integer >= 1, got {self.p}")
 
 
 class AT(Distiller):
@@ -164,7 +179,10 @@ class RKDConfig(MethodConfig):
 
 
 class RKD(Distiller):
-    """Relational KD (Park et al. 2019) on the pooled vectors ``feat[-1]`` (no embedding, as RepDistiller)."""
+    """Relational KD (Park et al. 2019) on the pooled vectors ``feat[-1]`` (no embedding, as RepDistiller).
+
+    Distances and angles need two images: on a batch of one (the last, partial batch of an epoch) the term
+    is 0 (skipped) rather than the 0/0 = nan of normalising by a mean distance of zero [assumption]."""
 
     name = "rkd"
     config_class = RKDConfig
@@ -174,7 +192,9 @@ class RKD(Distiller):
         logits_t, feats_t = self.teacher_forward(x)
         losses = self.task_losses(logits, logits_t, y)
         cfg = self.config
-        if cfg.rkd_weight:
+        if cfg.rkd_weight and feats[-1].shape[0] < 2:  # a batch of one has no pairs: the term is skipped
+            losses["rkd"] = feats[-1].new_zeros(())
+        elif cfg.rkd_weight:
             rkd = rkd_loss(feats[-1], feats_t[-1], w_dist=cfg.distance_weight, w_angle=cfg.angle_weight)
             losses["rkd"] = cfg.rkd_weight * rkd
         return logits, losses

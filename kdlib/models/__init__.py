@@ -20,6 +20,7 @@ from kdlib.models.registry import (
     feature_shapes,
     load_teacher,
     model_spec,
+    read_checkpoint,
 )
 
 __all__ = [
@@ -34,4 +35,5 @@ __all__ = [
     "feature_shapes",
     "load_teacher",
     "model_spec",
+    "read_checkpoint",
 ]

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
+import pickletools
+import warnings
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -186,22 +188,58 @@ def feature_shapes(model: nn.Module, input_shape: tuple[int, ...] = (3, 32, 32))
 # checkpoints
 
 
-def _read(path: str | os.PathLike) -> object:
+_SAFE_MODULES = ("torch", "collections", "builtins", "numpy", "_codecs")
+
+
+def _pickle_globals(path: str | os.PathLike) -> list[str] | None:
+    """The globals a checkpoint's pickle names (``module.name``), read with :mod:`pickletools` without
+    executing anything; None when the file holds no complete pickle stream (truncated, text, ...)."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+                data = archive.read(names[0]) if names else b""
+        else:
+            with open(path, "rb") as f:
+                data = f.read()
+        found, strings = [], []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name == "GLOBAL":
+                found.append(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(arg, str):
+                strings.append(arg)
+        return found
+    except (OSError, ValueError, zipfile.BadZipFile, IndexError, KeyError):
+        return None
+
+
+def read_checkpoint(path: str | os.PathLike) -> object:
+    """A checkpoint file read with ``torch.load(weights_only=True)``; :class:`CheckpointError` naming the
+    path when it is missing, damaged, or needs unsafe unpickling (``refusing to load ...``)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"no checkpoint file at '{path}'")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of a raw pickle
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
-        if unsafe:
+        names = _pickle_globals(path)
+        if names is None:  # not a pickle at all: whatever torch's wording, the file is damaged
+            lines = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()
+            detail = (lines or [type(e).__name__])[0][:200]
             raise CheckpointError(
-                f"refusing to load '{path}': it needs unsafe unpickling (it contains {unsafe.group(1)}, "
-                "which is not a tensor or plain Python value). A checkpoint is untrusted input, so only "
-                "weights-only files are accepted. If you trust the file, load it yourself with "
-                "weights_only=False and re-save just its weights: torch.save({'model': ckpt['model']}, path)."
+                f"'{path}' is not a readable PyTorch checkpoint (truncated or not a checkpoint: {detail})"
             ) from None
-        detail = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
-        raise CheckpointError(f"'{path}' is not a readable PyTorch checkpoint ({detail})") from None
+        unsafe = [n for n in names if n.split(".")[0] not in _SAFE_MODULES]
+        contains = f"it contains {unsafe[0]}, which is not a tensor or plain Python value" if unsafe else (
+            "a raw pickle, not torch.save's format")
+        raise CheckpointError(
+            f"refusing to load '{path}': it needs unsafe unpickling ({contains}). A checkpoint is untrusted "
+            "input, so only weights-only files are accepted. If you trust the file, load it yourself with "
+            "weights_only=False and re-save just its weights: torch.save({'model': ckpt['model']}, path)."
+        ) from None
     except Exception as e:  # torch raises RuntimeError, EOFError, KeyError, ... for corrupt files
         detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
         raise CheckpointError(
@@ -257,7 +295,7 @@ def load_teacher(
     classifier weight in the file. The file is read with ``torch.load(..., weights_only=True)``: a file that
     needs unsafe unpickling is refused. Every problem raises :class:`CheckpointError` naming the path.
     """
-    state, meta = _split(_read(path), path)
+    state, meta = _split(read_checkpoint(path), path)
 
     file_arch = meta.get("arch")
     if file_arch is not None and not isinstance(file_arch, str):
@@ -325,6 +363,7 @@ def checkpoint_arch(ckpt: str | os.PathLike, given: str | None = None) -> str | 
     if given:
         return given
     try:
-        return torch.load(ckpt, map_location="cpu", weights_only=True).get("arch")
-    except Exception:
+        ckpt = read_checkpoint(ckpt)
+    except CheckpointError:
         return None
+    return ckpt.get("arch") if isinstance(ckpt, dict) else None

@@ -56,7 +56,18 @@ def load_profile(name: str) -> dict[str, Any]:
     if not path.is_file():
         found = sorted(p.stem for p in PROFILES_DIR.glob("*.json"))
         raise ValueError(f"unknown profile '{name}'; choose one of: {', '.join(found)}")
-    profile = json.loads(path.read_text())
+    try:
+        profile = json.loads(path.read_text())
+    except ValueError as error:
+        raise ValueError(f"profile '{path}' is not valid JSON ({error})") from None
+    shape = "an object with 'common' and 'notebooks' objects"
+    if not isinstance(profile, dict):
+        raise ValueError(f"profile '{path}' must be {shape}, got {type(profile).__name__} {profile!r:.60}")
+    wrong = [k for k in ("common", "notebooks") if not isinstance(profile.get(k, {}), dict)]
+    if not wrong:
+        wrong = [f"notebooks.{k}" for k, v in profile.get("notebooks", {}).items() if not isinstance(v, dict)]
+    if wrong:
+        raise ValueError(f"profile '{path}' must be {shape}; not an object: {', '.join(map(str, wrong))}")
     unknown = set(profile.get("notebooks", {})) - set(NOTEBOOKS)
     if unknown:
         raise ValueError(f"profile '{name}' names unknown notebooks {sorted(unknown)}; "
