@@ -33,9 +33,9 @@ from kdlib.fields import format_field
 from kdlib.methods import get_method, make_config
 from kdlib.recipes import Recipe, get_recipe
 
-#: The largest count (batch size, images, epochs) a run accepts: what Python's slices and torch take.
+#: The largest count of batch size, images or epochs that a run accepts, what Python's slices and torch take.
 MAX_COUNT = 2**63 - 1
-#: The largest seed: torch's generators take unsigned 64-bit seeds.
+#: The largest seed, as torch's generators take unsigned 64-bit seeds.
 MAX_SEED = 2**64 - 1
 
 

@@ -40,7 +40,7 @@ Losses = dict[str, Tensor]
 #: models return it [code: ICKD@403b8d3 ``Cifar100/models``; IE-KD@3274ab0 ``model/wide_resnet.py``];
 #: ``repdistiller`` = RepDistiller's ``feats[-2]``. They differ on WRN (``feats[-2]`` is before the final BN
 #: and ReLU), MobileNetV2 (160 vs 1280 channels) and ShuffleV2 (464 vs 1024), and agree on every other model
-#: (:attr:`kdlib.models.ModelSpec.prepool_in_features`).
+#: (``kdlib.models.ModelSpec.prepool_in_features``).
 LAST_MAP_TAPS = ("code", "repdistiller")
 
 

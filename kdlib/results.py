@@ -379,7 +379,7 @@ def map_reported(reported: pd.DataFrame, mapping: dict[str, Any]) -> pd.DataFram
     ``teacher`` for rows that report the teacher itself (compared with a ``ce`` run of the teacher
     architecture). ``converted`` is True where the source published an error rate, so ``reported_acc`` is
     ``100 − error`` (CD's 20.08 → 79.92); ``qualifier`` is what the published value says beside its number
-    (``(final epoch)``, ``*``); ``caveat`` (:func:`_caveat`) puts both and the mapping's ``note`` in words,
+    (``(final epoch)``, ``*``); ``caveat`` puts both and the mapping's ``note`` in words,
     for tables to show beside the number.
     """
     datasets = mapping["datasets"]

@@ -11,12 +11,11 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 from torch import Tensor
 
-_Loss = TypeVar("_Loss", bound=Callable[..., Any])
 _HALF = (torch.float16, torch.bfloat16)
 
 
@@ -37,7 +36,7 @@ def _autocast_off(device: str) -> contextlib.AbstractContextManager[Any]:
     return contextlib.nullcontext()
 
 
-def float32_loss(fn: _Loss) -> _Loss:
+def float32_loss(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
     """Decorator: run the loss ``fn`` with autocast off (CPU and CUDA) on float32 copies of half-precision
     tensor arguments (float64 stays float64). The cast is differentiable: gradients reach bf16 features."""
 
@@ -47,4 +46,4 @@ def float32_loss(fn: _Loss) -> _Loss:
         with _autocast_off("cpu"), _autocast_off("cuda"):
             return fn(*args, **kwargs)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper
