@@ -216,6 +216,9 @@ class Plan:
     needs_teacher: bool
     #: Processes the run is split over (``WORLD_SIZE`` of a launcher such as torchrun; 1 without one).
     world_size: int = 1
+    #: Whether the run takes the fast path (``TrainConfig.fast``, resolved: by default on CUDA, in one
+    #: process, for data that fits on the device). Its batches are other draws of the same distribution.
+    fast: bool = False
 
     @property
     def precision(self) -> str:
@@ -307,4 +310,7 @@ def plan(config: TrainConfig) -> Plan:
         raise ValueError(f"the fast path keeps the whole dataset on the device, too much for '{spec.name}'")
     if config.bn == "sync" and device.type != "cuda":
         raise ValueError("bn 'sync' (SyncBatchNorm) needs CUDA; choose one of: batch, frozen")
-    return Plan(config, method_config, recipe, device, method.needs_teacher, world_size)
+    fast = config.fast
+    if fast is None:
+        fast = device.type == "cuda" and spec.device_resident and world_size == 1
+    return Plan(config, method_config, recipe, device, method.needs_teacher, world_size, fast)

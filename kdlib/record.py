@@ -106,15 +106,17 @@ def settings(p: Plan, teacher: WeightsRef | None, student: WeightsRef | None) ->
         "student_weights": student.text if student else None,
         "student_weights_sha256": student.sha256 if student else None,
         "bn": c.bn,
+        "data_path": "fast" if p.fast else "dataloader",
     }
 
 
 def identity(record: Mapping[str, Any]) -> dict[str, Any]:
     """What determines a run's result, from its settings or its record. Options added after record version 1
-    (student weights, ``bn``, the recipe's :data:`~kdlib.recipes.LATER_FIELDS`) enter only when set, so runs
-    without them keep their earlier ``config_id``. So does ICKD's and IE-KD's ``tap``: earlier runs read
-    RepDistiller's ``feats[-2]`` (``tap=repdistiller``), so ``tap`` enters only where it reads another map:
-    ``tap=code`` on a pair with WRN, MobileNetV2 or ShuffleV2 (:func:`kdlib.distill.taps_agree`)."""
+    (student weights, ``bn``, the fast path's ``data_path``, the recipe's :data:`~kdlib.recipes.LATER_FIELDS`)
+    enter only when set, so runs without them keep their earlier ``config_id``. So does ICKD's and IE-KD's
+    ``tap``: earlier runs read RepDistiller's ``feats[-2]`` (``tap=repdistiller``), so ``tap`` enters only
+    where it reads another map: ``tap=code`` on a pair with WRN, MobileNetV2 or ShuffleV2
+    (:func:`kdlib.distill.taps_agree`)."""
     identity = {
         key: record[key]
         for key in ("method", "method_config", "teacher", "teacher_ckpt_sha256", "student", "dataset",
@@ -128,6 +130,8 @@ def identity(record: Mapping[str, Any]) -> dict[str, Any]:
         identity["student_weights_sha256"] = record["student_weights_sha256"]
     if record.get("bn", "batch") != "batch":
         identity["bn"] = record["bn"]
+    if record.get("data_path", "dataloader") != "dataloader":  # other draws: resuming across paths is refused
+        identity["data_path"] = record["data_path"]
     return identity
 
 

@@ -128,9 +128,7 @@ class Run:
             check_every=CUDA_CHECK_EVERY if cuda else 1, dist=dist,
         )
         self.spec = resolve_dataset_spec(config.dataset, config.data_root, self.recipe.image_size)
-        self.fast = config.fast
-        if self.fast is None:  # the fast path by default on CUDA, when the data fits on the device
-            self.fast = cuda and self.spec.device_resident and not dist.enabled
+        self.fast = p.fast
         if cuda:
             torch.backends.cudnn.benchmark = True
         self._build_distiller()

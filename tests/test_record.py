@@ -61,3 +61,19 @@ def test_settings_and_the_whole_record_give_one_identity(tmp_path: Path) -> None
     reseeded = TrainConfig("cd", "resnet8", "fashion_mnist", tmp_path / "o", teacher_ckpt=teacher,
                            recipe="smoke", variant={"edt": "off"}, bn="frozen", seed=1)
     assert run_record.config_id_of(reseeded) != record["config_id"]
+
+
+def test_the_fast_path_is_another_configuration(tmp_path: Path) -> None:
+    """The fast path draws other batches (same distribution): its runs are told apart, so ``--resume`` never
+    continues a run on the other path; reference-path runs keep the identity they always had."""
+    teacher = write_teacher(tmp_path / "t.pt", arch="resnet14", num_classes=10)
+
+    def config(**kw: object) -> TrainConfig:
+        return TrainConfig("kd", "resnet8", "fashion_mnist", tmp_path / "o", teacher_ckpt=teacher,
+                           recipe="smoke", device="cpu", **kw)
+
+    reference = run_record.new_record(plan(config()), *run_record.resolve_refs(config(), True))
+    assert reference["data_path"] == "dataloader" and "data_path" not in run_record.identity(reference)
+    assert plan(config()).fast is False and plan(config(fast=True)).fast is True
+    assert run_record.config_id_of(config(fast=True)) != reference["config_id"]
+    assert run_record.config_id_of(config(fast=False)) == reference["config_id"]
