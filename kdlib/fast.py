@@ -362,7 +362,9 @@ class CompiledOrEager:
     compiler, an unsupported Python), the reason is logged and kept in ``fallback_reason``, and this
     and every later call run ``fn`` eagerly; errors of ``fn`` itself (e.g. a shape mismatch) still surface,
     from the eager call. Reaching dynamo's recompile limit is such a failure too (dynamo alone would run the
-    frame eagerly with a warning while :meth:`describe` still said compiled). Each new instance starts from
+    frame eagerly with a warning while :meth:`describe` still said compiled), and so is a failure compiling
+    the backward graph, which is compiled with the forward (torch would compile it lazily, at the first
+    ``.backward()``, where no fallback can catch it). Each new instance starts from
     an empty dynamo cache (``torch._dynamo.reset()``): runs trained one after another in one process (the
     study with one job) each get their own recompile budget.
     """
@@ -401,7 +403,10 @@ class CompiledOrEager:
             if self.mode == "reduce-overhead":
                 torch.compiler.cudagraph_mark_step_begin()
             try:
-                with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+                with (  # raised here, in the compiled call, not eager with a warning or at .backward():
+                    torch._dynamo.config.patch(fail_on_recompile_limit_hit=True),
+                    torch._functorch.config.patch(force_non_lazy_backward_lowering=True),
+                ):
                     return self.compiled(*args, **kwargs)
             except (torch._dynamo.exc.TorchDynamoException, torch._dynamo.exc.FailOnRecompileLimitHit) as err:
                 self._fall_back(err)

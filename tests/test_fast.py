@@ -15,6 +15,7 @@ import pytest
 import torch
 from helpers import write_cifar100, write_fashion_mnist, write_teacher
 from PIL import Image
+from torch._dynamo.backends.common import aot_autograd
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
@@ -296,6 +297,26 @@ def test_the_recompile_limit_is_a_fallback_the_record_names() -> None:
     for n in range(1, 12):  # a new static shape each call: one recompilation each
         assert torch.equal(forward(torch.ones(n)), torch.full((n,), 2.0))
     assert not forward.is_compiled and "ecompile" in forward.describe()
+
+
+def test_a_backward_graph_that_fails_to_compile_falls_back() -> None:
+    """The backward graph compiles with the forward, inside the fallback: a compiler that fails on it leaves
+    an eager step whose gradients are the eager ones (torch alone would fail at the first .backward())."""
+
+    def broken_backward(graph, example_inputs):
+        raise RuntimeError("no backward compiler here")
+
+    backend = aot_autograd(fw_compiler=lambda graph, example_inputs: graph.forward,
+                           bw_compiler=broken_backward)
+    model = torch.nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    forward = CompiledOrEager(lambda x: (model(x) ** 2).sum(), backend=backend)
+    forward(x).backward()
+    assert not forward.is_compiled and "no backward compiler here" in forward.describe()
+    compiled_grad = model.weight.grad.clone()
+    model.weight.grad = None
+    (model(x) ** 2).sum().backward()
+    assert torch.equal(compiled_grad, model.weight.grad)
 
 
 def test_uint8_pixels_become_the_cpu_quotients_on_any_device() -> None:
