@@ -13,7 +13,8 @@ optimiser, schedule, augmentation distribution and normalisation as the DataLoad
   with the first non-finite step found at that read;
 - :class:`CompiledOrEager`: ``torch.compile`` (CUDA graphs with ``mode="reduce-overhead"``) that falls back
   to eager execution when compilation is unavailable or fails;
-- :func:`run_teacher_in_inference_mode`: the teacher's forward under ``torch.inference_mode``.
+- :func:`run_teacher_in_inference_mode`: the teacher's forward under ``torch.inference_mode``;
+  :func:`cast_teacher_weights`: the frozen teacher's weights in bf16 once, not at every autocast call.
 
 **Same distribution, not the same draws.** torchvision's ``RandomCrop(size, padding=p, padding_mode=m)`` +
 ``RandomHorizontalFlip()`` draws, per image and independently, a row offset and a column offset into the
@@ -432,6 +433,22 @@ def run_teacher_in_inference_mode(distiller: nn.Module) -> None:
     """
     if distiller.teacher is not None:
         distiller.teacher_forward = types.MethodType(_inference_teacher_forward, distiller)
+
+
+def cast_teacher_weights(distiller: nn.Module, dtype: torch.dtype) -> None:
+    """Store the frozen teacher's convolution and linear weights in ``dtype``, the autocast dtype of the run.
+
+    Autocast casts a weight to its lower precision at every call unless the weight requires grad (its cache
+    holds only those), so a frozen teacher's weights were cast again at every step: 36 casts per forward of a
+    resnet32. Cast once, the forward under autocast is bit-identical (``tests/test_fast.py``). BatchNorm
+    stays float32, as autocast keeps it. Only for runs whose every teacher call is under autocast (the fast
+    path with ``amp``): a cast teacher cannot run on float32 inputs outside it.
+    """
+    if distiller.teacher is None:
+        return
+    for module in distiller.teacher.modules():
+        if isinstance(module, nn.Conv2d | nn.Linear):
+            module.to(dtype)
 
 
 def fused_sgd_available(device: torch.device) -> bool:

@@ -44,7 +44,13 @@ except ImportError:  # bench/bench.py runs where only torch is installed: no pro
 from kdlib import distributed, models
 from kdlib.data import load_data, resolve_dataset_spec
 from kdlib.distill import Distiller
-from kdlib.fast import CompiledOrEager, DeviceLoader, DeviceMetrics, run_teacher_in_inference_mode
+from kdlib.fast import (
+    CompiledOrEager,
+    DeviceLoader,
+    DeviceMetrics,
+    cast_teacher_weights,
+    run_teacher_in_inference_mode,
+)
 from kdlib.recipes import Recipe
 
 CUDA_CHECK_EVERY = 50  # steps between finite-loss checks on CUDA (avoids a host sync per step)
@@ -300,6 +306,8 @@ def prepare_fast(distiller: Distiller, rt: Runtime, *, compile: bool, batch_size
     graphs for ``batch_size`` batches (the smaller last batch of an epoch runs eagerly), falling back to
     eager execution where compilation is unavailable."""
     run_teacher_in_inference_mode(distiller)
+    if rt.amp:  # every teacher call of the run is under autocast: its weights are cast once, here
+        cast_teacher_weights(distiller, torch.bfloat16)
     cuda = rt.device.type == "cuda"
     return CompiledOrEager(distiller, enabled=compile and cuda, mode="reduce-overhead" if cuda else None,
                            batch_size=batch_size)

@@ -16,6 +16,7 @@ import torch
 from helpers import write_cifar100, write_fashion_mnist, write_teacher
 from PIL import Image
 from torch._dynamo.backends.common import aot_autograd
+from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
@@ -25,6 +26,7 @@ from kdlib.fast import (
     CompiledOrEager,
     DeviceLoader,
     DeviceMetrics,
+    cast_teacher_weights,
     crop_flip,
     dataset_arrays,
     reference_draws,
@@ -317,6 +319,31 @@ def test_a_backward_graph_that_fails_to_compile_falls_back() -> None:
     model.weight.grad = None
     (model(x) ** 2).sum().backward()
     assert torch.equal(compiled_grad, model.weight.grad)
+
+
+def test_teacher_weights_cast_once_give_the_same_forward_under_autocast() -> None:
+    """A frozen teacher's weights are cast to bf16 once, not at each autocast call: same logits and features,
+    bit for bit, with one cast per forward left (the input's) instead of one per weight."""
+
+    class Casts(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            self.count += func is torch.ops.aten._to_copy.default
+            return func(*args, **(kwargs or {}))
+
+    distiller = build_distiller("kd", models.create_model("resnet8"), models.create_model("resnet32"))
+    teacher, x = distiller.teacher.eval(), torch.randn(4, 3, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), Casts() as before:
+        logits, feats = teacher(x, with_features=True)
+    cast_teacher_weights(distiller, torch.bfloat16)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16), Casts() as after:
+        cast_logits, cast_feats = teacher(x, with_features=True)
+    assert torch.equal(cast_logits, logits) and all(map(torch.equal, cast_feats, feats))
+    assert before.count > 30 and after.count == 1
+    assert teacher.fc.weight.dtype == torch.bfloat16 and teacher.bn1.weight.dtype == torch.float32
 
 
 def test_uint8_pixels_become_the_cpu_quotients_on_any_device() -> None:
