@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -79,17 +81,25 @@ class MethodConfig:
             raise ValueError(f"T must be > 0, got {self.T!r}")
 
 
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode for the ``with`` block; its train/eval mode is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def eval_features(model: nn.Module, x: Tensor) -> list[Tensor]:
     """``model``'s features of ``x`` in eval mode, without autograd; its train/eval mode is restored.
 
     What a method's figure shows of a model (the distiller's teacher or student, or a vanilla student).
     """
-    was_training = model.training
-    model.eval()
-    _, feats = model(x, with_features=True)
-    model.train(was_training)
-    return feats
+    with eval_mode(model):
+        return model(x, with_features=True)[1]
 
 
 def last_map(model: nn.Module, x: Tensor, tap: str) -> tuple[Tensor, Tensor]:
@@ -104,11 +114,8 @@ def last_map(model: nn.Module, x: Tensor, tap: str) -> tuple[Tensor, Tensor]:
 @torch.no_grad()
 def eval_last_map(model: nn.Module, x: Tensor, tap: str) -> Tensor:
     """The :func:`last_map` of ``x`` in eval mode, without autograd; ``model``'s mode is restored."""
-    was_training = model.training
-    model.eval()
-    _, f = last_map(model, x, tap)
-    model.train(was_training)
-    return f
+    with eval_mode(model):
+        return last_map(model, x, tap)[1]
 
 
 def taps_agree(*archs: str | None) -> bool:
@@ -196,10 +203,8 @@ class Distiller(nn.Module):
             if model is None:
                 shapes.append([])
                 continue
-            was_training = model.training
-            model.eval()
-            _, feats = model(torch.zeros(2, *self.input_shape), with_features=True, preact=preact)
-            model.train(was_training)
+            with eval_mode(model):
+                _, feats = model(torch.zeros(2, *self.input_shape), with_features=True, preact=preact)
             shapes.append([f.shape[1:] for f in feats])
         return shapes[0], shapes[1]
 

@@ -43,7 +43,7 @@ except ImportError:  # bench/bench.py runs where only torch is installed: no pro
 
 from kdlib import distributed, models
 from kdlib.data import load_data, resolve_dataset_spec
-from kdlib.distill import Distiller
+from kdlib.distill import Distiller, eval_mode
 from kdlib.fast import (
     CompiledOrEager,
     DeviceLoader,
@@ -341,19 +341,17 @@ def make_pretrain_optimizer(recipe: Recipe, params: list[nn.Parameter]) -> torch
 def evaluate(model: nn.Module, loader: Any, rt: Runtime, desc: str = "eval") -> dict[str, float]:
     """Top-1 and top-5 accuracy (percent) of ``model`` in eval mode over ``loader``, and the number of
     ``images`` (with several processes: over every process's share, each image counted once)."""
-    was_training = model.training
-    model.eval()
     correct = torch.zeros(2, dtype=torch.int64, device=rt.device)  # top-1, top-5 hits: read once, at the end
     n = 0
-    for x, y in rt.bar(loader, desc):
-        x, y = rt.to_device(x, y)
-        with rt.autocast():
-            logits = model(x)
-        top = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
-        hits = top.eq(y[:, None])
-        correct += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum()])
-        n += len(y)
-    model.train(was_training)
+    with eval_mode(model):
+        for x, y in rt.bar(loader, desc):
+            x, y = rt.to_device(x, y)
+            with rt.autocast():
+                logits = model(x)
+            top = logits.float().topk(min(5, logits.shape[1]), dim=1).indices
+            hits = top.eq(y[:, None])
+            correct += torch.stack([hits[:, 0].sum(), hits.any(dim=1).sum()])
+            n += len(y)
     totals = rt.dist.sum(torch.cat([correct, torch.tensor([n], dtype=torch.int64, device=rt.device)]))
     correct1, correct5, n = totals.tolist()
     return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n, "images": n}
