@@ -44,7 +44,6 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +55,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from kdlib import distributed, models
+from kdlib.config import PRECISIONS, resolve_precision
 from kdlib.data import DataError, default_data_root, get_dataset_spec
 from kdlib.distill import Distiller
 from kdlib.fast import DeviceLoader, DeviceMetrics
@@ -66,7 +66,9 @@ from kdlib.recipes import get_recipe
 from kdlib.record import git_info, hardware
 
 RESULTS = BENCH_CSV
-PAIRS = (("ickd", "resnet32x4", "resnet8x4"), ("kd", "resnet56", "resnet20"))
+#: ``--pairs`` name: (method, teacher, student). ``proxy`` is the CPU study's pair (book: the proxy study).
+PAIRS = {"ickd": ("ickd", "resnet32x4", "resnet8x4"), "kd": ("kd", "resnet56", "resnet20"),
+         "proxy": ("kd", "resnet32", "resnet8")}
 TRAIN_IMAGES, TEST_IMAGES, EPOCHS = 50_000, 10_000, 240
 COLUMNS = (
     "date", "commit", "device", "device_name", "torch", "pair", "batch", "data", "reference_ms", "ours_ms",
@@ -160,9 +162,11 @@ class Ours:
 
 
 def build_ours(pair: tuple[str, str, str], train_set: ImageArrays, device: torch.device, batch: int,
-               compile_: bool) -> Ours:
+               compile_: bool, precision: str) -> Ours:
+    """The trainer's fast path on ``device``: bf16 autocast when ``precision`` is, channels_last, the
+    compiled forward (``compile_``), fused SGD on CUDA."""
     cuda = device.type == "cuda"
-    rt = Runtime(device, amp=cuda, channels_last=cuda, progress=False)
+    rt = Runtime(device, amp=precision == "bf16", channels_last=True, progress=False)
     distiller = make_distiller(*pair, device)
     if rt.channels_last:
         distiller.to(memory_format=torch.channels_last)
@@ -193,9 +197,8 @@ def bare_loop(ours: Ours, count: int = 4) -> Iterator[None]:
     """Forward, sum, backward, step on ``count`` batches already in memory, with our forward and optimiser."""
     batches = list(itertools.islice(iter(ours.loader), count))
     forward, optimizer = ours.forward, ours.optimizer
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ours.rt.amp else nullcontext()
     for x, y in itertools.cycle(batches):
-        with autocast:
+        with ours.rt.autocast():
             _, losses = forward(x, y)
         loss = sum(losses.values())
         optimizer.zero_grad(set_to_none=True)
@@ -257,13 +260,15 @@ class Plan:
     steps: dict[str, int]  # per loop, steps per round
 
 
-def plan_for(device: torch.device, method: str, quick: bool) -> Plan:
+def plan_for(device: torch.device, teacher: str, quick: bool) -> Plan:
     if quick:
         return Plan(rounds=2, warmup=1, steps={"reference": 1, "ours": 1, "bare": 1})
     if device.type == "cuda":
         return Plan(rounds=5, warmup=15, steps={"reference": 25, "ours": 100, "bare": 100})
-    heavy = method == "ickd"  # resnet32x4 → resnet8x4: ~3 s a step on one CPU thread, resnet56 → 20: ~0.7 s
-    return Plan(rounds=7 if heavy else 12, warmup=1, steps={"reference": 1, "ours": 1, "bare": 1})
+    # warm-up: two steps (the compiled forward and backward, then a first compiled step); a step on one CPU
+    # thread: resnet32x4 -> resnet8x4 ~4 s, resnet56 -> resnet20 ~0.7 s, resnet32 -> resnet8 ~0.45 s
+    heavy = teacher == "resnet32x4"
+    return Plan(rounds=7 if heavy else 12, warmup=2, steps={"reference": 1, "ours": 1, "bare": 1})
 
 
 def evaluation_seconds(ours: Ours, test_set: ImageArrays, device: torch.device, batch: int) -> float | None:
@@ -285,11 +290,11 @@ def evaluation_seconds(ours: Ours, test_set: ImageArrays, device: torch.device, 
 
 def bench_pair(
     pair: tuple[str, str, str], sets: tuple[ImageArrays, ImageArrays], device: torch.device, batch: int,
-    workers: int, compile_: bool, quick: bool, log: Callable[[str], None],
+    workers: int, compile_: bool, precision: str, quick: bool, log: Callable[[str], None],
 ) -> dict[str, Any]:
     method, teacher, student = pair
-    plan = plan_for(device, method, quick)
-    ours = build_ours(pair, sets[0], device, batch, compile_)
+    plan = plan_for(device, teacher, quick)
+    ours = build_ours(pair, sets[0], device, batch, compile_, precision)
     loops = {
         "reference": reference_loop(pair, sets[0], device, batch, workers),
         "ours": ours_loop(ours),
@@ -393,12 +398,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cuda", help="cpu or cuda (default: cuda)")
     parser.add_argument("--quick", action="store_true",
                         help="a dry run: two rounds of one step, nothing recorded (unless --out is given)")
-    parser.add_argument("--pairs", default="all", help="comma-separated methods to run (ickd,kd) or all")
+    parser.add_argument("--pairs", default="all",
+                        help=f"comma-separated pairs to run ({','.join(PAIRS)}) or all")
     parser.add_argument("--batch", type=int, default=get_recipe("repdistiller").batch_size)
     parser.add_argument("--workers", type=int, default=None,
                         help="reference DataLoader workers (default: 8 on CUDA, 0 on CPU)")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="torch.compile our path (default: on CUDA only)")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
+                        help="torch.compile our path, as the fast path does on a long run (default)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="our path's precision (default auto: bf16 where the device has it natively, as "
+                        "the trainer)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: 1 on CPU, so the ratios do not depend on a shared "
                         "machine's load; torch's default on CUDA)")
@@ -407,14 +416,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     device = distributed.resolve_device(args.device)
-    compile_ = device.type == "cuda" if args.compile is None else args.compile
+    precision = resolve_precision(args.precision, device)
     if args.workers is not None:
         workers = args.workers
     else:
         workers = min(8, os.cpu_count() or 1) if device.type == "cuda" else 0
-    pairs = [p for p in PAIRS if args.pairs == "all" or p[0] in args.pairs.split(",")]
-    if not pairs:
-        parser.error(f"unknown --pairs '{args.pairs}'; choose from: all, {', '.join(p[0] for p in PAIRS)}")
+    names = list(PAIRS) if args.pairs == "all" else args.pairs.split(",")
+    unknown = [n for n in names if n not in PAIRS]
+    if unknown or not names:
+        parser.error(f"unknown --pairs '{args.pairs}'; choose from: all, {', '.join(PAIRS)}")
+    pairs = [PAIRS[n] for n in names]
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # both loops (RepDistiller sets it too)
     threads = args.threads if args.threads is not None else (1 if device.type == "cpu" else None)
@@ -427,12 +438,13 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     sets = cifar_shaped(args.data_root)
     name = device_name(device)
-    log(f"{name}, torch {torch.__version__}, data: {sets[2]}, batch {args.batch}, compile {compile_}, "
-        f"reference workers {workers}")
+    log(f"{name}, torch {torch.__version__}, data: {sets[2]}, batch {args.batch}, compile {args.compile}, "
+        f"precision {precision}, reference workers {workers}")
     rows = []
     for pair in pairs:
         log(f"{pair[0]} {pair[1]} -> {pair[2]}")
-        result = bench_pair(pair, sets[:2], device, args.batch, workers, compile_, args.quick, log)
+        result = bench_pair(pair, sets[:2], device, args.batch, workers, args.compile, precision, args.quick,
+                            log)
         rows.append(result)
         print(f"{result['pair']} on {name}: reference {result['reference_ms']:.2f} ms/iter "
               f"({result['reference_images_per_s']:.0f} img/s), ours {result['ours_ms']:.2f} ms/iter "

@@ -11,13 +11,14 @@ the dataclass and ``python -m kdlib train`` is written once and read both ways:
 How a field's type becomes an option: a ``bool`` defaulting to True is ``--no-<name>``; one defaulting
 to False is ``--<name>``; ``bool | None`` is ``--<name>/--no-<name>`` (None: decided at run time); a
 ``dict`` is a repeatable ``K=V`` option; everything else takes one value. A bool's help text describes the
-option as it appears (``--no-amp``: "no bf16 autocast on CUDA").
+option as it appears (``--no-channels-last``: "no channels_last ...").
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,10 +34,14 @@ from kdlib.fields import format_field
 from kdlib.methods import get_method, make_config
 from kdlib.recipes import Recipe, get_recipe
 
+log = logging.getLogger(__name__)
+
 #: The largest count of batch size, images or epochs that a run accepts, what Python's slices and torch take.
 MAX_COUNT = 2**63 - 1
 #: The largest seed, as torch's generators take unsigned 64-bit seeds.
 MAX_SEED = 2**64 - 1
+#: ``TrainConfig.precision``: ``auto`` resolves to one of the other two (:func:`resolve_precision`).
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def int_at_least(minimum: int, maximum: int = MAX_COUNT) -> Callable[[str], int]:
@@ -76,8 +81,11 @@ class TrainConfig:
     """One training run. ``None`` fields take the recipe's value (``epochs``, ``batch_size``) or a default.
 
     ``variant``: method option overrides (``make_config``); ``recipe_overrides``: recipe fields (``--set``).
-    ``amp`` (bf16 autocast), ``channels_last`` and ``compile`` (``torch.compile``) apply on CUDA only.
-    ``fast``: the fast path (:mod:`kdlib.fast`; None: on CUDA only); ``compile`` None: with the fast path.
+    ``precision``: ``bf16`` (autocast; every loss term in float32), ``fp32``, or ``auto``: bf16 where the
+    device computes it natively (CUDA; a CPU with AVX512-BF16 or AMX), else fp32 (:func:`resolve_precision`).
+    ``fast``: the fast path (:mod:`kdlib.fast`; None: on CUDA, and on a CPU when the run is bf16);
+    ``channels_last`` applies on CUDA and on the fast path; ``compile`` (``torch.compile``) None: with the
+    fast path, on a CPU only for a run long enough to repay the compilation (:func:`kdlib.loop.compile_pays`).
     ``teacher_ckpt`` and ``student_weights`` (the student's initialisation; None: random) are files, or
     ``"torchvision"`` for torchvision's published weights of the architecture (:mod:`kdlib.weights`).
     ``bn``: BatchNorm of the student and the method's parts, ``batch`` | ``sync`` | ``frozen``
@@ -106,12 +114,16 @@ class TrainConfig:
     data_root: str | Path | None = option(None, "data folder (default: $KDLIB_DATA or ~/.cache/kdlib)")
     resume: bool = option(False, "continue from OUT/last.pt if it exists")
     workers: int = option(2, "data loader workers (default 2)", type=nonnegative_int)
-    amp: bool = option(True, "no bf16 autocast on CUDA")
-    channels_last: bool = option(True, "no channels_last on CUDA")
-    compile: bool | None = option(None, "torch.compile the distiller on CUDA (default: with --fast only)")
+    precision: str = option(
+        "auto", "bf16 autocast (every loss term in float32) or fp32; auto: bf16 on CUDA and on CPUs with "
+        "bf16 units (AVX512-BF16, AMX), else fp32", choices=PRECISIONS)
+    channels_last: bool = option(True, "no channels_last (default: on CUDA and on the fast path)")
+    compile: bool | None = option(
+        None, "torch.compile the distiller (default: with the fast path; on a CPU for runs long enough to "
+        "repay the compilation)")
     fast: bool | None = option(
-        None, "the fast path: data resident on the device, CUDA graphs, fused SGD; same recipe "
-        "(default: on for CUDA, off on CPU)")
+        None, "the fast path: data resident on the device, compiled step (CUDA graphs, fused SGD on CUDA); "
+        "same recipe (default: on CUDA, and on a CPU when the run is bf16)")
     progress: bool | None = option(None, "progress bars (default: when stderr is a terminal)")
     download: bool = option(True, "never download data")
     student_weights: str | Path | None = option(
@@ -157,6 +169,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             required = f.default is dataclasses.MISSING
             default = None if required else f.default
             parser.add_argument(flag, dest=f.name, required=required, default=default, help=text, **kwargs)
+
+
+def check_option(name: str, value: Any) -> None:
+    """``ValueError`` unless ``value`` suits the field ``name`` of :class:`TrainConfig` as its command-line
+    option would take it: a bool for a switch (or None where the switch may be left to the run), one of the
+    ``choices``, a dict for a repeatable option, a value its ``type`` accepts; :func:`plan` checks the
+    rest."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    if name not in fields:
+        raise ValueError(f"unknown option '{name}'; choose one of: {', '.join(fields)}")
+    f = fields[name]
+    kind, meta = _kind(f), f.metadata["argparse"]
+    if kind in ("bool", "optional_bool"):
+        if not (isinstance(value, bool) or (value is None and kind == "optional_bool")):
+            raise ValueError(f"option '{name}' is a switch: true or false{' or null' * (kind != 'bool')}, "
+                             f"got {value!r}")
+    elif kind == "dict":
+        if not isinstance(value, Mapping):
+            raise ValueError(f"option '{name}' takes a dict, got {value!r}")
+    elif "choices" in meta and value not in meta["choices"]:
+        raise ValueError(f"invalid {name} {value!r}; choose one of: {', '.join(map(str, meta['choices']))}")
+    elif value is not None and "type" in meta:
+        try:
+            meta["type"](str(value))
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as error:
+            raise ValueError(f"invalid {name} {value!r}: {error}") from None
 
 
 def parse_assignments(items: Sequence[str], what: str, sep: str | None = ",") -> dict[str, str]:
@@ -216,14 +254,42 @@ class Plan:
     needs_teacher: bool
     #: Processes the run is split over (``WORLD_SIZE`` of a launcher such as torchrun; 1 without one).
     world_size: int = 1
-    #: Whether the run takes the fast path (``TrainConfig.fast``, resolved: by default on CUDA, in one
-    #: process, for data that fits on the device). Its batches are other draws of the same distribution.
+    #: ``bf16`` or ``fp32`` (``TrainConfig.precision`` resolved for the device; part of ``config_id``).
+    precision: str = "fp32"
+    #: Whether the run takes the fast path (``TrainConfig.fast``, resolved: by default on CUDA or when the
+    #: run is bf16, in one process, for data that fits on the device). Its batches are other draws of the
+    #: same distribution.
     fast: bool = False
 
     @property
-    def precision(self) -> str:
-        """``bf16`` autocast on CUDA unless ``amp`` is off, else ``fp32`` (part of ``config_id``)."""
-        return "bf16" if self.config.amp and self.device.type == "cuda" else "fp32"
+    def channels_last(self) -> bool:
+        """Images and weights in channels_last memory: on CUDA and on the fast path, unless turned off."""
+        return self.config.channels_last and (self.device.type == "cuda" or self.fast)
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: CUDA with bf16 support, or a CPU with AVX512-BF16 (Intel
+    since Cooper Lake, AMD since Zen 4) or AMX (Intel Sapphire Rapids and later). Elsewhere bf16 is emulated
+    and slower than fp32. (``torch.cpu._is_avx512_bf16_supported`` and ``_is_amx_tile_supported`` are the
+    checks torch's own CPU kernels dispatch on.)"""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    cpu = torch.cpu
+    return device.type == "cpu" and (cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """``bf16`` or ``fp32`` for ``requested`` (one of :data:`PRECISIONS`) on ``device``; ``auto`` is bf16
+    where it is native (:func:`bf16_native`). An explicit ``bf16`` where it is not runs emulated, with a
+    warning."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"invalid precision '{requested}'; choose one of: {', '.join(PRECISIONS)}")
+    if requested == "auto":
+        return "bf16" if bf16_native(device) else "fp32"
+    if requested == "bf16" and not bf16_native(device):
+        log.warning("this %s has no native bf16 (AVX512-BF16 or AMX): bf16 is emulated, slower than fp32",
+                    device.type.upper())
+    return requested
 
 
 def check_model(name: str, role: str) -> None:
@@ -310,7 +376,8 @@ def plan(config: TrainConfig) -> Plan:
         raise ValueError(f"the fast path keeps the whole dataset on the device, too much for '{spec.name}'")
     if config.bn == "sync" and device.type != "cuda":
         raise ValueError("bn 'sync' (SyncBatchNorm) needs CUDA; choose one of: batch, frozen")
+    precision = resolve_precision(config.precision, device)
     fast = config.fast
     if fast is None:
-        fast = device.type == "cuda" and spec.device_resident and world_size == 1
-    return Plan(config, method_config, recipe, device, method.needs_teacher, world_size, fast)
+        fast = (device.type == "cuda" or precision == "bf16") and spec.device_resident and world_size == 1
+    return Plan(config, method_config, recipe, device, method.needs_teacher, world_size, precision, fast)

@@ -3,7 +3,7 @@
 The path of a batch (:func:`train_one_epoch`)::
 
     distiller.set_epoch(epoch) (once, before the epoch's first step: per-epoch weights, as tensor data)
-    x, y → device (channels_last on CUDA) → autocast(bf16 on CUDA) → distiller(x, y)
+    x, y → device (channels_last on CUDA) → autocast(bf16 when the run is bf16) → distiller(x, y)
          → (logits, {name: weighted loss}) → finite check → sum → backward → optimizer.step()
 
 No host sync per step on CUDA: loss sums stay on the device and the finite check runs every
@@ -13,7 +13,7 @@ The fast path (:func:`train_one_epoch_fast`, :mod:`kdlib.fast`) keeps the recipe
 runs::
 
     DeviceLoader (images resident on the device; seeded permutation, crop + flip, normalise, channels_last)
-      → x, y → autocast(bf16) → compiled distiller (CUDA graphs; teacher under inference_mode)
+      → x, y → autocast(bf16) → compiled distiller (CUDA graphs on CUDA; teacher under inference_mode)
       → {name: weighted loss} → sum → backward → fused SGD step → DeviceMetrics (on the device)
 
 and reads the epoch's loss sums, and checks them for non-finite values, once at the end of the epoch. The
@@ -54,6 +54,11 @@ from kdlib.fast import (
 from kdlib.recipes import Recipe
 
 CUDA_CHECK_EVERY = 50  # steps between finite-loss checks on CUDA (avoids a host sync per step)
+#: Training steps from which ``torch.compile`` repays its compilation on a CPU. Measured on one thread of an
+#: AMD EPYC (AVX2), KD resnet32 -> resnet8, batch 64, fp32: compiling the step took 20-30 s of CPU time and
+#: cut a step from 447 to 247 ms, so it pays after about 150 steps; 500 leaves room for slower compilers
+#: and smaller savings (a proxy study run has 785 steps; a notebook's default run a few dozen).
+CPU_COMPILE_MIN_STEPS = 500
 
 Forward = Callable[..., tuple[Tensor, dict[str, Tensor]]]
 
@@ -68,6 +73,7 @@ class Runtime:
     """Device and speed switches, resolved: everything the batch path needs besides model and data."""
 
     device: torch.device
+    #: bf16 autocast (the run's precision is ``bf16``); every loss term stays float32 (``float32_loss``).
     amp: bool
     channels_last: bool
     progress: bool
@@ -83,7 +89,7 @@ class Runtime:
         return x, y.to(self.device, non_blocking=True)
 
     def autocast(self) -> Any:
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.amp else nullcontext()
 
     def bar(self, iterable: Any, desc: str) -> Any:
         if tqdm is None or not self.progress:
@@ -301,15 +307,21 @@ def train_one_epoch_fast(
     return means
 
 
+def compile_pays(device: torch.device, steps: int) -> bool:
+    """Whether compiling a run of ``steps`` training steps saves time: always on CUDA (CUDA graphs), on a
+    CPU from :data:`CPU_COMPILE_MIN_STEPS` steps."""
+    return device.type == "cuda" or steps >= CPU_COMPILE_MIN_STEPS
+
+
 def prepare_fast(distiller: Distiller, rt: Runtime, *, compile: bool, batch_size: int) -> CompiledOrEager:
-    """The fast path's forward: the teacher under ``inference_mode``; on CUDA, ``torch.compile`` with CUDA
-    graphs for ``batch_size`` batches (the smaller last batch of an epoch runs eagerly), falling back to
-    eager execution where compilation is unavailable."""
+    """The fast path's forward: the teacher under ``inference_mode``; with ``compile``, ``torch.compile`` for
+    ``batch_size`` batches (the smaller last batch of an epoch runs eagerly; CUDA graphs on CUDA), falling
+    back to eager execution where compilation is unavailable."""
     run_teacher_in_inference_mode(distiller)
     if rt.amp:  # every teacher call of the run is under autocast: its weights are cast once, here
         cast_teacher_weights(distiller, torch.bfloat16)
     cuda = rt.device.type == "cuda"
-    return CompiledOrEager(distiller, enabled=compile and cuda, mode="reduce-overhead" if cuda else None,
+    return CompiledOrEager(distiller, enabled=compile, mode="reduce-overhead" if cuda else None,
                            batch_size=batch_size)
 
 

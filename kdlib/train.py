@@ -58,6 +58,7 @@ from kdlib.loop import (
     CUDA_CHECK_EVERY,
     Runtime,
     TimedIterable,
+    compile_pays,
     evaluate,
     make_optimizer,
     make_pretrain_optimizer,
@@ -123,7 +124,7 @@ class Run:
         self.out.mkdir(parents=True, exist_ok=True)
         cuda = p.device.type == "cuda"
         self.rt = Runtime(
-            p.device, amp=config.amp and cuda, channels_last=config.channels_last and cuda,
+            p.device, amp=p.precision == "bf16", channels_last=p.channels_last,
             progress=(sys.stderr.isatty() if config.progress is None else config.progress) and dist.is_main,
             check_every=CUDA_CHECK_EVERY if cuda else 1, dist=dist,
         )
@@ -183,12 +184,11 @@ class Run:
 
     def _build_loaders(self) -> None:
         """The reference path's DataLoaders, or the same data resident on the device (the fast path)."""
-        recipe, rt, config = self.recipe, self.rt, self.p.config
+        recipe, rt = self.recipe, self.rt
         if not self.fast:
             self.train_loader, self.test_loader = self.data.train, self.data.test
             self.set_epoch, self.train_epoch = self.data.set_epoch, train_one_epoch
-            cuda = self.p.device.type == "cuda"
-            self.forward = torch.compile(self.module) if config.compile and cuda else self.module
+            self.forward = torch.compile(self.module) if self.p.config.compile else self.module
             return
         self.train_loader = DeviceLoader.from_dataset(
             self.data.train.dataset, self.spec, batch_size=recipe.batch_size, train=True,
@@ -197,8 +197,10 @@ class Run:
             self.data.test.dataset, self.spec, batch_size=self.data.test.batch_size, train=False,
             device=rt.device, channels_last=rt.channels_last)
         self.set_epoch, self.train_epoch = self.train_loader.set_epoch, train_one_epoch_fast
-        self.forward = prepare_fast(self.distiller, rt, compile=config.compile is not False,
-                                    batch_size=recipe.batch_size)
+        compile = self.p.config.compile
+        if compile is None:
+            compile = compile_pays(rt.device, len(self.train_loader) * recipe.epochs)
+        self.forward = prepare_fast(self.distiller, rt, compile=compile, batch_size=recipe.batch_size)
 
     def _speed(self) -> dict[str, Any]:
         """How this process trains (provenance; the recipe is the same either way)."""
@@ -208,7 +210,8 @@ class Run:
         else:
             forward = "compiled" if self.forward is not self.module else "eager"
         return {"path": "fast" if self.fast else "dataloader", "forward": forward,
-                "fused_sgd": self.fast and cuda, "teacher": "inference_mode" if self.fast else "no_grad"}
+                "fused_sgd": self.fast and cuda, "teacher": "inference_mode" if self.fast else "no_grad",
+                "channels_last": self.rt.channels_last}
 
     # --- resume and checkpoint --------------------------------------------------------------------
     def resume(self) -> None:

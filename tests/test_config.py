@@ -34,7 +34,7 @@ EVERY_FIELD_SET = {
     "data_root": "data/raw",
     "resume": True,
     "workers": 0,
-    "amp": False,
+    "precision": "bf16",
     "channels_last": False,
     "compile": False,
     "fast": True,
@@ -92,7 +92,7 @@ def test_defaults_are_the_dataclass_defaults() -> None:
 def test_options_keep_their_spellings() -> None:
     """The options documented in the README and used by earlier commands."""
     help_text = build_parser()._subparsers._group_actions[0].choices["train"].format_help()
-    for flag in ("--teacher-ckpt", "--eval-subset", "--batch-size", "--variant", "--set", "--no-amp",
+    for flag in ("--teacher-ckpt", "--eval-subset", "--batch-size", "--variant", "--set", "--precision",
                  "--no-channels-last", "--compile", "--no-compile", "--fast", "--no-fast", "--no-progress",
                  "--no-download", "--student-weights", "--bn", "--resume", "--data-root"):
         assert flag in help_text, flag

@@ -170,11 +170,12 @@ def test_cli_arguments_reproduce_the_configuration(tiny: dict[str, Path], tmp_pa
     p = study.check_parameters(**good(tiny, tmp_path, variants=[
         {"variant": "paper", "grid": [2, 2]}, {"student_weights": str(weights)}]))
     for run in study.plan_runs(p):
-        planned = dataclasses.replace(run.config, bn="frozen", fast=False, compile=False, amp=False)
+        planned = dataclasses.replace(run.config, bn="frozen", fast=False, compile=False,
+                                      precision="bf16")
         config = from_args(cli.build_parser().parse_args(study.train_argv(planned)))
         assert config_id_of(config) == config_id_of(planned)
         assert config.resume and config.progress is False
-        assert (config.bn, config.fast, config.compile, config.amp) == ("frozen", False, False, False)
+        assert (config.bn, config.fast, config.compile, config.precision) == ("frozen", False, False, "bf16")
         assert str(config.out) == str(run.config.out) and config.workers == run.config.workers
 
 
@@ -335,6 +336,40 @@ def test_verify_command_selects_runs_by_whole_path_parts(capsys: pytest.CaptureF
     assert len(runs) == 60 and all(committed[r.key]["config_id"] == r.config_id for r in runs)
     assert study.main(["verify", "--profile", "proxy", "--match", "kd/default/seed9"]) == 2
     assert "no run of profile 'proxy' matches ['kd/default/seed9']" in capsys.readouterr().err
+
+
+def test_proxy_runs_stay_fp32_on_a_cpu_with_bf16_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The proxy profile pins the precision its records were made in: on a CPU whose ``auto`` precision is
+    bf16, make reproduce still finds every committed run."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    runs = study.profile_runs("proxy", ["kd/default/seed0"])
+    assert runs[0].config.precision == "fp32"
+    record = json.loads((study.profile_results_dir("proxy") / runs[0].key / "record.json").read_text())
+    assert runs[0].config_id == record["config_id"]
+    unpinned = dataclasses.replace(runs[0].config, precision="auto")
+    assert config_id_of(unpinned) != record["config_id"]
+
+
+def test_train_options_reach_every_run(tiny: dict[str, Path], tmp_path: Path) -> None:
+    options = {"precision": "bf16", "fast": True, "compile": False, "bn": "frozen"}
+    p = study.check_parameters(**good(tiny, tmp_path, train_options=options))
+    assert p.summary()["train_options"] == options
+    for run in study.plan_runs(p):
+        assert {k: getattr(run.config, k) for k in options} == options
+        argv = study.train_argv(run.config)
+        assert {"--precision", "bf16", "--fast", "--no-compile"} <= set(argv)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"seed": 3}, r"unknown option\(s\) \['seed'\]; choose from: .*precision"),
+    ({"precision": "fp16"}, "invalid precision 'fp16'; choose one of: auto, bf16, fp32"),
+    ({"fast": "yes"}, "option 'fast' is a switch: true or false or null, got 'yes'"),
+    ({"channels_last": None}, "option 'channels_last' is a switch: true or false, got None"),
+    (["precision"], "must be a dict of run options"),
+])
+def test_train_options_are_checked(tiny: dict[str, Path], tmp_path: Path, options: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=f"parameter 'train_options': {message}"):
+        study.check_parameters(**good(tiny, tmp_path, train_options=options))
 
 
 # --- profiles -------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ notebook's ``parameters`` cell.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import difflib
 import json
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from kdlib import models
+from kdlib.config import TrainConfig, check_option
 from kdlib.data import DATASETS
 from kdlib.distributed import resolve_device
 from kdlib.methods import get_method, make_config, variant_string
@@ -43,6 +45,13 @@ SMOKE_LABEL = "smoke (CI default)"
 DEVICES = ("auto", "cpu", "cuda")
 #: Parameters a notebook takes besides those of ``check_parameters`` (the notebook handles them).
 NOTEBOOK_ONLY = ("train", "install", "records_dir", "baseline")
+#: :class:`~kdlib.config.TrainConfig` fields that the grid sets for each run from the other parameters;
+#: ``train_options`` may set the others.
+GRID_FIELDS = frozenset({
+    "method", "student", "dataset", "out", "teacher", "teacher_ckpt", "recipe", "epochs", "subset",
+    "eval_subset", "batch_size", "seed", "device", "variant", "data_root", "workers", "progress",
+    "student_weights", "resume",
+})
 
 
 @dataclass(frozen=True)
@@ -115,6 +124,8 @@ class Parameters:
     batch_size: int | None = None
     data_root: Path | None = None
     label: str = SMOKE_LABEL
+    #: Options of every run beyond the grid's (``TrainConfig`` fields, e.g. ``precision``).
+    train_options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def reference(self) -> Variant:
@@ -134,7 +145,7 @@ class Parameters:
             "out_dir": relative(self.out_dir),
             "results_dir": relative(self.results_dir) if self.results_dir else None,
             "teachers": {k: relative(v) for k, v in self.teacher_ckpts.items()},
-            "jobs": self.jobs,
+            "jobs": self.jobs, **({"train_options": self.train_options} if self.train_options else {}),
         }
 
 
@@ -406,6 +417,26 @@ def _check_folders(**folders: Any) -> dict[str, Path | None]:
     return paths
 
 
+def _check_train_options(options: Any) -> dict[str, Any]:
+    """``train_options``: options of every run besides those the other parameters set (:data:`GRID_FIELDS`),
+    by their :class:`~kdlib.config.TrainConfig` names, e.g. ``{"precision": "fp32", "fast": true}``."""
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise bad_parameter("train_options", f"must be a dict of run options, got {options!r}")
+    allowed = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in GRID_FIELDS]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise bad_parameter("train_options",
+                            f"unknown option(s) {unknown}; choose from: {', '.join(allowed)}")
+    for name, value in options.items():
+        try:
+            check_option(name, value)
+        except ValueError as error:
+            raise bad_parameter("train_options", str(error)) from None
+    return dict(options)
+
+
 def _check_label(label: Any, results_dir: Path | None) -> str:
     if label is None:  # runs whose records stay in runs/ are smoke runs; the others feed the study
         label = SMOKE_LABEL if results_dir is None else f"study run (records in {relative(results_dir)})"
@@ -436,6 +467,7 @@ def check_parameters(
     batch_size: Any = None,
     data_root: Any = None,
     label: Any = None,
+    train_options: Any = None,
     require_teachers: bool | None = None,
 ) -> Parameters:
     """Check every notebook parameter before anything is loaded or trained; return them normalised.
@@ -465,12 +497,13 @@ def check_parameters(
     folders = _check_folders(out_dir=out_dir, results_dir=results_dir, teachers_dir=teachers_dir,
                              data_root=data_root)
     label = _check_label(label, folders["results_dir"])
+    options = _check_train_options(train_options)
     if require_teachers is None:
         require_teachers = any(v.needs_teacher for v in [*variant_list, *baseline_list])
     ckpts = _teacher_checkpoints(dataset, pair_list, folders["teachers_dir"], require_teachers)
     return Parameters(dataset=dataset, pairs=pair_list, epochs=epochs, recipe=recipe, seeds=seed_list,
                       variants=variant_list, baselines=baseline_list, device=device, teacher_ckpts=ckpts,
-                      label=label, **numbers, **folders)
+                      label=label, train_options=options, **numbers, **folders)
 
 
 # --- the notebooks' parameters --------------------------------------------------------------------
