@@ -214,12 +214,16 @@ class Distiller(nn.Module):
         x = torch.zeros(2, *self.input_shape)
         return eval_last_map(self.student, x, tap).shape[1:], eval_last_map(self.teacher, x, tap).shape[1:]
 
-    def last_maps(self, x: Tensor, tap: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Student logits and last map, then the teacher's (without autograd), as ``tap`` reads them."""
-        logits, f_s = last_map(self.student, x, tap)
+    def teacher_last_map(self, x: Tensor, tap: str) -> tuple[Tensor, Tensor]:
+        """The teacher's logits and last map as ``tap`` reads it (:func:`last_map`), without autograd."""
         with torch.no_grad():
-            logits_t, f_t = last_map(self.teacher, x, tap)
-        return logits, f_s, logits_t, f_t
+            return last_map(self.teacher, x, tap)
+
+    def last_maps(self, x: Tensor, tap: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Student logits and last map, then the teacher's (:meth:`teacher_last_map`), as ``tap`` reads
+        them."""
+        logits, f_s = last_map(self.student, x, tap)
+        return (logits, f_s, *self.teacher_last_map(x, tap))
 
     def task_losses(self, logits_s: Tensor, logits_t: Tensor | None, y: Tensor) -> Losses:
         """The weighted ``ce`` and ``kd`` terms (a term with weight 0 is left out)."""

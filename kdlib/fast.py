@@ -45,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from kdlib.data import PAD_MODES, DatasetSpec, SeededTransform, mix_seed
+from kdlib.distill import last_map
 
 log = logging.getLogger(__name__)
 
@@ -421,8 +422,15 @@ def _inference_teacher_forward(self: nn.Module, x: Tensor) -> tuple[Tensor, list
     return logits.clone(), [f.clone() for f in feats]
 
 
+def _inference_teacher_last_map(self: nn.Module, x: Tensor, tap: str) -> tuple[Tensor, Tensor]:
+    with torch.inference_mode():
+        logits, feature = last_map(self.teacher, x, tap)
+    return logits.clone(), feature.clone()
+
+
 def run_teacher_in_inference_mode(distiller: nn.Module) -> None:
-    """Make ``distiller.teacher_forward`` run the teacher under ``torch.inference_mode``.
+    """Make ``distiller.teacher_forward`` and ``teacher_last_map`` (ICKD's and IE-KD's teacher) run the
+    teacher under ``torch.inference_mode``.
 
     Inference mode skips the version counters and view tracking that ``no_grad`` still keeps. Its outputs
     are inference tensors, which autograd refuses to save for backward (a method may feed a teacher feature
@@ -433,6 +441,7 @@ def run_teacher_in_inference_mode(distiller: nn.Module) -> None:
     """
     if distiller.teacher is not None:
         distiller.teacher_forward = types.MethodType(_inference_teacher_forward, distiller)
+        distiller.teacher_last_map = types.MethodType(_inference_teacher_last_map, distiller)
 
 
 def cast_teacher_weights(distiller: nn.Module, dtype: torch.dtype) -> None:

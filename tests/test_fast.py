@@ -371,6 +371,9 @@ def test_inference_mode_teacher_trains_like_no_grad(method: str) -> None:
             run_teacher_in_inference_mode(d)
             logits_t, feats_t = d.teacher_forward(x)
             assert not logits_t.is_inference() and not any(f.is_inference() for f in feats_t)
+            modes = []  # what the teacher runs under in the method's own calls (ICKD, IE-KD: last_map)
+            d.teacher.register_forward_pre_hook(
+                lambda *_, seen=modes: seen.append(torch.is_inference_mode_enabled()))
         d.zero_grad(set_to_none=True)
         if d.has_pretrain:
             d.pretraining = True
@@ -381,8 +384,9 @@ def test_inference_mode_teacher_trains_like_no_grad(method: str) -> None:
         grads = {n: p.grad.clone() for n, p in d.named_parameters() if p.grad is not None}
         results.append(({k: v.item() for k, v in losses.items()}, grads))
         if inference:  # a deep copy runs its own teacher
+            assert modes and all(modes), modes
             twin = copy.deepcopy(d)
-            assert twin.teacher_forward.__self__ is twin
+            assert twin.teacher_forward.__self__ is twin and twin.teacher_last_map.__self__ is twin
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
     assert results[0][1].keys() == results[1][1].keys()
     for name, grad in results[0][1].items():

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kdlib.distill import LAST_MAP_TAPS, Distiller, Losses, MethodConfig, eval_last_map, last_map
+from kdlib.distill import LAST_MAP_TAPS, Distiller, Losses, MethodConfig, eval_last_map
 from kdlib.losses.functional import factor_distance, pool_to_match, reconstruction_loss
 
 #: α of the "IE + KD" goal, ``(1−α)·CE + α·KD_4`` [code: CIFAR-100 configs].
@@ -198,8 +198,7 @@ class IEKD(Distiller):
 
     # --- stage A ----------------------------------------------------------------------------------
     def pretrain_loss(self, x: Tensor) -> Losses:
-        with torch.no_grad():
-            _, f_t = last_map(self.teacher, x, self.config.tap)
+        _, f_t = self.teacher_last_map(x, self.config.tap)
         return {"reconstruction": reconstruction_loss(self.autoencoder(f_t), f_t, self.config.rec)}
 
     # --- stage B ----------------------------------------------------------------------------------
