@@ -154,7 +154,8 @@ class SPConfig(MethodConfig):
 
 
 class SP(Distiller):
-    """Similarity-Preserving KD (Tung & Mori 2019) on the last pre-pool map ``feat[-2]``."""
+    """Similarity-Preserving KD (Tung & Mori 2019) on the last stage's output ``feat[-2]``, as RepDistiller's
+    ``train_student.py`` taps it."""
 
     name = "sp"
     config_class = SPConfig

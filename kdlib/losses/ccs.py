@@ -32,9 +32,10 @@ from kdlib.losses.ickd import conv1x1_bn
 class CCSConfig(MethodConfig):
     """CCS options, all [assumption].
 
-    - ``taps``: ``last`` = the last pre-pool map ``feat[-2]``; ``all`` = every stage output ``feat[1:-1]``,
-      the per-stage losses summed (when the models have different numbers of stages, the last
-      ``min(n_s, n_t)`` stages are paired).
+    - ``taps``: ``last`` = the last stage's output ``feat[-2]`` (RepDistiller's tap: the map global pooling
+      reads, except on WRN, MobileNetV2 and ShuffleV2, :data:`kdlib.distill.LAST_MAP_TAPS`); ``all`` = every
+      stage output ``feat[1:-1]``, the per-stage losses summed (when the models have different numbers of
+      stages, the last ``min(n_s, n_t)`` stages are paired).
     - ``projector``: ``auto`` = a student ``1×1 conv + BN`` (as ICKD) only where channels differ, identity
       otherwise (borrowed from ICKD's official code); ``always`` = the projector on every tap.
     - ``inter_variant``: ``channel`` (C×C Pearson over the batch) or ``sample`` (B×B similarity of the
@@ -116,7 +117,7 @@ class CCS(Distiller):
     @torch.no_grad()
     def correlation_data(self, x: Tensor, vanilla: nn.Module) -> dict[str, dict[str, np.ndarray]]:
         """CCS's two matrices of ``x`` at the last tap (:meth:`compared_maps`) for teacher, distilled student
-        (after its projector) and the ``vanilla`` student (its last pre-pool map): ``intra`` = batch mean of
+        (after its projector) and the ``vanilla`` student (its last stage's output): ``intra`` = batch mean of
         the per-sample channel Pearson matrices R_b, ``inter`` = the channel Pearson matrix over the batch
         (pooled channels as observations). Drawn by :func:`kdlib.plots.ccs_matrices`."""
         eps = self.config.eps

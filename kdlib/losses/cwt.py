@@ -39,10 +39,11 @@ class CWTConfig(MethodConfig):
 
 
 class CWT(Distiller):
-    """Channel-wise transformation on the last pre-pool map ``feat[-2]``.
+    """Channel-wise transformation on the last stage's output ``feat[-2]`` (RepDistiller's tap: the map global
+    pooling reads, except on WRN, MobileNetV2 and ShuffleV2, :data:`kdlib.distill.LAST_MAP_TAPS`).
 
     Transform ``Conv1×1(C_s→C_t) [→ BN] → ReLU → Conv1×1(C_t→C_t)``: hidden width = teacher channels
-    and the last pre-pool stage are [assumption]; both convs keep a bias (an MLP's affine layers), except
+    and the last stage's output are [assumption]; both convs keep a bias (an MLP's affine layers), except
     the first when followed by BN [assumption]. When student and teacher H×W differ the transform runs at
     the student's resolution and the larger of the two maps is then adaptive-avg-pooled to the smaller
     (:func:`~kdlib.losses.functional.pool_to_match`) [assumption]; ``self.pooled`` records
@@ -73,7 +74,7 @@ class CWT(Distiller):
         return logits, losses
 
     def compared_maps(self, feats_s: list[Tensor], feats_t: list[Tensor]) -> tuple[Tensor, Tensor]:
-        """What the loss compares: ``MLP(f_s)`` and ``f_t`` of the last pre-pool maps, pooled to one H×W."""
+        """What the loss compares: ``MLP(f_s)`` and ``f_t`` of the last stages' outputs, pooled to one H×W."""
         return pool_to_match(self.transform(feats_s[-2]), feats_t[-2])
 
     # --- the figure -------------------------------------------------------------------------------
