@@ -62,7 +62,7 @@ def check_executor(name: str) -> str:
 @dataclass(frozen=True)
 class Resources:
     """What each run's job asks for: Slurm's ``--partition``, ``--time`` (minutes), ``--nodes``,
-    ``--gpus-per-node`` (and as many tasks per node: one DDP process per GPU; one task without GPUs),
+    ``--gpus-per-node`` (and as many ``--ntasks-per-node``: one DDP process per GPU; one without GPUs),
     ``--cpus-per-task`` (also the run's torch threads), ``--mem`` (GB per node), and the array's
     ``%parallelism`` (``submitit-local``: the jobs at once on this machine). Defaults come from the
     profile's ``cluster`` object, then the command line's options."""
@@ -74,10 +74,13 @@ class Resources:
     cpus_per_task: int | None = None
     mem_gb: float | None = None
     array_parallelism: int = 256
+    #: Processes per node (None: one per GPU, one without GPUs); several make a DDP run (gloo on CPU).
+    tasks_per_node: int | None = None
 
     @property
-    def tasks_per_node(self) -> int:
-        return max(1, self.gpus_per_node)
+    def tasks(self) -> int:
+        """Processes per node of each job."""
+        return self.tasks_per_node or max(1, self.gpus_per_node)
 
     @classmethod
     def of(cls, profile: Mapping[str, Any], **options: Any) -> Resources:
@@ -97,7 +100,7 @@ class Resources:
         """The parameters of ``submitit.AutoExecutor.update_parameters`` (Slurm ones prefixed ``slurm_``)."""
         params: dict[str, Any] = {
             "name": name, "timeout_min": self.time_min, "nodes": self.nodes,
-            "tasks_per_node": self.tasks_per_node, "gpus_per_node": self.gpus_per_node,
+            "tasks_per_node": self.tasks, "gpus_per_node": self.gpus_per_node,
             "slurm_array_parallelism": self.array_parallelism,
         }
         if self.cpus_per_task:
@@ -187,7 +190,7 @@ def wait(jobs: Sequence[Any], runs: Sequence[Run], results_dir: Path, progress: 
 def _outcome(job: Any, run: Run, results_dir: Path) -> Outcome:
     tick = time.perf_counter()
     try:
-        status, message = job.result()
+        status, message = job.results()[0]  # rank 0's (a job of several DDP tasks returns one per task)
     except Exception as error:  # the job died (killed, out of memory, cancelled): its run is pending again
         status, message = "failed", f"job {job.job_id}: {str(error).strip().splitlines()[-1][:300]}"
     return collect(run, results_dir, status, message, time.perf_counter() - tick)
@@ -211,17 +214,18 @@ def run_local_jobs(runs: Sequence[Run], executor: Any, results_dir: Path, parall
 
 
 def train_pending(runs: Sequence[Run], results_dir: Path, executor: str, resources: Resources,
-                  name: str, threads: int | None = None,
-                  block: bool = True) -> tuple[list[Outcome], list[str]]:
+                  name: str, threads: int | None = None, block: bool = True,
+                  folder: Path | None = None) -> tuple[list[Outcome], list[str]]:
     """Train the pending runs of ``runs`` (:func:`pending_runs`) with ``executor``; returns the outcomes
     (empty unless ``block``) and the submitted job ids. ``slurm`` submits one job array and, when ``block``,
     waits for every job; ``submitit-local`` runs ``resources.array_parallelism`` jobs at a time and always
-    waits. ``threads``: each run's torch threads unless ``resources.cpus_per_task`` says."""
+    waits. ``threads``: each run's torch threads unless ``resources.cpus_per_task`` says. submitit's files
+    go to ``folder`` (default ``runs/reproduce/<name>/submitit``)."""
     todo = pending_runs(runs, results_dir)
     log.info("%d of %d runs pending; executor %s", len(todo), len(runs), executor)
     if not todo:
         return [], []
-    folder = REPRODUCE_DIR / name / "submitit"
+    folder = folder or REPRODUCE_DIR / name / "submitit"
     auto = make_executor(executor, folder, resources, f"kdlib-{name}")
     progress = Progress(len(todo), verbose=True)
     threads = _threads(resources, threads)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -23,6 +24,7 @@ from kdlib.paths import (
     BENCH_CSV,
     NOTEBOOKS_DIR,
     PROFILES_DIR,
+    REPO,
     REPRODUCE_DIR,
     RUNS_DIR,
     relative,
@@ -141,6 +143,8 @@ def reproduce(profile: str, jobs: int = 1, notebooks: Sequence[str] | None = Non
             raise ValueError(f"profile '{profile}', notebook {nb}: {error}") from None
     target = repo_path(out_dir) if out_dir else REPRODUCE_DIR / profile
     target.mkdir(parents=True, exist_ok=True)
+    # the kernels (cwd notebooks/) import this checkout's kdlib, whatever the environment has installed
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     written = []
     for nb, params in plans.items():
         output = target / f"{nb}.ipynb"
