@@ -52,3 +52,18 @@ def test_a_run_writes_step_and_epoch_scalars(tmp_path: Path) -> None:
     assert [e.value for e in events.Scalars("epoch/top1")] == pytest.approx(
         [h["top1"] for h in record["history"]])
     assert curves.MISSING.startswith("--tensorboard")
+
+
+def test_a_profile_or_notebook_parameter_turns_it_on_for_every_run() -> None:
+    from kdlib import study
+
+    profile = study.load_profile("smoke")
+    profile["common"]["tensorboard"] = True
+    params = study.notebook_parameters(profile, "01_ickd")
+    assert params["tensorboard"] is True
+    runs = study.plan_runs(study.check_notebook_parameters("01_ickd", params))
+    assert runs and all(run.config.tensorboard for run in runs)
+    plain = study.plan_runs(study.check_notebook_parameters("01_ickd", {**params, "tensorboard": False}))
+    assert [r.config_id for r in runs] == [r.config_id for r in plain]  # the same runs: skipped when done
+    with pytest.raises(study.ParameterError, match="parameter 'tensorboard': must be True or False, got 1"):
+        study.check_notebook_parameters("01_ickd", {**params, "tensorboard": 1})

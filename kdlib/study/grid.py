@@ -129,6 +129,7 @@ def plan_runs(params: Parameters, variants: Sequence[Variant] | None = None) -> 
             eval_subset=params.eval_subset, batch_size=params.batch_size, seed=seed,
             device=params.device, variant=variant.overrides, data_root=params.data_root,
             workers=params.workers, progress=False, student_weights=variant.student_weights,
+            tensorboard=params.tensorboard,
         )
         runs[key] = Run(config, variant, pair, key, config_id_of(config))
     return list(runs.values())

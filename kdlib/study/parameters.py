@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdlib import models
+from kdlib import curves, models
 from kdlib.data import DATASETS
 from kdlib.distributed import resolve_device
 from kdlib.methods import get_method, make_config, variant_string
@@ -115,6 +115,8 @@ class Parameters:
     batch_size: int | None = None
     data_root: Path | None = None
     label: str = SMOKE_LABEL
+    #: Each run writes TensorBoard curves into its folder (``--tensorboard``; not part of its identity).
+    tensorboard: bool = False
 
     @property
     def reference(self) -> Variant:
@@ -436,6 +438,7 @@ def check_parameters(
     batch_size: Any = None,
     data_root: Any = None,
     label: Any = None,
+    tensorboard: Any = False,
     require_teachers: bool | None = None,
 ) -> Parameters:
     """Check every notebook parameter before anything is loaded or trained; return them normalised.
@@ -465,12 +468,19 @@ def check_parameters(
     folders = _check_folders(out_dir=out_dir, results_dir=results_dir, teachers_dir=teachers_dir,
                              data_root=data_root)
     label = _check_label(label, folders["results_dir"])
+    if not isinstance(tensorboard, bool):
+        raise bad_parameter("tensorboard", f"must be True or False, got {tensorboard!r}")
+    if tensorboard:
+        try:
+            curves.check_available()
+        except ValueError as error:
+            raise bad_parameter("tensorboard", str(error)) from None
     if require_teachers is None:
         require_teachers = any(v.needs_teacher for v in [*variant_list, *baseline_list])
     ckpts = _teacher_checkpoints(dataset, pair_list, folders["teachers_dir"], require_teachers)
     return Parameters(dataset=dataset, pairs=pair_list, epochs=epochs, recipe=recipe, seeds=seed_list,
                       variants=variant_list, baselines=baseline_list, device=device, teacher_ckpts=ckpts,
-                      label=label, **numbers, **folders)
+                      label=label, tensorboard=tensorboard, **numbers, **folders)
 
 
 # --- the notebooks' parameters --------------------------------------------------------------------
