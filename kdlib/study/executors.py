@@ -74,7 +74,7 @@ class Resources:
     cpus_per_task: int | None = None
     mem_gb: float | None = None
     array_parallelism: int = 256
-    #: Processes per node (None: one per GPU, one without GPUs); several make a DDP run (gloo on CPU).
+    #: Processes per node, by default one per GPU (one without GPUs); several make a DDP run (gloo on CPU).
     tasks_per_node: int | None = None
 
     @property
