@@ -118,7 +118,8 @@ def test_distributed_environment_from_slurm(monkeypatch: pytest.MonkeyPatch) -> 
     """Task 9 of 16 (2 nodes × 8 GPUs): the variables kdlib.distributed reads, as torchrun would set them."""
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
                  "SUBMITIT_EXECUTOR"):
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")  # recorded, so that what export() sets is removed after the test
+        monkeypatch.delenv(name)
     slurm = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "16", "SLURM_PROCID": "9", "SLURM_LOCALID": "1",
              "SLURM_JOB_NUM_NODES": "2", "SLURM_NODEID": "1", "SLURM_JOB_NODELIST": "gpu[07-08]",
              "SUBMITIT_EXECUTOR": "slurm"}  # what submitit's sbatch script sets
