@@ -16,12 +16,14 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 # ipykernel's note on every kernel start (papermill's kernels listen on localhost only): kept out of make's output.
 KERNEL_NOTE := Kernel is running over TCP without encryption
 
-.PHONY: help book test unit lint nbval book-stored data-offline browser clean bench bench-gpu bench-clean-tree reproduce
+.PHONY: help book test unit lint nbval book-stored data-offline browser clean bench bench-gpu bench-clean-tree reproduce \
+	book-from-records book-reproduced
 
 help:
 	@echo "make book   execute the notebooks and build the HTML book (book/_build/html/index.html)"
 	@echo "make test   the whole test-suite (pytest, ruff, nbval, book build with warnings as errors)"
-	@echo "make reproduce PROFILE=proxy|cifar100|imagenet [JOBS=N]   the study at full scale (README)"
+	@echo "make reproduce PROFILE=proxy|cifar100|imagenet|smoke [JOBS=N] [EXECUTOR=local|submitit-local|slurm]"
+	@echo "            the study at full scale (README); make book-from-records PROFILE=P: the book from its records"
 	@echo "make bench / make bench-gpu [RECORD=1]   speed of the trainer beside a conventional loop (RECORD=1: for the book)"
 	@echo "make clean  build outputs and the notebooks' scratch runs (keeps runs/teachers and runs/reproduce)"
 
@@ -94,17 +96,35 @@ bench-gpu: bench-clean-tree
 	PYTHONPATH=. $(PYTHON) bench/bench.py --device cuda --out $(BENCH_OUT)
 
 # The study at full scale: the notebooks executed through papermill with a profile's parameters
-# (notebooks/profiles/PROFILE.json: proxy = the CPU study, cifar100 and imagenet need a GPU); executed copies in
-# runs/reproduce/PROFILE/, run records in data/results/PROFILE/, then the book from the executed copies. Runs whose
-# completed record exists are skipped, so an interrupted call continues; JOBS=N trains N runs side by side.
+# (notebooks/profiles/PROFILE.json: proxy = the CPU study, cifar100 and imagenet need a GPU, smoke = the whole
+# pipeline in minutes); executed copies in runs/reproduce/PROFILE/, run records in data/results/PROFILE/, then the
+# book from the executed copies. Runs whose completed record exists are skipped, so an interrupted call continues;
+# JOBS=N trains N runs side by side. EXECUTOR=slurm submits the pending runs as a Slurm job array through submitit
+# (ARGS="--partition gpu --time-min 600 ..." overrides the profile's 'cluster' object; WAIT=0 returns after the
+# submission, without the book); EXECUTOR=submitit-local runs the same jobs on this machine.
 JOBS ?= 1
+EXECUTOR ?= local
+WAIT ?= 1
+ARGS ?=
+STUDY := $(PY) -m kdlib.study reproduce --profile $(PROFILE)
 reproduce: $(STAMP) data-offline
-	@test -n "$(PROFILE)" || { echo "usage: make reproduce PROFILE=proxy|cifar100|imagenet [JOBS=N]"; exit 2; }
-	$(PY) -m kdlib.study reproduce --profile $(PROFILE) --jobs $(JOBS) 2>&1 \
+	@test -n "$(PROFILE)" || { echo "usage: make reproduce PROFILE=proxy|cifar100|imagenet|smoke [JOBS=N] [EXECUTOR=local|submitit-local|slurm]"; exit 2; }
+	$(STUDY) --jobs $(JOBS) --executor $(EXECUTOR) $(if $(filter 0,$(WAIT)),--no-wait) $(ARGS) 2>&1 \
 		| { grep --line-buffered -v "$(KERNEL_NOTE)" || true; }
+	$(if $(filter 0,$(WAIT)),@echo "submitted; when the jobs have ended: make reproduce PROFILE=$(PROFILE) EXECUTOR=$(EXECUTOR)",$(MAKE) --no-print-directory book-reproduced)
+
+# The notebooks and the book from the records already made (on a cluster's login node, after the jobs): nothing
+# trains, and it stops with an error while a run of the profile has no record.
+book-from-records: $(STAMP) data-offline
+	@test -n "$(PROFILE)" || { echo "usage: make book-from-records PROFILE=proxy|cifar100|imagenet|smoke"; exit 2; }
+	$(STUDY) --records-only 2>&1 | { grep --line-buffered -v "$(KERNEL_NOTE)" || true; }
+	$(MAKE) --no-print-directory book-reproduced
+
+book-reproduced:
 	rm -rf $(BOOK_NOTEBOOKS) && mkdir -p $(BOOK_NOTEBOOKS)
 	cp runs/reproduce/$(PROFILE)/*.ipynb $(BOOK_NOTEBOOKS)/
 	$(VENV)/bin/jupyter-book build book --all --quiet
+	@echo "book: $(CURDIR)/book/_build/html/index.html"
 
 # Build outputs and the notebooks' scratch runs only: downloaded teachers (runs/teachers) and the study's runs
 # (runs/reproduce, hours of training, resumable) are never removed by make; delete them by hand if you mean to.

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from kdlib import distributed, models, weights
+from kdlib import curves, distributed, models, weights
 from kdlib.data import get_dataset_spec
 from kdlib.distill import MethodConfig
 from kdlib.fields import format_field
@@ -134,6 +134,9 @@ class TrainConfig:
         "batch", "BatchNorm of the student and the method's parts: per-process batch statistics (default), "
         "SyncBatchNorm over processes (CUDA), or frozen running statistics (eval mode)",
         choices=distributed.BN_MODES)
+    tensorboard: bool = option(
+        False, "write TensorBoard scalars into OUT: per-step losses, per-epoch metrics, learning rate and "
+        "throughput (needs the tensorboard package; not part of the run's identity)")
 
 
 # --- the command line, both ways ------------------------------------------------------------------
@@ -365,6 +368,8 @@ def plan(config: TrainConfig) -> Plan:
         raise ValueError(f"invalid bn '{config.bn}'; choose one of: {', '.join(distributed.BN_MODES)}")
     _check_counts(config)
     _check_overrides(config)
+    if config.tensorboard:
+        curves.check_available()
     recipe = _recipe(config)
     spec.with_image_size(recipe.image_size)  # a fixed-size dataset refuses another image size
     world_size = distributed.env_world_size()

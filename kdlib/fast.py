@@ -324,6 +324,8 @@ class DeviceMetrics:
         self.totals = torch.zeros(steps, dtype=torch.float32, device=self.device)
         self.images = 0
         self.steps = 0
+        #: Each step's loss sum, on the host after :meth:`read`.
+        self.step_totals: list[float] = []
 
     def add(self, losses: dict[str, Tensor], batch_size: int) -> None:
         names = list(losses)
@@ -346,6 +348,7 @@ class DeviceMetrics:
             return {}, None
         values = torch.cat([self.sums, self.totals[: self.steps]]).tolist()  # the one host sync
         sums, totals = values[: len(self.names)], values[len(self.names):]
+        self.step_totals = totals
         bad = next((step for step, total in enumerate(totals) if not math.isfinite(total)), None)
         return {name: total / self.images for name, total in zip(self.names, sums, strict=True)}, bad
 

@@ -42,6 +42,7 @@ except ImportError:  # bench/bench.py runs where only torch is installed: no pro
     tqdm = None
 
 from kdlib import distributed, models
+from kdlib.curves import Curves
 from kdlib.data import load_data, resolve_dataset_spec
 from kdlib.distill import Distiller, eval_mode
 from kdlib.fast import (
@@ -81,6 +82,8 @@ class Runtime:
     check_every: int = 1
     #: This process's place among the run's processes (one process by default).
     dist: distributed.Dist = field(default_factory=distributed.Dist)
+    #: TensorBoard curves (``--tensorboard``, rank 0): each step's loss terms go there, still on the device.
+    curves: Curves | None = None
 
     def to_device(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         x = x.to(self.device, non_blocking=True)
@@ -235,6 +238,8 @@ def run_epoch(
         with rt.autocast():
             losses = loss_terms(x, y)
         check(step, losses)
+        if rt.curves is not None:
+            rt.curves(losses)
         optimizer.zero_grad(set_to_none=True)
         sum(losses.values()).backward()
         if after_backward is not None:
@@ -300,6 +305,8 @@ def train_one_epoch_fast(
     for x, y in rt.bar(loader, f"epoch {epoch}"):
         metrics.add(fast_step(forward, optimizer, x, y, rt), len(y))
     means, bad_step = metrics.read()
+    if rt.curves is not None:
+        rt.curves.totals(metrics.step_totals)
     if bad_step is not None:
         name = next((k for k, v in means.items() if not np.isfinite(v)), "total")
         raise NonFiniteLoss(f"non-finite loss term '{name}' at epoch {epoch}, step {bad_step} "

@@ -29,9 +29,15 @@ SHOWN = ("completed", results.STATUS_DIVERGED)
 
 
 def study_records(path: str | Path = RESULTS_DIR) -> pd.DataFrame:
-    """Completed and diverged records under ``data/results/`` (an empty table when there are none)."""
+    """Completed and diverged records under ``data/results/`` (an empty table when there are none). The smoke
+    profile's records (``data/results/smoke/``, git-ignored) test the pipeline and are no result: they are
+    read only when ``path`` names their folder."""
     path = Path(path)
-    return results.load_records(path if path.exists() else [], statuses=SHOWN)
+    if not path.exists():
+        return results.load_records([], statuses=SHOWN)
+    if path.resolve() == RESULTS_DIR.resolve():
+        return results.load_records([p for p in sorted(path.iterdir()) if p.name != "smoke"], statuses=SHOWN)
+    return results.load_records(path, statuses=SHOWN)
 
 
 def _completed(records: pd.DataFrame) -> pd.DataFrame:

@@ -43,6 +43,8 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,7 @@ from torch import Tensor, nn
 
 from kdlib import distributed, models, weights
 from kdlib.config import Plan, TrainConfig, plan
+from kdlib.curves import Curves
 from kdlib.data import load_data, mix_seed, resolve_dataset_spec
 from kdlib.fast import DeviceLoader
 from kdlib.files import atomic_write, save_json
@@ -283,7 +286,10 @@ class Run:
         record["distributed"] = self.dist.describe(self.recipe.batch_size, self.data.images_per_epoch,
                                                    self.p.config.bn)
         self.started, self.wall_before = time.perf_counter(), self.state["wall_time_s"]
-        with record_failures(record, self.out, write=self.dist.is_main):
+        if self.p.config.tensorboard and self.dist.is_main:
+            self.rt.curves = Curves(self.out, len(self.train_loader), self.rt.check_every,
+                                    epochs_done=self._epochs_done())
+        with record_failures(record, self.out, write=self.dist.is_main), self._closing_curves():
             if self.dist.is_main:
                 save_json(record, self.out / "record.json")
             if self.distiller.teacher is not None and record["teacher_top1"] is None:
@@ -297,6 +303,18 @@ class Run:
                 if self.dist.is_main:
                     save_json(record, self.out / "record.json")
         return record
+
+    def _epochs_done(self) -> int:
+        """Epochs of both stages done (the TensorBoard step axis counts both)."""
+        return self.state["pretrain_epoch"] + self.state["epoch"]
+
+    @contextmanager
+    def _closing_curves(self) -> Iterator[None]:
+        try:
+            yield
+        finally:
+            if self.rt.curves is not None:
+                self.rt.curves.close()
 
     def evaluate_teacher(self) -> None:
         measured = evaluate(self.distiller.teacher, self.test_loader, self.rt, desc="teacher")
@@ -316,6 +334,8 @@ class Run:
         self.distiller.pretraining = True
         for epoch in range(self.state["pretrain_epoch"] + 1, epochs + 1):
             self._reseed(_PRETRAIN_STAGE, epoch)
+            if self.rt.curves is not None:
+                self.rt.curves.begin(self._epochs_done(), pretrain=True)
             losses = pretrain_one_epoch(self.distiller, self.train_loader, self.pre_optimizer, epoch, self.rt)
             self.record["pretrain_history"].append({"epoch": epoch, "losses": losses})
             self.state["pretrain_epoch"] = epoch
@@ -328,6 +348,8 @@ class Run:
         record, state = self.record, self.state
         self._reseed(_DISTILL_STAGE, epoch)
         lr = self.optimizer.param_groups[0]["lr"]
+        if self.rt.curves is not None:
+            self.rt.curves.begin(self._epochs_done())
         timed = TimedIterable(self.train_loader)
         tick = time.perf_counter()
         losses = self.train_epoch(self.forward, self.distiller, timed, self.optimizer, epoch, self.rt)
@@ -346,6 +368,10 @@ class Run:
         log.info("epoch %d/%d lr %.4g %s top1 %.2f top5 %.2f (data %.1fs, compute %.1fs)", epoch,
                  self.recipe.epochs, lr, _fmt(losses), metrics["top1"], metrics["top5"], timed.waited,
                  elapsed - timed.waited)
+        if self.rt.curves is not None:
+            self.rt.curves.epoch({**losses, "loss": sum(losses.values()), **metrics, "lr": lr,
+                                  "images_per_s": self.data.images_per_epoch / elapsed,
+                                  "data_s": timed.waited, "compute_s": elapsed - timed.waited})
         if epoch == self.recipe.epochs:
             record["status"] = "completed"
         self.checkpoint()

@@ -42,6 +42,7 @@ EVERY_FIELD_SET = {
     "download": False,
     "student_weights": "torchvision",
     "bn": "frozen",
+    "tensorboard": True,
 }
 
 

@@ -3,6 +3,7 @@
 What ``make reproduce`` calls, and the other commands::
 
     python -m kdlib.study reproduce --profile proxy --jobs 2
+    python -m kdlib.study reproduce --profile cifar100 --executor slurm --partition gpu --no-wait
     python -m kdlib.study params --profile proxy --notebook 01_ickd      # the YAML papermill gets
     python -m kdlib.study estimate --profile cifar100 --images-per-s 4000
     python -m kdlib.study refresh       # re-execute the committed notebooks with their defaults
@@ -15,9 +16,11 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import kdlib.study
 from kdlib.paths import RUNS_DIR, relative, repo_path
+from kdlib.study.executors import EXECUTORS, Resources, pending_runs, train_pending
 from kdlib.study.grid import verify
 from kdlib.study.parameters import parse_pairs
 from kdlib.study.profiles import (
@@ -42,6 +45,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--jobs", type=int, default=1, help="runs side by side (default 1)")
     r.add_argument("--notebooks", help="comma-separated subset, e.g. 01_ickd,06_head_to_head")
     r.add_argument("--device", help="override the profile's device")
+    r.add_argument("--executor", default="local", choices=EXECUTORS,
+                   help="where the runs train: in the notebooks (local, default), or as submitit jobs on "
+                        "this machine (submitit-local) or on Slurm (slurm, one job array)")
+    c = r.add_argument_group("submitit executors (defaults: the profile's 'cluster' object)")
+    c.add_argument("--partition", help="Slurm partition")
+    c.add_argument("--time-min", type=int, help="time limit of each job in minutes")
+    c.add_argument("--gpus-per-node", type=int, help="GPUs of each job per node, one process each (DDP)")
+    c.add_argument("--nodes", type=int, help="nodes of each job")
+    c.add_argument("--cpus-per-task", type=int, help="CPUs per process (also its torch threads)")
+    c.add_argument("--mem-gb", type=float, help="memory per node in GB")
+    c.add_argument("--array-parallelism", type=int,
+                   help="jobs of the array running at once (submitit-local: jobs at once on this machine)")
+    c.add_argument("--no-wait", action="store_true",
+                   help="slurm: print the job ids and return; the same command later submits only the runs "
+                        "whose jobs died, then executes the notebooks")
+    r.add_argument("--records-only", action="store_true",
+                   help="train nothing: execute the notebooks from the records (an error while runs are "
+                        "pending)")
     f = sub.add_parser("refresh", help="execute the committed notebooks in place with their defaults")
     f.add_argument("--notebooks", help="comma-separated subset (default: all)")
     f.add_argument("--keep-runs", action="store_true", help="reuse the smoke runs in runs/notebooks/")
@@ -65,8 +86,50 @@ def _notebooks(text: str | None) -> list[str] | None:
     return [n.strip() for n in text.split(",")] if text else None
 
 
+def _train_pending(args: argparse.Namespace, notebooks: list[str] | None,
+                   extra: dict[str, Any]) -> int | None:
+    """The runs of the profile that are not done, trained with a submitit executor (or, with
+    ``--records-only``, counted): 0 when every run has its record (the notebooks may execute), None when
+    jobs were submitted without waiting, else the exit status."""
+    runs = profile_runs(args.profile, notebooks=notebooks, **extra)
+    results = profile_results_dir(args.profile)
+    if args.records_only:
+        pending = pending_runs(runs, results)
+        if pending:
+            print(f"kdlib.study: error: {len(pending)} of {len(runs)} runs of profile '{args.profile}' have "
+                  f"no record yet (first: {pending[0].key}); train them first", file=sys.stderr)
+            return 1
+        return 0
+    profile = load_profile(args.profile)
+    resources = Resources.of(profile, partition=args.partition, time_min=args.time_min,
+                             gpus_per_node=args.gpus_per_node, nodes=args.nodes,
+                             cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
+                             array_parallelism=args.array_parallelism)
+    outcomes, ids = train_pending(runs, results, args.executor, resources, args.profile,
+                                  threads=profile.get("common", {}).get("threads"), block=not args.no_wait)
+    if ids and args.no_wait:
+        print(f"submitted {len(ids)} jobs: {' '.join(ids)}")
+        print("follow them with squeue; when they have ended, run the same command again")
+        return None
+    failed = [o for o in outcomes if not o.ok and o.status != "diverged"]
+    for outcome in failed:
+        print(f"failed: {outcome.run.key}: {outcome.message}", file=sys.stderr)
+    if failed:
+        print(f"kdlib.study: error: {len(failed)} runs failed; run the same command again to resubmit them "
+              "(each resumes from its last.pt)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _reproduce(args: argparse.Namespace) -> int:
-    for path in reproduce(args.profile, args.jobs, _notebooks(args.notebooks), device=args.device):
+    notebooks = _notebooks(args.notebooks)
+    extra = {"device": args.device} if args.device else {}
+    if args.executor != "local" or args.records_only:
+        status = _train_pending(args, notebooks, extra)
+        if status is None or status:
+            return status or 0
+    jobs = args.jobs if args.executor == "local" else 1
+    for path in reproduce(args.profile, jobs, notebooks, device=args.device):
         print(relative(path))
     return 0
 

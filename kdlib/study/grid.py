@@ -196,12 +196,17 @@ def _train_subprocess(run: Run, threads: int) -> tuple[str, str]:
     return "failed", f"exit status {done.returncode}: {' | '.join(tail)}"
 
 
-def _train(run: Run, jobs: int, threads: int | None, retrain: bool) -> tuple[str, str]:
-    """Train ``run`` (from scratch when ``retrain``, else resuming its ``last.pt``): its status, message."""
+def train_one(run: Run, jobs: int = 1, threads: int | None = None, retrain: bool = False,
+              prepare: bool = True) -> tuple[str, str]:
+    """Train ``run`` (from scratch when ``retrain``, else resuming its ``last.pt``): its status (``trained``
+    or ``failed``) and a message. In this process when ``jobs`` is 1, else in a ``python -m kdlib train``
+    subprocess. ``prepare``: first remove a folder holding another configuration's run (only one process of
+    a several-process run does it)."""
     try:
         if retrain and run.out.exists():
             _clear(run.out)
-        _prepare(run)
+        if prepare:
+            _prepare(run)
         if jobs == 1:
             return _train_here(run, threads)
         return _train_subprocess(run, threads or max(1, (os.cpu_count() or 1) // jobs))
@@ -215,8 +220,8 @@ def _stored(run: Run, results: Path | None) -> Path:
     return results / run.key / RECORD if results is not None else run.out / RECORD
 
 
-def _reuse(run: Run, results: Path | None, need_checkpoint: Callable[[Run], bool] | None,
-           retrain: bool) -> Outcome | None:
+def reuse(run: Run, results: Path | None, need_checkpoint: Callable[[Run], bool] | None = None,
+          retrain: bool = False) -> Outcome | None:
     """The outcome of a run done before (``diverged`` or ``skipped``), or None when it must train."""
     if retrain:
         return None
@@ -232,9 +237,17 @@ def _reuse(run: Run, results: Path | None, need_checkpoint: Callable[[Run], bool
 
 
 def _execute(run: Run, results: Path | None, jobs: int, threads: int | None, retrain: bool) -> Outcome:
-    """Train ``run``, judge it by its record, copy a completed or diverged record to ``results``."""
+    """Train ``run``, then :func:`collect` it."""
     tick = time.perf_counter()
-    status, message = _train(run, jobs, threads, retrain)
+    status, message = train_one(run, jobs, threads, retrain)
+    return collect(run, results, status, message, time.perf_counter() - tick)
+
+
+def collect(run: Run, results: Path | None, status: str = "trained", message: str = "",
+            seconds: float = 0.0) -> Outcome:
+    """Judge a run that was trained (here, in a subprocess or in a cluster job) by its folder's record and
+    copy a completed or diverged record to ``results``: ``diverged`` when the record says so, ``failed`` when
+    the training said ``status`` ``failed`` or left no completed record of this ``config_id``."""
     record = read_record(run.out / RECORD)
     if _done(record, run, "diverged"):
         status, message = "diverged", record.get("failure_reason", "")
@@ -245,10 +258,10 @@ def _execute(run: Run, results: Path | None, jobs: int, threads: int | None, ret
         path = _stored(run, results)
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(run.out / RECORD, path)
-    return Outcome(run, status, record, path, time.perf_counter() - tick, message)
+    return Outcome(run, status, record, path, seconds, message)
 
 
-class _Progress:
+class Progress:
     """One line per run on stdout as it ends, numbered in that order (see :func:`run_grid`)."""
 
     def __init__(self, total: int, verbose: bool) -> None:
@@ -299,12 +312,12 @@ def run_grid(
     outcomes: dict[str, Outcome] = {}
     todo = []
     for run in runs:
-        reused = _reuse(run, results, need_checkpoint, retrain)
+        reused = reuse(run, results, need_checkpoint, retrain)
         if reused is None:
             todo.append(run)
         else:
             outcomes[run.key] = reused
-    progress = _Progress(len(runs), verbose)
+    progress = Progress(len(runs), verbose)
     for outcome in outcomes.values():
         progress(outcome)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kdlib import models
+from kdlib import curves, models
 from kdlib.config import TrainConfig, check_option
 from kdlib.data import DATASETS
 from kdlib.distributed import resolve_device
@@ -419,7 +419,7 @@ def _check_folders(**folders: Any) -> dict[str, Path | None]:
 
 def _check_train_options(options: Any) -> dict[str, Any]:
     """``train_options``: options of every run besides those the other parameters set (:data:`GRID_FIELDS`),
-    by their :class:`~kdlib.config.TrainConfig` names, e.g. ``{"precision": "fp32", "fast": true}``."""
+    by their :class:`~kdlib.config.TrainConfig` names, e.g. ``{"precision": "fp32", "tensorboard": true}``."""
     if options is None:
         return {}
     if not isinstance(options, Mapping):
@@ -429,11 +429,13 @@ def _check_train_options(options: Any) -> dict[str, Any]:
     if unknown:
         raise bad_parameter("train_options",
                             f"unknown option(s) {unknown}; choose from: {', '.join(allowed)}")
-    for name, value in options.items():
-        try:
+    try:
+        for name, value in options.items():
             check_option(name, value)
-        except ValueError as error:
-            raise bad_parameter("train_options", str(error)) from None
+        if options.get("tensorboard"):
+            curves.check_available()
+    except ValueError as error:
+        raise bad_parameter("train_options", str(error)) from None
     return dict(options)
 
 

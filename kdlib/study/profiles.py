@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -23,6 +24,7 @@ from kdlib.paths import (
     BENCH_CSV,
     NOTEBOOKS_DIR,
     PROFILES_DIR,
+    REPO,
     REPRODUCE_DIR,
     RUNS_DIR,
     relative,
@@ -44,7 +46,7 @@ from kdlib.study.parameters import (
 
 log = logging.getLogger(__name__)
 
-PROFILES = ("cifar100", "imagenet", "proxy")
+PROFILES = ("cifar100", "imagenet", "proxy", "smoke")
 #: Training and test set sizes, used by ``estimate``.
 DATASET_SIZES = {"cifar100": (50_000, 10_000), "cifar10": (50_000, 10_000), "fashion_mnist": (60_000, 10_000),
                  "imagenet": (1_281_167, 50_000)}
@@ -92,13 +94,17 @@ def notebook_parameters(profile: str | Mapping[str, Any], notebook: str, **extra
     return {k: v for k, v in params.items() if k in declared}
 
 
-def profile_runs(profile: str, match: Sequence[str] = ()) -> list[Run]:
-    """Every run the notebooks of ``profile`` plan (each folder once), or those whose folder holds one of the
-    ``match`` paths as whole parts (``kd/default/seed0`` selects ``…/kd/default/seed0``, not
+def profile_runs(profile: str, match: Sequence[str] = (), notebooks: Sequence[str] | None = None,
+                 **extra: Any) -> list[Run]:
+    """Every run the notebooks of ``profile`` plan (each folder once; all notebooks but 00_teachers, or
+    ``notebooks``; ``extra`` parameters as :func:`notebook_parameters` takes them), or those whose folder
+    holds one of the ``match`` paths as whole parts (``kd/default/seed0`` selects ``…/kd/default/seed0``, not
     ``…/iekd/default/seed0``); ``ValueError`` when ``match`` selects none."""
     runs: dict[str, Run] = {}
-    for nb in NOTEBOOKS[1:]:
-        params = {**parameter_defaults(nb), **notebook_parameters(profile, nb)}
+    for nb in notebooks or NOTEBOOKS[1:]:
+        if nb == NOTEBOOKS[0]:  # the teachers' notebook evaluates given checkpoints (train: false)
+            continue
+        params = {**parameter_defaults(nb), **notebook_parameters(profile, nb, **extra)}
         for run in plan_runs(check_notebook_parameters(nb, params)):
             if not match or any(f"/{text.strip('/')}/" in f"/{run.key}/" for text in match):
                 runs.setdefault(run.key, run)
@@ -137,6 +143,8 @@ def reproduce(profile: str, jobs: int = 1, notebooks: Sequence[str] | None = Non
             raise ValueError(f"profile '{profile}', notebook {nb}: {error}") from None
     target = repo_path(out_dir) if out_dir else REPRODUCE_DIR / profile
     target.mkdir(parents=True, exist_ok=True)
+    # the kernels (cwd notebooks/) import this checkout's kdlib, whatever the environment has installed
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))
     written = []
     for nb, params in plans.items():
         output = target / f"{nb}.ipynb"

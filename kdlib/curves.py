@@ -1,0 +1,98 @@
+"""A run's training curves as TensorBoard scalars (``--tensorboard``), event files in the run's folder.
+
+``tensorboard --logdir runs/`` then shows every run of a grid side by side, each named by its folder. The
+scalars, all against one step axis (optimiser steps since the run began, IE-KD's stage A first):
+
+- per step: each named loss term, ``step/<term>`` (stage A: ``pretrain_step/<term>``), and their sum
+  ``step/loss`` (on the fast path: only the sum, as it reads its per-step values at the end of the epoch);
+- per epoch, at its last step: each term's mean ``epoch/<term>`` and ``epoch/loss``, ``epoch/top1``,
+  ``epoch/top5``, ``epoch/lr`` (the rate the epoch trained with), ``epoch/images_per_s`` (training images per
+  second of compute and data time), ``epoch/data_s`` and ``epoch/compute_s``.
+
+No host sync per step on CUDA: a step's loss terms stay on the device until :meth:`Curves.flush`, which copies
+every pending step in one transfer. The trainer flushes every ``Runtime.check_every`` steps, at the step
+where the finite-loss check already synchronises (every step on CPU, every 50 on CUDA), and at the end of
+each epoch. Under several processes only rank 0 writes, its own share of the batch.
+
+A resumed run opens a writer with ``purge_step`` at its resume point, so TensorBoard drops the steps that the
+killed process logged after its last checkpoint and the resumed process repeats. The curves are provenance,
+never identity: ``--tensorboard`` does not change the run's ``config_id``.
+
+The ``tensorboard`` package is an optional extra (``pip install 'kdlib[tensorboard]'``);
+:func:`check_available` says so in one line when it is missing.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+#: What a run without the ``tensorboard`` package is told.
+MISSING = "--tensorboard needs the tensorboard package: pip install 'kdlib[tensorboard]'"
+
+
+def check_available() -> None:
+    """``ValueError`` (:data:`MISSING`) when the ``tensorboard`` package is not installed."""
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ValueError(MISSING)
+
+
+class Curves:
+    """The TensorBoard writer of one run (rank 0): step and epoch scalars on one step axis."""
+
+    def __init__(self, out: str | Path, steps_per_epoch: int, every: int = 1, epochs_done: int = 0) -> None:
+        check_available()
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.steps_per_epoch, self.every = steps_per_epoch, every
+        self.step = epochs_done * steps_per_epoch
+        self.prefix = "step"
+        self.pending: list[tuple[int, dict[str, Tensor]]] = []
+        self.writer = SummaryWriter(str(out), purge_step=self.step if epochs_done else None)
+
+    def begin(self, epochs_done: int, pretrain: bool = False) -> None:
+        """Start an epoch after ``epochs_done`` epochs of both stages (its steps follow theirs)."""
+        self.flush()
+        self.step = epochs_done * self.steps_per_epoch
+        self.prefix = "pretrain_step" if pretrain else "step"
+
+    def __call__(self, losses: dict[str, Tensor]) -> None:
+        """One optimiser step's loss terms, kept on the device until :meth:`flush`: every ``every`` steps of
+        an epoch, the steps where the trainer's finite-loss check synchronises."""
+        self.step += 1
+        self.pending.append((self.step, {k: v.detach() for k, v in losses.items()}))
+        if len(self.pending) >= self.every:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the pending steps: one device-to-host copy for all of them."""
+        if not self.pending:
+            return
+        names = list(self.pending[0][1])
+        values = torch.stack([torch.stack([terms[n].float() for n in names]) for _, terms in self.pending])
+        for (step, _), row in zip(self.pending, values.tolist(), strict=True):
+            for name, value in zip(names, row, strict=True):
+                self.writer.add_scalar(f"{self.prefix}/{name}", value, step)
+            self.writer.add_scalar(f"{self.prefix}/loss", sum(row), step)
+        self.pending.clear()
+
+    def totals(self, totals: list[float]) -> None:
+        """The fast path's per-step loss sums, read at the end of its epoch."""
+        for total in totals:
+            self.step += 1
+            self.writer.add_scalar(f"{self.prefix}/loss", total, self.step)
+
+    def epoch(self, scalars: dict[str, Any]) -> None:
+        """An epoch's scalars (``epoch/<name>``) at its last step."""
+        self.flush()
+        for name, value in scalars.items():
+            self.writer.add_scalar(f"epoch/{name}", float(value), self.step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()

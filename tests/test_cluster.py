@@ -1,0 +1,193 @@
+"""The study on submitit executors (kdlib.study.executors): Slurm job arrays without a cluster, submitit-local
+jobs killed and resumed, DDP tasks from Slurm's environment."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from helpers import write_fashion_mnist, write_teacher
+
+from kdlib import distributed, study, train
+from kdlib.study import executors
+from kdlib.study.executors import Resources, TrainJob
+from kdlib.study.grid import read_record
+
+submitit = pytest.importorskip("submitit")
+
+#: Record fields that differ between an interrupted-and-resumed run and an uninterrupted one by design.
+WALL_TIME = {"wall_time_s", "images_per_s", "created_at", "updated_at", "hardware", "resumes", "epoch_times"}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("cluster")
+    write_fashion_mnist(root / "data", train_per_class=8, test_per_class=4)
+    teacher = root / "teachers" / "fashion_mnist" / "resnet14" / "model.pt"
+    write_teacher(teacher, arch="resnet14", num_classes=10)
+    return {"data": root / "data", "teachers": root / "teachers"}
+
+
+def plan(tiny: dict[str, Path], out: Path, **overrides: Any) -> list[study.Run]:
+    values: dict[str, Any] = dict(
+        method="ickd", dataset="fashion_mnist", pairs=["resnet14->resnet8"], epochs=1, recipe="smoke",
+        seeds=[0], variants=["default"], baselines=["ce"], device="cpu", subset=40, eval_subset=20,
+        out_dir=out, teachers_dir=tiny["teachers"], data_root=tiny["data"], batch_size=20,
+    )
+    values.update(overrides)
+    return study.plan_runs(study.check_parameters(**values))
+
+
+def comparable(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in WALL_TIME}
+
+
+# --- options ----------------------------------------------------------------------------------------
+def test_unknown_executor_names_the_allowed_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        study.main(["reproduce", "--profile", "smoke", "--executor", "pbs"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'pbs' (choose from 'local', 'submitit-local', 'slurm')" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="executor 'pbs'; choose one of: local, submitit-local, slurm$"):
+        executors.check_executor("pbs")
+
+
+def test_resources_come_from_the_profile_then_the_command_line() -> None:
+    profile = study.load_profile("imagenet")
+    resources = Resources.of(profile, partition="gpu", time_min=None)
+    assert resources.gpus_per_node == 8 and resources.tasks == 8 and resources.partition == "gpu"
+    assert resources.time_min == profile["cluster"]["time_min"]
+    assert Resources.of(study.load_profile("cifar100")).tasks == 1
+    assert Resources().tasks == 1 and Resources(tasks_per_node=2).tasks == 2
+    with pytest.raises(ValueError, match=r"unknown cluster option\(s\) \['gpus'\]; choose from: partition"):
+        Resources.of({"cluster": {"gpus": 2}})
+    with pytest.raises(ValueError, match="time_min must be an integer >= 1, got 0"):
+        Resources.of({}, time_min=0)
+
+
+# --- Slurm, without a cluster -------------------------------------------------------------------------
+@pytest.fixture
+def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``srun`` and ``sbatch`` on PATH: sbatch keeps the script it is given and answers as Slurm does. The
+    real SlurmExecutor writes and submits it, so the test sees exactly what a cluster would receive."""
+    bin_dir, captured = tmp_path / "bin", tmp_path / "sbatch_scripts"
+    bin_dir.mkdir()
+    captured.mkdir()
+    scripts = {"srun": "#!/bin/sh\nexit 0\n",
+               "sbatch": f'#!/bin/sh\ncp "$1" {captured}/\necho "Submitted batch job 4242"\n'}
+    for name, text in scripts.items():
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(stat.S_IRWXU)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return captured
+
+
+def test_slurm_submits_one_job_array_of_the_pending_runs(tiny: dict[str, Path], tmp_path: Path,
+                                                          fake_slurm: Path) -> None:
+    runs = plan(tiny, tmp_path / "runs", seeds=[0, 1])  # 4 runs
+    resources = Resources(partition="gpu", time_min=600, nodes=2, gpus_per_node=8, cpus_per_task=8,
+                          mem_gb=320, array_parallelism=3)
+    outcomes, ids = executors.train_pending(runs, tmp_path / "results", "slurm", resources, "test",
+                                            threads=1, block=False, folder=tmp_path / "submitit")
+    assert outcomes == [] and ids == [f"4242_{i}" for i in range(4)]
+    (script,) = fake_slurm.iterdir()
+    lines = script.read_text().splitlines()
+    for expected in ["#SBATCH --array=0-3%3", "#SBATCH --partition=gpu", "#SBATCH --time=600",
+                     "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=8", "#SBATCH --gpus-per-node=8",
+                     "#SBATCH --cpus-per-task=8", "#SBATCH --mem=320GB", "#SBATCH --job-name=kdlib-test",
+                     "#SBATCH --signal=USR2@90"]:
+        assert expected in lines, (expected, lines)
+    srun = [line for line in lines if line.startswith("srun")]
+    assert len(srun) == 1 and "-m submitit.core._submit" in srun[0], lines
+    # each array task unpickles one TrainJob: the run, its threads, and resume on preemption
+    job = submitit.SlurmJob(tmp_path / "submitit", "4242_2")
+    delayed = submitit.helpers.DelayedSubmission.load(job.paths.submitted_pickle)
+    assert isinstance(delayed.function, TrainJob) and delayed.function.run.key == runs[2].key
+    assert delayed.function.threads == 8  # cpus_per_task
+    requeued = delayed.function.checkpoint()
+    assert requeued.function is delayed.function  # the same run, which resumes from its last.pt
+
+
+def test_distributed_environment_from_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Task 9 of 16 (2 nodes × 8 GPUs): the variables kdlib.distributed reads, as torchrun would set them."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                 "SUBMITIT_EXECUTOR"):
+        monkeypatch.setenv(name, "")  # recorded, so that what export() sets is removed after the test
+        monkeypatch.delenv(name)
+    slurm = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "16", "SLURM_PROCID": "9", "SLURM_LOCALID": "1",
+             "SLURM_JOB_NUM_NODES": "2", "SLURM_NODEID": "1", "SLURM_JOB_NODELIST": "gpu[07-08]",
+             "SUBMITIT_EXECUTOR": "slurm"}  # what submitit's sbatch script sets
+    for name, value in slurm.items():
+        monkeypatch.setenv(name, value)
+    env = executors.distributed_environment()
+    assert {k: v for k, v in env.items() if k != "MASTER_PORT"} == {
+        "RANK": "9", "WORLD_SIZE": "16", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "8", "MASTER_ADDR": "gpu07"}
+    assert 20000 <= int(env["MASTER_PORT"]) <= 60000  # drawn from the job id: the same in every task
+    assert (distributed.env_rank(), distributed.env_world_size(), distributed.env_local_rank()) == (9, 16, 1)
+    assert distributed.process_device(torch.device("cuda")) == torch.device("cuda", 1)
+
+
+# --- submitit-local -------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_submitit_local_runs_ddp_tasks_with_gloo(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """Two tasks of one job: each exports RANK/WORLD_SIZE/MASTER_* and joins one gloo process group."""
+    (run,) = plan(tiny, tmp_path / "runs", method="kd", variants=["default"], baselines=[])
+    results = tmp_path / "results"
+    two_tasks = Resources(time_min=10, tasks_per_node=2)
+    outcomes, _ = executors.train_pending([run], results, "submitit-local", two_tasks, "test-ddp", threads=1,
+                                          folder=tmp_path / "submitit")
+    assert [o.status for o in outcomes] == ["trained"], outcomes[0].message
+    split = outcomes[0].record["distributed"]
+    assert (split["world_size"], split["backend"], split["per_process_batch"]) == (2, "gloo", 10)
+    assert (results / run.key / "record.json").is_file()
+
+
+def _kill_when_an_epoch_is_saved(out: Path, timeout_s: float = 300) -> None:
+    """SIGKILL the training process (the pid in its run lock) once its record holds a finished epoch."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        lock, record = out / ".lock", read_record(out / "record.json") or {}
+        if record.get("history") and lock.exists() and lock.read_text().strip().isdigit():
+            os.kill(int(lock.read_text()), signal.SIGKILL)
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no epoch of {out} was saved within {timeout_s} s")
+
+
+@pytest.mark.slow
+def test_a_killed_job_is_resubmitted_and_resumes_to_the_uninterrupted_result(
+        tiny: dict[str, Path], tmp_path: Path) -> None:
+    kw = dict(method="kd", variants=["default"], baselines=[], epochs=30)
+    (run,) = plan(tiny, tmp_path / "runs", **kw)
+    results, resources = tmp_path / "results", Resources(time_min=10)
+    auto = executors.make_executor("submitit-local", tmp_path / "submitit", resources, "test-kill")
+    job = auto.submit(TrainJob(run, threads=1))
+    _kill_when_an_epoch_is_saved(run.out)
+    assert executors._outcome(job, run, results).status == "failed"
+    killed = read_record(run.out / "record.json")
+    assert killed["status"] == "running" and 1 <= len(killed["history"]) < 30, "the kill came too late"
+    # the next call resubmits the run (its record is not completed), and the new job resumes from last.pt
+    again = dict(threads=1, folder=tmp_path / "submitit")
+    outcomes, _ = executors.train_pending([run], results, "submitit-local", resources, "test-kill", **again)
+    assert [o.status for o in outcomes] == ["trained"], outcomes[0].message
+    resumed = read_record(results / run.key / "record.json")
+    assert resumed["resumes"][0]["after_epoch"] >= len(killed["history"])
+    second = executors.train_pending([run], results, "submitit-local", resources, "test-kill", **again)
+    assert second == ([], [])  # nothing pending: nothing submitted
+    # an uninterrupted run of the same configuration, with the same thread count
+    (straight,) = plan(tiny, tmp_path / "straight", **kw)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        expected = train.train(straight.config)
+    finally:
+        torch.set_num_threads(threads)
+    differ = sorted(k for k in {*resumed, *expected}
+                    if k not in WALL_TIME and resumed.get(k) != expected.get(k))
+    assert differ == ["out"] or differ == [], differ
