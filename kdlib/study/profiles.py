@@ -133,6 +133,8 @@ def reproduce(profile: str, jobs: int = 1, notebooks: Sequence[str] | None = Non
     prof = load_profile(profile)
     chosen = list(notebooks) if notebooks else list(NOTEBOOKS)
     extra: dict[str, Any] = {"jobs": jobs}
+    if "threads" not in prof.get("common", {}):  # every core: one run with all of them, or a share per job
+        extra["threads"] = max(1, (os.cpu_count() or 1) // jobs)
     if device:
         extra["device"] = device
     plans = {nb: notebook_parameters(prof, nb, **extra) for nb in chosen}
