@@ -266,7 +266,8 @@ class Plan:
 
     @property
     def channels_last(self) -> bool:
-        """Images and weights in channels_last memory: on CUDA and on the fast path, unless turned off."""
+        """Whether images and weights are in channels_last memory (on CUDA and on the fast path, unless
+        turned off)."""
         return self.config.channels_last and (self.device.type == "cuda" or self.fast)
 
 
