@@ -234,7 +234,8 @@ class Run:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.pre_optimizer is not None and ckpt["pretrain_optimizer"] is not None:
             self.pre_optimizer.load_state_dict(ckpt["pretrain_optimizer"])
-        current = {k: record[k] for k in ("device", "hardware", "torch_version", "git_commit", "git_dirty")}
+        current = {k: record.get(k) for k in ("device", "hardware", "torch_version", "software", "git_commit",
+                                              "git_dirty")}
         record.update(ckpt["record"], status="running", failure_reason=None)
         record.setdefault("resumes", []).append({  # provenance of each process after the first
             "after_epoch": ckpt["state"]["epoch"], "after_pretrain_epoch": ckpt["state"]["pretrain_epoch"],

@@ -77,3 +77,45 @@ def test_the_fast_path_is_another_configuration(tmp_path: Path) -> None:
     assert plan(config()).fast is False and plan(config(fast=True)).fast is True
     assert run_record.config_id_of(config(fast=True)) != reference["config_id"]
     assert run_record.config_id_of(config(fast=False)) == reference["config_id"]
+
+
+def test_provenance_names_the_cpu_its_flags_and_the_libraries(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records carry the CPU's instruction-set flags, torch's dispatch capability and the oneDNN version:
+    provenance, never identity; a machine without /proc/cpuinfo (macOS) records None instead of failing."""
+    import torch
+
+    hw = run_record.hardware(torch.device("cpu"))
+    assert {"cpu", "cpu_flags", "cpu_capability", "torch_threads"} <= hw.keys()
+    assert hw["cpu_flags"] is None or set(hw["cpu_flags"]) <= set(run_record.CPU_FLAGS)
+    software = run_record.software()
+    assert software["onednn"] is None or software["onednn"][0].isdigit()
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Intel Xeon\n"
+                    "flags\t\t: fpu sse4_2 avx2 avx512f amx_bf16 xyz\n")
+    real = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: real(info if str(self) == "/proc/cpuinfo"
+                                                                       else self, *a, **k))
+    assert run_record._cpuinfo() == ("Intel Xeon", ["sse4_2", "avx2", "avx512f", "amx_bf16"])
+
+    def missing(self: Path, *args: object, **kwargs: object) -> str:
+        raise FileNotFoundError(self)
+
+    monkeypatch.setattr(Path, "read_text", missing)
+    assert run_record._cpuinfo() == (None, None)
+    assert run_record.hardware(torch.device("cpu"))["cpu"]  # platform's name instead
+
+
+def test_cpu_difference_names_model_and_instruction_sets() -> None:
+    amd = {"cpu": "AMD EPYC", "cpu_flags": ["avx", "avx2", "fma"]}
+    intel = {"cpu": "Intel Xeon", "cpu_flags": ["avx", "avx2", "fma", "avx512f", "avx512_bf16"]}
+    assert run_record.cpu_difference(amd, dict(amd)) is None
+    text = run_record.cpu_difference(amd, intel)
+    assert "model 'AMD EPYC' in the record, 'Intel Xeon' here" in text
+    assert "this one also has avx512_bf16, avx512f" in text
+    fewer = run_record.cpu_difference({**amd, "cpu_flags": intel["cpu_flags"]}, amd)
+    assert fewer == "instruction sets: the record's CPU also has avx512_bf16, avx512f"
+    old = {"cpu": "AMD EPYC", "torch_threads": 2}  # a record made before flags were recorded
+    assert run_record.cpu_difference(old, amd) is None
+    assert "does not say its instruction sets" in run_record.cpu_difference(old, intel)
+    assert run_record.cpu_difference(None, amd)
