@@ -101,6 +101,7 @@ def settings(p: Plan, teacher: WeightsRef | None, student: WeightsRef | None) ->
         "dataset": c.dataset,
         "subset": c.subset,
         "eval_subset": c.eval_subset,
+        "val_subset": c.val_subset,
         "recipe_name": p.recipe.name,
         "recipe": p.recipe.as_dict(),
         "seed": c.seed,
@@ -115,11 +116,11 @@ def settings(p: Plan, teacher: WeightsRef | None, student: WeightsRef | None) ->
 
 def identity(record: Mapping[str, Any]) -> dict[str, Any]:
     """What determines a run's result, from its settings or its record. Options added after record version 1
-    (student weights, ``bn``, the fast path's ``data_path``, the recipe's :data:`~kdlib.recipes.LATER_FIELDS`)
-    enter only when set, so runs without them keep their earlier ``config_id``. So does ICKD's and IE-KD's
-    ``tap``: earlier runs read RepDistiller's ``feats[-2]`` (``tap=repdistiller``), so ``tap`` enters only
-    where it reads another map: ``tap=code`` on a pair with WRN, MobileNetV2 or ShuffleV2
-    (:func:`kdlib.distill.taps_agree`)."""
+    (student weights, ``val_subset``, ``bn``, the fast path's ``data_path``, the recipe's
+    :data:`~kdlib.recipes.LATER_FIELDS`) enter only when set, so runs without them keep their earlier
+    ``config_id``. So does ICKD's and IE-KD's ``tap``: earlier runs read RepDistiller's ``feats[-2]``
+    (``tap=repdistiller``), so ``tap`` enters only where it reads another map: ``tap=code`` on a pair with
+    WRN, MobileNetV2 or ShuffleV2 (:func:`kdlib.distill.taps_agree`)."""
     identity = {
         key: record[key]
         for key in ("method", "method_config", "teacher", "teacher_ckpt_sha256", "student", "dataset",
@@ -131,6 +132,8 @@ def identity(record: Mapping[str, Any]) -> dict[str, Any]:
     identity["recipe"] = recipe_identity(record["recipe"])
     if record.get("student_weights_sha256") is not None:
         identity["student_weights_sha256"] = record["student_weights_sha256"]
+    if record.get("val_subset") is not None:  # held out of training: other training images
+        identity["val_subset"] = record["val_subset"]
     if record.get("bn", "batch") != "batch":
         identity["bn"] = record["bn"]
     if record.get("data_path", "dataloader") != "dataloader":  # other draws: resuming across paths is refused
@@ -287,15 +290,20 @@ def new_record(p: Plan, teacher: WeightsRef | None, student: WeightsRef | None) 
         "failure_reason": None,
         "resumes": [],
         "test_images": None,
+        "val_images": None,
+        "data_sha256": None,  # kdlib.subsets.split_sha256 of the train, val and test splits
         "epoch_times": [],  # per epoch: data_s (waiting for batches), compute_s (the rest of training)
     }
 
 
 def summarise_history(record: dict[str, Any]) -> None:
-    """Set the last and best (earliest among ties) top-1/top-5 and the best epoch from ``history``."""
+    """Set the last and best (earliest among ties) top-1/top-5 and the best epoch from ``history``, and the
+    last epoch's validation top-1 (``val_top1_last``) where the run held a validation set out."""
     history = record["history"]
     if not history:
         return
+    if "val_top1" in history[-1]:
+        record["val_top1_last"] = history[-1]["val_top1"]
     best = max(history, key=lambda h: (h["top1"], -h["epoch"]))
     record.update(
         top1_last=history[-1]["top1"],

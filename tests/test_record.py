@@ -119,3 +119,29 @@ def test_cpu_difference_names_model_and_instruction_sets() -> None:
     assert run_record.cpu_difference(old, amd) is None
     assert "does not say its instruction sets" in run_record.cpu_difference(old, intel)
     assert run_record.cpu_difference(None, amd)
+
+
+def test_a_validation_split_is_recorded_per_epoch_and_enters_the_identity_only_when_used(
+        tmp_path: Path) -> None:
+    """``val_subset``: each epoch's history has the validation top-1 beside the test top-1, the record keeps
+    the last one and the hash of every split; a run without it keeps the ``config_id`` it always had."""
+    from helpers import write_fashion_mnist
+
+    from kdlib import train
+
+    write_fashion_mnist(tmp_path / "data", train_per_class=10, test_per_class=4)
+    teacher = write_teacher(tmp_path / "t.pt", arch="resnet14", num_classes=10)
+
+    def config(out: str, **kw: object) -> TrainConfig:
+        return TrainConfig("kd", "resnet8", "fashion_mnist", tmp_path / out, teacher_ckpt=teacher,
+                           recipe="smoke", epochs=2, subset=40, batch_size=20, device="cpu", workers=0,
+                           data_root=tmp_path / "data", download=False, **kw)
+
+    record = train.train(config("val", val_subset=30))
+    assert [{"top1", "val_top1", "val_top5"} <= h.keys() for h in record["history"]] == [True, True]
+    assert record["val_top1_last"] == record["history"][-1]["val_top1"] and record["val_images"] == 30
+    assert set(record["data_sha256"]) == {"train", "val", "test"} and record["data_sha256"]["val"]
+    assert record["hardware"]["cpu_capability"] and "onednn" in record["software"]
+    assert run_record.config_id(record) == record["config_id"] != run_record.config_id_of(config("plain"))
+    plain = run_record.new_record(plan(config("plain")), *run_record.resolve_refs(config("plain"), True))
+    assert "val_subset" not in run_record.identity(plain) and plain["val_subset"] is None
