@@ -1,4 +1,4 @@
-"""The study's statistics (kdlib.stats), pinned against statsmodels 0.15.0: values computed once, not a dependency."""
+"""The study's statistics (kdlib.stats), pinned against values statsmodels 0.15.0 computed once."""
 
 from __future__ import annotations
 
