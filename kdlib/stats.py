@@ -53,7 +53,13 @@ def power(delta: float, sd: float, n: int, alpha: float = 0.05) -> float:
     difference" when the true mean difference is ``delta`` and the differences' SD is ``sd``."""
     df, nc = n - 1, delta * math.sqrt(n) / sd
     critical = stats.t.ppf(1 - alpha / 2, df)
-    return float(stats.nct.sf(critical, df, nc) + stats.nct.cdf(-critical, df, nc))
+    upper, lower = float(stats.nct.sf(critical, df, nc)), float(stats.nct.cdf(-critical, df, nc))
+    # scipy's nct can return NaN deep in the tail opposite the effect, where the probability is ~0
+    if nc >= 0 and math.isnan(lower):
+        lower = 0.0
+    if nc < 0 and math.isnan(upper):
+        upper = 0.0
+    return upper + lower
 
 
 def detectable_difference(sd: float, n: int, alpha: float = 0.05, target: float = 0.8) -> float:
