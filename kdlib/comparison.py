@@ -23,8 +23,8 @@ import pandas as pd
 from kdlib import results, stats
 from kdlib.methods import make_config, variant_string
 
-#: The main weight of each tuned method: option fields scaled together, all at their defaults in
-#: :mod:`kdlib.methods` (CCS's two terms and IE-KD's two terms move as one knob).
+#: The main weight of each tuned method, as the option fields scaled together (defaults in
+#: :mod:`kdlib.methods`; CCS's two terms and IE-KD's two terms move as one knob).
 MAIN_WEIGHTS: dict[str, tuple[str, ...]] = {
     "kd": ("kd_weight",),
     "ickd": ("ickd_weight",),
@@ -34,7 +34,7 @@ MAIN_WEIGHTS: dict[str, tuple[str, ...]] = {
     "iekd": ("inh_weight", "exp_weight"),
     "pkt": ("pkt_weight",),
 }
-#: The tuning multipliers of the main weight: a quarter, the default, four times.
+#: The tuning multipliers of the main weight (a quarter, the default, four times).
 MULTIPLIERS = (0.25, 1.0, 4.0)
 
 

@@ -186,8 +186,8 @@ def git_info() -> tuple[str | None, bool | None]:
     )
 
 
-#: The ``/proc/cpuinfo`` flags that decide which kernels torch and oneDNN run (and so how a CPU rounds): x86
-#: vector and matrix extensions, and ARM's (``Features``). A record keeps those its CPU has.
+#: The ``/proc/cpuinfo`` flags that decide which kernels torch and oneDNN run, and so how a CPU rounds (x86
+#: vector and matrix extensions, and ARM's ``Features``). A record keeps those its CPU has.
 CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl",
              "avx512cd", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16",
              "amx_int8", "amx_fp16", "asimd", "asimdhp", "sve", "sve2", "bf16", "i8mm")

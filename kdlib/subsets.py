@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-#: The second part of the validation split's seed, ``(subset_seed, VALIDATION_STREAM)``: a stream of its own,
-#: so the validation images are not the first images a ``subset`` of the same seed would take.
+#: The second part of the validation split's seed ``(subset_seed, VALIDATION_STREAM)``, a stream of its own
+#: so that the validation images are not the first images a ``subset`` of the same seed would take.
 VALIDATION_STREAM = 1
 
 
