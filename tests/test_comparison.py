@@ -97,3 +97,17 @@ def test_power_statement_from_the_committed_v1_records() -> None:
     power = comparison.power_statement(v1, seeds=10, comparisons=7)
     assert power["detectable"] == pytest.approx(1.5608, abs=1e-3)
     assert power["detectable_uncorrected"] < power["detectable"]
+
+
+def test_the_v2_profile_fixes_the_power_table_and_is_not_run_by_the_notebooks(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from kdlib import study
+
+    table = report.power_v2()
+    assert table["paired seeds"].tolist() == [3, 10] and set(table["comparisons with KD"]) == {7}
+    assert table["detectable with 80% power, Holm"].tolist() == ["9.62", "1.56"]
+    profile = study.PROFILES_DIR / "proxy_v2.json"
+    final = __import__("json").loads(profile.read_text())["stages"]["final"]
+    assert len(final["configurations"]) <= 10 and len(final["seeds"]) >= 10
+    assert study.main(["estimate", "--profile", "proxy_v2"]) == 2
+    assert "staged protocol" in capsys.readouterr().err
