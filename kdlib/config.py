@@ -103,6 +103,9 @@ class TrainConfig:
     epochs: int | None = option(None, "override the recipe's epochs (milestones scale)", type=positive_int)
     subset: int | None = option(None, "N training images, class-balanced, deterministic", type=positive_int)
     eval_subset: int | None = option(None, "N test images (default: the full test set)", type=positive_int)
+    val_subset: int | None = option(
+        None, "hold N training images out for validation (class-balanced, deterministic, never trained on); "
+        "each epoch records their top-1 beside the test set's", type=positive_int)
     batch_size: int | None = option(None, "override the recipe's batch size", type=positive_int)
     seed: int = option(0, "the run's seed", type=seed_int)
     device: str = option("auto", "auto, cpu or cuda")
@@ -326,7 +329,7 @@ def _check_weights(config: TrainConfig, needs_teacher: bool) -> None:
 
 
 def _check_counts(config: TrainConfig) -> None:
-    for name in ("epochs", "subset", "eval_subset", "batch_size"):
+    for name in ("epochs", "subset", "eval_subset", "val_subset", "batch_size"):
         value = getattr(config, name)
         if value is not None and (not isinstance(value, int) or not 1 <= value <= MAX_COUNT):
             raise ValueError(f"{name} must be an integer >= 1 and <= {MAX_COUNT}, got {value!r}")

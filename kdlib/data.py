@@ -30,8 +30,8 @@ run's; with more than one process the last, partial global batch is dropped. The
 way without padding, so each test image is evaluated by exactly one process.
 
 The test set is full unless ``eval_subset`` is given; ``subset`` draws a class-balanced, deterministic subset
-of the training set (:func:`balanced_subset`; it depends on ``subset_seed``, not on the run's seed, so runs
-with different seeds see the same images).
+of the training set, and ``val_subset`` holds a class-balanced validation set out of it (:mod:`kdlib.subsets`;
+both depend on ``subset_seed``, not on the run's seed, so runs with different seeds see the same images).
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
 
 from kdlib.idx import check_idx_split
+from kdlib.subsets import balanced_subset, split_indices, split_sha256
 
 log = logging.getLogger(__name__)
 
@@ -384,25 +385,6 @@ def dataset_targets(dataset: Dataset) -> np.ndarray:
     return np.asarray(dataset.targets, dtype=np.int64)
 
 
-def balanced_subset(targets: Sequence[int] | np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """Sorted indices of ``n`` samples, class-balanced (counts differ by at most 1) and deterministic.
-
-    Each class's samples are shuffled by ``seed``; then samples are taken by rank, round-robin over classes in
-    label order (so with ``n % K = r`` the first ``r`` classes get one more, and a class that runs out is
-    skipped).
-    """
-    targets = np.asarray(targets)
-    if n >= len(targets):
-        return np.arange(len(targets))
-    rng = np.random.default_rng(seed)
-    rank = np.empty(len(targets), dtype=np.int64)
-    for label in np.unique(targets):
-        members = np.flatnonzero(targets == label)
-        rank[rng.permutation(members)] = np.arange(len(members))
-    order = np.lexsort((targets, rank))  # by rank, then by label
-    return np.sort(order[:n])
-
-
 def mix_seed(*parts: int) -> int:
     """A 63-bit seed from integers (SplitMix64 steps), stable across processes and Python versions."""
     state = 0x9E3779B97F4A7C15
@@ -489,6 +471,10 @@ class Data:
     test: DataLoader
     #: The whole test set's size (with several processes, ``test`` holds only this process's share).
     test_images: int | None = None
+    #: The validation images held out of training (``val_subset``; None without), evaluated like ``test``.
+    val: DataLoader | None = None
+    #: :func:`~kdlib.subsets.split_sha256` of the ``train``, ``val`` (None without) and whole ``test`` split.
+    sha256: dict[str, str | None] = dataclasses.field(default_factory=dict)
 
     @property
     def train_size(self) -> int:
@@ -512,25 +498,29 @@ class Data:
 
 def _split_sets(
     spec: DatasetSpec, root: Path, download: bool, subset: int | None, eval_subset: int | None,
-    subset_seed: int, pad_mode: str, rank: int, world_size: int,
-) -> tuple[SeededTransform, SeededTransform, int]:
-    """(training set, this process's share of the test set, the whole test set's size): class-balanced
-    subsets where asked, each image transformed by its seeded transform."""
+    subset_seed: int, pad_mode: str, rank: int, world_size: int, val_subset: int | None = None,
+) -> tuple[SeededTransform, dict[str, SeededTransform | None], dict[str, Any]]:
+    """(training set, this process's share of the test and validation sets, the hash and size of each
+    split): class-balanced subsets where asked (:func:`~kdlib.subsets.split_indices`), each image
+    transformed by its seeded transform."""
     raw_train = spec.load_raw(root, True, download)
     raw_test = spec.load_raw(root, False, download)
-    train_indices = np.arange(len(raw_train))
-    if subset:
-        train_indices = balanced_subset(dataset_targets(raw_train), subset, subset_seed)
+    train_indices, val_indices = split_indices(dataset_targets(raw_train), subset, val_subset, subset_seed)
     test_indices = np.arange(len(raw_test))
     if eval_subset:
         test_indices = balanced_subset(dataset_targets(raw_test), eval_subset, subset_seed)
     train_set = SeededTransform(raw_train, train_indices, spec.make_transform(spec, True, pad_mode))
-    test_set = SeededTransform(
-        raw_test,
-        test_indices[rank::world_size],  # each test image in exactly one process's share, no padding
-        spec.make_transform(spec, False, pad_mode),
-    )
-    return train_set, test_set, len(test_indices)
+    evaluated = spec.make_transform(spec, False, pad_mode)
+    shares = {  # each image in exactly one process's share, no padding
+        "test": SeededTransform(raw_test, test_indices[rank::world_size], evaluated),
+        "val": SeededTransform(raw_train, val_indices[rank::world_size], evaluated)
+        if val_indices is not None else None,
+    }
+    facts = {"test_images": len(test_indices), "sha256": {
+        "train": split_sha256(raw_train, train_indices),
+        "val": split_sha256(raw_train, val_indices) if val_indices is not None else None,
+        "test": split_sha256(raw_test, test_indices)}}
+    return train_set, shares, facts
 
 
 def load_data(
@@ -542,6 +532,7 @@ def load_data(
     subset: int | None = None,
     eval_subset: int | None = None,
     subset_seed: int = 0,
+    val_subset: int | None = None,
     pad_mode: str = "constant",
     workers: int = 2,
     seed: int = 0,
@@ -564,8 +555,8 @@ def load_data(
         raise ValueError(f"the global batch size {batch_size} is not divisible by the {world_size} processes")
     if pad_mode not in PAD_MODES:
         raise ValueError(f"invalid pad_mode '{pad_mode}'; choose one of: {', '.join(PAD_MODES)}")
-    train_set, test_set, test_images = _split_sets(spec, root, download, subset, eval_subset, subset_seed,
-                                                    pad_mode, rank, world_size)
+    train_set, shares, facts = _split_sets(spec, root, download, subset, eval_subset, subset_seed, pad_mode,
+                                           rank, world_size, val_subset)
     common = dict(
         num_workers=workers, worker_init_fn=seed_worker, pin_memory=pin_memory, persistent_workers=False
     )
@@ -584,13 +575,14 @@ def load_data(
         generator=generator,
         **common,
     )
-    test = DataLoader(
-        test_set,
+    test, val = (None if share is None else DataLoader(
+        share,
         batch_size=max(1, (eval_batch_size or 2 * batch_size) // world_size),
         shuffle=False,
         generator=torch.Generator().manual_seed(seed),
         **common,
-    )
-    log.info("%s: %d training images%s, %d test images", name, len(train_set),
-             f" (class-balanced subset of {len(train_set.base)})" if subset else "", test_images)
-    return Data(spec, train, test, test_images)
+    ) for share in (shares["test"], shares["val"]))
+    log.info("%s: %d training images%s, %d test images%s", name, len(train_set),
+             f" (class-balanced subset of {len(train_set.base)})" if subset else "", facts["test_images"],
+             f", {val_subset} validation images held out of training" if val_subset else "")
+    return Data(spec, train, test, facts["test_images"], val, facts["sha256"])

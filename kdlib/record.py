@@ -10,7 +10,8 @@
   hashed. One function computes it, from the settings or from any record (they carry the same keys), so the
   trainer, the study's planning and a check of committed records agree by construction. No commit, time,
   path, process count or hardware enters it, and computing it reads neither git nor the machine;
-- the **provenance** (:func:`provenance`): commit, hardware, torch version, time;
+- the **provenance** (:func:`provenance`): commit, hardware (CPU model and instruction-set flags), torch and
+  oneDNN versions, time, and the data's hash (``data_sha256``, :func:`kdlib.subsets.split_sha256`);
 - the **outcome**: ``status``, per-epoch ``history`` and ``epoch_times``, the summary fields
   (:func:`summarise_history`), ``failure_reason``, ``resumes``.
 """
@@ -24,6 +25,7 @@ import json
 import logging
 import os
 import platform
+import re
 import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from kdlib import weights
@@ -98,6 +101,7 @@ def settings(p: Plan, teacher: WeightsRef | None, student: WeightsRef | None) ->
         "dataset": c.dataset,
         "subset": c.subset,
         "eval_subset": c.eval_subset,
+        "val_subset": c.val_subset,
         "recipe_name": p.recipe.name,
         "recipe": p.recipe.as_dict(),
         "seed": c.seed,
@@ -112,11 +116,11 @@ def settings(p: Plan, teacher: WeightsRef | None, student: WeightsRef | None) ->
 
 def identity(record: Mapping[str, Any]) -> dict[str, Any]:
     """What determines a run's result, from its settings or its record. Options added after record version 1
-    (student weights, ``bn``, the fast path's ``data_path``, the recipe's :data:`~kdlib.recipes.LATER_FIELDS`)
-    enter only when set, so runs without them keep their earlier ``config_id``. So does ICKD's and IE-KD's
-    ``tap``: earlier runs read RepDistiller's ``feats[-2]`` (``tap=repdistiller``), so ``tap`` enters only
-    where it reads another map: ``tap=code`` on a pair with WRN, MobileNetV2 or ShuffleV2
-    (:func:`kdlib.distill.taps_agree`)."""
+    (student weights, ``val_subset``, ``bn``, the fast path's ``data_path``, the recipe's
+    :data:`~kdlib.recipes.LATER_FIELDS`) enter only when set, so runs without them keep their earlier
+    ``config_id``. So does ICKD's and IE-KD's ``tap``: earlier runs read RepDistiller's ``feats[-2]``
+    (``tap=repdistiller``), so ``tap`` enters only where it reads another map: ``tap=code`` on a pair with
+    WRN, MobileNetV2 or ShuffleV2 (:func:`kdlib.distill.taps_agree`)."""
     identity = {
         key: record[key]
         for key in ("method", "method_config", "teacher", "teacher_ckpt_sha256", "student", "dataset",
@@ -128,6 +132,8 @@ def identity(record: Mapping[str, Any]) -> dict[str, Any]:
     identity["recipe"] = recipe_identity(record["recipe"])
     if record.get("student_weights_sha256") is not None:
         identity["student_weights_sha256"] = record["student_weights_sha256"]
+    if record.get("val_subset") is not None:  # held out of training: other training images
+        identity["val_subset"] = record["val_subset"]
     if record.get("bn", "batch") != "batch":
         identity["bn"] = record["bn"]
     if record.get("data_path", "dataloader") != "dataloader":  # other draws: resuming across paths is refused
@@ -180,26 +186,82 @@ def git_info() -> tuple[str | None, bool | None]:
     )
 
 
-def hardware(device: torch.device) -> dict[str, Any]:
-    """The CPU's model name, core count, torch's thread count and the GPU's name (None on CPU)."""
-    cpu = platform.processor() or platform.machine()
+#: The ``/proc/cpuinfo`` flags that decide which kernels torch and oneDNN run, and so how a CPU rounds (x86
+#: vector and matrix extensions, and ARM's ``Features``). A record keeps those its CPU has.
+CPU_FLAGS = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512dq", "avx512bw", "avx512vl",
+             "avx512cd", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni", "amx_tile", "amx_bf16",
+             "amx_int8", "amx_fp16", "asimd", "asimdhp", "sve", "sve2", "bf16", "i8mm")
+
+
+def _cpuinfo() -> tuple[str | None, list[str] | None]:
+    """(model name, :data:`CPU_FLAGS` present) from ``/proc/cpuinfo``; (None, None) where it cannot be read
+    (macOS, Windows), so a record there says it does not know rather than failing."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
+        return None, None
+    model = flags = None
+    for line in lines:
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key == "model name" and model is None:
+            model = value.strip()
+        elif key in ("flags", "Features") and flags is None:
+            present = set(value.split())
+            flags = [f for f in CPU_FLAGS if f in present]
+    return model, flags
+
+
+def hardware(device: torch.device) -> dict[str, Any]:
+    """The CPU's model name, its instruction-set flags (:data:`CPU_FLAGS` present; None where unknown), the
+    vector capability torch dispatches to (``AVX2``, ``AVX512``, ...), core count, torch's thread count and
+    the GPU's name (None on CPU). Provenance only: none of it enters the ``config_id``."""
+    model, flags = _cpuinfo()
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else None
-    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu}
+    return {"cpu": model or platform.processor() or platform.machine(), "cpu_flags": flags,
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "gpu": gpu}
+
+
+def onednn_version() -> str | None:
+    """The oneDNN (MKL-DNN) version torch was built with, from ``torch.__config__.show()`` (or None)."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    match = re.search(r"(?:MKL-DNN|oneDNN)\s+v?([0-9][\w.]*)", torch.__config__.show())
+    return match.group(1) if match else None
+
+
+def software() -> dict[str, Any]:
+    """The numerical libraries beside torch that can change a CPU run's rounding: oneDNN, MKL, numpy."""
+    return {"onednn": onednn_version(), "mkl": torch.backends.mkl.is_available(),
+            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+            "numpy": np.__version__, "python": platform.python_version()}
 
 
 def provenance(device: torch.device) -> dict[str, Any]:
-    """Where and with what this process trains: device, hardware, torch version, commit (a resumed run adds
-    one of these per resumed run to ``resumes``)."""
+    """Where and with what this process trains: device, hardware, torch and library versions, commit (a
+    resumed run adds one of these per resumed run to ``resumes``)."""
     commit, dirty = git_info()
     return {"device": str(device), "hardware": hardware(device), "torch_version": str(torch.__version__),
-            "git_commit": commit, "git_dirty": dirty}
+            "software": software(), "git_commit": commit, "git_dirty": dirty}
+
+
+def cpu_difference(recorded: Mapping[str, Any] | None, here: Mapping[str, Any]) -> str | None:
+    """How this machine's CPU (``here``, a :func:`hardware`) differs from a record's ``hardware``, in words,
+    or None when model and flags agree. A record made before flags were recorded is judged by model alone."""
+    recorded = recorded or {}
+    parts = []
+    if recorded.get("cpu") != here.get("cpu"):
+        parts.append(f"model {recorded.get('cpu')!r} in the record, {here.get('cpu')!r} here")
+    theirs, ours = recorded.get("cpu_flags"), here.get("cpu_flags")
+    if theirs is not None and ours is not None and set(theirs) != set(ours):
+        only_theirs, only_ours = sorted(set(theirs) - set(ours)), sorted(set(ours) - set(theirs))
+        parts.append("instruction sets: " + "; ".join(
+            text for text in (f"the record's CPU also has {', '.join(only_theirs)}" if only_theirs else "",
+                              f"this one also has {', '.join(only_ours)}" if only_ours else "") if text))
+    elif theirs is None and parts:
+        parts.append("the record does not say its instruction sets")
+    return "; ".join(parts) or None
 
 
 # --- the record -----------------------------------------------------------------------------------
@@ -228,15 +290,20 @@ def new_record(p: Plan, teacher: WeightsRef | None, student: WeightsRef | None) 
         "failure_reason": None,
         "resumes": [],
         "test_images": None,
+        "val_images": None,
+        "data_sha256": None,  # kdlib.subsets.split_sha256 of the train, val and test splits
         "epoch_times": [],  # per epoch: data_s (waiting for batches), compute_s (the rest of training)
     }
 
 
 def summarise_history(record: dict[str, Any]) -> None:
-    """Set the last and best (earliest among ties) top-1/top-5 and the best epoch from ``history``."""
+    """Set the last and best (earliest among ties) top-1/top-5 and the best epoch from ``history``, and the
+    last epoch's validation top-1 (``val_top1_last``) where the run held a validation set out."""
     history = record["history"]
     if not history:
         return
+    if "val_top1" in history[-1]:
+        record["val_top1_last"] = history[-1]["val_top1"]
     best = max(history, key=lambda h: (h["top1"], -h["epoch"]))
     record.update(
         top1_last=history[-1]["top1"],

@@ -44,6 +44,7 @@ RECORD_COLUMNS = (
     "dataset",
     "subset",
     "eval_subset",
+    "val_subset",
     "recipe_name",
     "seed",
     "epochs",
@@ -54,6 +55,7 @@ RECORD_COLUMNS = (
     "top1_best",
     "top5_best",
     "best_epoch",
+    "val_top1_last",
     "wall_time_s",
     "images_per_s",
     "device",
@@ -177,6 +179,7 @@ def load_records(
         "top5_last",
         "top1_best",
         "top5_best",
+        "val_top1_last",
         "wall_time_s",
         "images_per_s",
     ):

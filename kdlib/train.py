@@ -138,6 +138,7 @@ class Run:
         self._build_distiller()
         self._build_loaders()
         self.record = new_record(p, self.teacher_ref, self.student_ref)
+        self.record["data_sha256"] = self.data.sha256
         self.optimizer = make_optimizer(self.recipe, self.distiller.trainable_parameters(),
                                         fused=self.fast and cuda)
         self.scheduler = torch.optim.lr_scheduler.MultiStepLR(
@@ -162,7 +163,8 @@ class Run:
             initial = models.load_teacher(self.student_ref.file, config.student, num_classes=num_classes)
         self.data = load_data(
             config.dataset, config.data_root, batch_size=self.recipe.batch_size, subset=config.subset,
-            eval_subset=config.eval_subset, pad_mode=self.recipe.pad_mode, workers=config.workers,
+            eval_subset=config.eval_subset, val_subset=config.val_subset, pad_mode=self.recipe.pad_mode,
+            workers=config.workers,
             seed=config.seed, download=config.download, pin_memory=self.p.device.type == "cuda",
             image_size=self.recipe.image_size, rank=dist.rank, world_size=dist.world_size,
         )
@@ -188,6 +190,7 @@ class Run:
     def _build_loaders(self) -> None:
         """The reference path's DataLoaders, or the same data resident on the device (the fast path)."""
         recipe, rt = self.recipe, self.rt
+        self.val_loader = self.data.val
         if not self.fast:
             self.train_loader, self.test_loader = self.data.train, self.data.test
             self.set_epoch, self.train_epoch = self.data.set_epoch, train_one_epoch
@@ -199,6 +202,10 @@ class Run:
         self.test_loader = DeviceLoader.from_dataset(
             self.data.test.dataset, self.spec, batch_size=self.data.test.batch_size, train=False,
             device=rt.device, channels_last=rt.channels_last)
+        if self.data.val is not None:
+            self.val_loader = DeviceLoader.from_dataset(
+                self.data.val.dataset, self.spec, batch_size=self.data.val.batch_size, train=False,
+                device=rt.device, channels_last=rt.channels_last)
         self.set_epoch, self.train_epoch = self.train_loader.set_epoch, train_one_epoch_fast
         compile = self.p.config.compile
         if compile is None:
@@ -240,7 +247,8 @@ class Run:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.pre_optimizer is not None and ckpt["pretrain_optimizer"] is not None:
             self.pre_optimizer.load_state_dict(ckpt["pretrain_optimizer"])
-        current = {k: record[k] for k in ("device", "hardware", "torch_version", "git_commit", "git_dirty")}
+        current = {k: record.get(k) for k in ("device", "hardware", "torch_version", "software", "git_commit",
+                                              "git_dirty")}
         record.update(ckpt["record"], status="running", failure_reason=None)
         record.setdefault("resumes", []).append({  # provenance of each process after the first
             "after_epoch": ckpt["state"]["epoch"], "after_pretrain_epoch": ckpt["state"]["pretrain_epoch"],
@@ -359,6 +367,10 @@ class Run:
         self.scheduler.step()
         metrics = evaluate(self.distiller.student, self.test_loader, self.rt)
         record["test_images"] = metrics.pop("images")
+        if self.val_loader is not None:  # held out of training: weights are chosen on it, never on test
+            val = evaluate(self.distiller.student, self.val_loader, self.rt, desc="val")
+            record["val_images"] = val.pop("images")
+            metrics.update(val_top1=val["top1"], val_top5=val["top5"])
         record["history"].append({"epoch": epoch, "lr": lr, "losses": losses, "loss": sum(losses.values()),
                                   **metrics})
         record["epoch_times"].append(

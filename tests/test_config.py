@@ -26,6 +26,7 @@ EVERY_FIELD_SET = {
     "epochs": 3,
     "subset": 100,
     "eval_subset": 50,
+    "val_subset": 200,
     "batch_size": 32,
     "seed": 7,
     "device": "cpu",

@@ -13,6 +13,7 @@ from torchvision import transforms as T
 
 from kdlib import data
 from kdlib.data import DataError, balanced_subset, get_dataset_spec, load_data
+from kdlib.subsets import split_indices, split_sha256
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +193,44 @@ def test_real_fashion_mnist_from_the_debian_package(tmp_path: Path) -> None:
     assert (d.train_size, d.test_size) == (100, 50)
     x, _ = _first_batch(d.train)
     assert x.shape == (32, 3, 32, 32)
+
+
+def test_validation_split_is_disjoint_balanced_and_deterministic() -> None:
+    """``val_subset``: held out of the whole training set first (so a teacher trained on every other image and
+    a student trained on a subset of them share it), class-balanced, a function of the labels and
+    ``subset_seed`` alone; without it the training subset is what it always was."""
+    targets = np.repeat(np.arange(10), 60)
+    np.random.default_rng(1).shuffle(targets)
+    train, val = split_indices(targets, subset=200, val_subset=100)
+    assert len(train) == 200 and len(val) == 100 and not set(train) & set(val)
+    assert np.bincount(targets[val], minlength=10).tolist() == [10] * 10
+    assert np.bincount(targets[train], minlength=10).tolist() == [20] * 10
+    again_train, again_val = split_indices(targets, subset=200, val_subset=100)
+    assert np.array_equal(train, again_train) and np.array_equal(val, again_val)
+    everything_else, same_val = split_indices(targets, val_subset=100)  # a teacher: all but the validation
+    assert np.array_equal(val, same_val) and len(everything_else) == 500
+    assert set(train) <= set(everything_else)
+    assert not np.array_equal(val, split_indices(targets, val_subset=100, subset_seed=1)[1])
+    assert not np.array_equal(val, balanced_subset(targets, 100))  # a stream of its own
+    old, none = split_indices(targets, subset=200)
+    assert none is None and np.array_equal(old, balanced_subset(targets, 200))
+    with pytest.raises(ValueError, match="val_subset 600 leaves none"):
+        split_indices(targets, val_subset=600)
+
+
+def test_validation_loader_and_data_hashes(cifar_root: Path) -> None:
+    d = load_data("cifar10", cifar_root, batch_size=8, subset=10, val_subset=10, workers=0)
+    assert d.train_size == 10 and len(d.val.dataset) == 10
+    assert not set(d.train.dataset.indices) & set(d.val.dataset.indices)
+    assert d.val.dataset.base is d.train.dataset.base
+    x, _ = _first_batch(d.val)
+    assert torch.equal(x, _first_batch(d.val)[0])  # evaluated without augmentation
+    plain = load_data("cifar10", cifar_root, batch_size=8, subset=10, workers=0)
+    assert plain.val is None and plain.sha256["val"] is None
+    assert plain.sha256["test"] == d.sha256["test"] and plain.sha256["train"] != d.sha256["train"]
+    raw = plain.train.dataset.base
+    assert plain.sha256["train"] == split_sha256(raw, plain.train.dataset.indices)
+    assert split_sha256(raw, [0, 1]) != split_sha256(raw, [1, 0])
+    before = split_sha256(raw, [0, 1])
+    raw.data[0, 0, 0, 0] ^= 1  # one pixel changes the hash
+    assert split_sha256(raw, [0, 1]) != before

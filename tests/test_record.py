@@ -77,3 +77,71 @@ def test_the_fast_path_is_another_configuration(tmp_path: Path) -> None:
     assert plan(config()).fast is False and plan(config(fast=True)).fast is True
     assert run_record.config_id_of(config(fast=True)) != reference["config_id"]
     assert run_record.config_id_of(config(fast=False)) == reference["config_id"]
+
+
+def test_provenance_names_the_cpu_its_flags_and_the_libraries(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Records carry the CPU's instruction-set flags, torch's dispatch capability and the oneDNN version:
+    provenance, never identity; a machine without /proc/cpuinfo (macOS) records None instead of failing."""
+    import torch
+
+    hw = run_record.hardware(torch.device("cpu"))
+    assert {"cpu", "cpu_flags", "cpu_capability", "torch_threads"} <= hw.keys()
+    assert hw["cpu_flags"] is None or set(hw["cpu_flags"]) <= set(run_record.CPU_FLAGS)
+    software = run_record.software()
+    assert software["onednn"] is None or software["onednn"][0].isdigit()
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Intel Xeon\n"
+                    "flags\t\t: fpu sse4_2 avx2 avx512f amx_bf16 xyz\n")
+    real = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: real(info if str(self) == "/proc/cpuinfo"
+                                                                       else self, *a, **k))
+    assert run_record._cpuinfo() == ("Intel Xeon", ["sse4_2", "avx2", "avx512f", "amx_bf16"])
+
+    def missing(self: Path, *args: object, **kwargs: object) -> str:
+        raise FileNotFoundError(self)
+
+    monkeypatch.setattr(Path, "read_text", missing)
+    assert run_record._cpuinfo() == (None, None)
+    assert run_record.hardware(torch.device("cpu"))["cpu"]  # platform's name instead
+
+
+def test_cpu_difference_names_model_and_instruction_sets() -> None:
+    amd = {"cpu": "AMD EPYC", "cpu_flags": ["avx", "avx2", "fma"]}
+    intel = {"cpu": "Intel Xeon", "cpu_flags": ["avx", "avx2", "fma", "avx512f", "avx512_bf16"]}
+    assert run_record.cpu_difference(amd, dict(amd)) is None
+    text = run_record.cpu_difference(amd, intel)
+    assert "model 'AMD EPYC' in the record, 'Intel Xeon' here" in text
+    assert "this one also has avx512_bf16, avx512f" in text
+    fewer = run_record.cpu_difference({**amd, "cpu_flags": intel["cpu_flags"]}, amd)
+    assert fewer == "instruction sets: the record's CPU also has avx512_bf16, avx512f"
+    old = {"cpu": "AMD EPYC", "torch_threads": 2}  # a record made before flags were recorded
+    assert run_record.cpu_difference(old, amd) is None
+    assert "does not say its instruction sets" in run_record.cpu_difference(old, intel)
+    assert run_record.cpu_difference(None, amd)
+
+
+def test_a_validation_split_is_recorded_per_epoch_and_enters_the_identity_only_when_used(
+        tmp_path: Path) -> None:
+    """``val_subset``: each epoch's history has the validation top-1 beside the test top-1, the record keeps
+    the last one and the hash of every split; a run without it keeps the ``config_id`` it always had."""
+    from helpers import write_fashion_mnist
+
+    from kdlib import train
+
+    write_fashion_mnist(tmp_path / "data", train_per_class=10, test_per_class=4)
+    teacher = write_teacher(tmp_path / "t.pt", arch="resnet14", num_classes=10)
+
+    def config(out: str, **kw: object) -> TrainConfig:
+        return TrainConfig("kd", "resnet8", "fashion_mnist", tmp_path / out, teacher_ckpt=teacher,
+                           recipe="smoke", epochs=2, subset=40, batch_size=20, device="cpu", workers=0,
+                           data_root=tmp_path / "data", download=False, **kw)
+
+    record = train.train(config("val", val_subset=30))
+    assert [{"top1", "val_top1", "val_top5"} <= h.keys() for h in record["history"]] == [True, True]
+    assert record["val_top1_last"] == record["history"][-1]["val_top1"] and record["val_images"] == 30
+    assert set(record["data_sha256"]) == {"train", "val", "test"} and record["data_sha256"]["val"]
+    assert record["hardware"]["cpu_capability"] and "onednn" in record["software"]
+    assert run_record.config_id(record) == record["config_id"] != run_record.config_id_of(config("plain"))
+    plain = run_record.new_record(plan(config("plain")), *run_record.resolve_refs(config("plain"), True))
+    assert "val_subset" not in run_record.identity(plain) and plain["val_subset"] is None

@@ -328,6 +328,38 @@ def test_verify_finds_a_committed_number_this_code_does_not_compute(tiny: dict[s
     assert [r["key"] for r in study.verify(runs, results, tmp_path / "verify")] == [runs[1].key]
 
 
+def test_verify_with_a_tolerance_passes_close_numbers_and_names_another_cpu(
+        tiny: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--tolerance P``: pass or fail per run on the last-epoch top-1 instead of bit for bit; a record made
+    on another CPU (model or instruction-set flags) is named as such, and records without flags still work."""
+    results = tmp_path / "results"
+    p = study.check_parameters(**good(tiny, tmp_path, results_dir=results, baselines=[]))
+    runs = study.plan_runs(p)
+    study.run_grid(runs, results)
+    path = results / runs[0].key / "record.json"
+    record = json.loads(path.read_text())
+    committed = record["top1_last"]
+    record["history"][-1]["top1"] += 0.4
+    record.update(top1_last=committed + 0.4, hardware={"cpu": "Intel Xeon", "torch_threads": 1})  # no flags
+    path.write_text(json.dumps(record))
+    monkeypatch.setattr(study.cli, "profile_runs", lambda profile, match: runs)
+    monkeypatch.setattr(study.cli, "profile_results_dir", lambda profile: results)
+    argv = ["verify", "--profile", "proxy", "--out", str(tmp_path / "verify")]
+    assert study.main([*argv, "--tolerance", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "-0.40 points, pass at a tolerance of 0.5 points" in out
+    assert "this CPU differs from the record's: model 'Intel Xeon' in the record" in out
+    assert "the record does not say its instruction sets" in out
+    assert study.main([*argv, "--tolerance", "0.3"]) == 1
+    assert "FAIL at a tolerance of 0.3 points" in capsys.readouterr().out
+    assert study.main(argv) == 1  # bit for bit
+    out = capsys.readouterr().out
+    assert "DIFFERENT" in out and "bit-for-bit is not expected" in out
+    with pytest.raises(SystemExit):
+        study.main([*argv, "--tolerance", "-1"])
+
+
 def test_verify_command_selects_runs_by_whole_path_parts(capsys: pytest.CaptureFixture[str]) -> None:
     keys = [r.key for r in study.profile_runs("proxy", ["kd/default/seed0"])]
     assert keys == ["fashion_mnist/repdistiller/resnet32-resnet8/kd/default/seed0"]  # not ickd/default/seed0

@@ -7,7 +7,7 @@ What ``make reproduce`` calls, and the other commands::
     python -m kdlib.study params --profile proxy --notebook 01_ickd      # the YAML papermill gets
     python -m kdlib.study estimate --profile cifar100 --images-per-s 4000
     python -m kdlib.study refresh       # re-execute the committed notebooks with their defaults
-    python -m kdlib.study verify --profile proxy --match kd/default/seed0
+    python -m kdlib.study verify --profile proxy --match kd/default/seed0 [--tolerance 0.5]
 """
 
 from __future__ import annotations
@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--match", action="append", default=[],
                    help="only runs whose folder has these path parts, e.g. kd/default/seed0 (repeatable)")
     v.add_argument("--out", default=str(RUNS_DIR / "verify"), help="scratch folder (default runs/verify)")
+    v.add_argument("--tolerance", type=_points, metavar="POINTS",
+                   help="pass when the last-epoch top-1 is within POINTS of the record's "
+                   "(default: bit for bit)")
     return parser
 
 
@@ -140,16 +143,40 @@ def _refresh(args: argparse.Namespace) -> int:
     return 0
 
 
+def _points(text: str) -> float:
+    """``--tolerance``: a finite number of top-1 points >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of top-1 points >= 0, got {text!r}")
+    return value
+
+
+def verify_line(row: dict, tolerance: float | None) -> str:
+    """One line of ``verify``: the record, the retrained number, the verdict and, where the CPU differs from
+    the record's (model or instruction sets), how."""
+    if tolerance is None:
+        verdict = "identical" if row["identical"] else "DIFFERENT"
+    else:
+        difference = "" if row["difference"] is None else f"{row['difference']:+.2f} points, "
+        verdict = (f"{difference}{'pass' if row['passed'] else 'FAIL'} at a tolerance of {tolerance:g} points"
+                   + (" (bit for bit)" if row["identical"] else ""))
+    line = (f"{row['key']}: committed {row['top1_last']} @ {row['commit']}, now {row['new top1_last']}: "
+            f"{verdict}")
+    if row["cpu_difference"]:
+        expect = "; bit-for-bit is not expected" if tolerance is None else ""
+        line += f" (this CPU differs from the record's: {row['cpu_difference']}{expect})"
+    return line
+
+
 def _verify(args: argparse.Namespace) -> int:
     rows = verify(profile_runs(args.profile, args.match), profile_results_dir(args.profile),
-                  repo_path(args.out))
+                  repo_path(args.out), args.tolerance)
     for row in rows:
-        verdict = "identical" if row["identical"] else "DIFFERENT"
-        if not row["same_cpu"]:
-            verdict += f" (the record was made on another CPU, {row['cpu']}: bit-for-bit is not expected)"
-        print(f"{row['key']}: committed {row['top1_last']} @ {row['commit']}, "
-              f"now {row['new top1_last']}: {verdict}")
-    return 0 if all(row["identical"] for row in rows) else 1
+        print(verify_line(row, args.tolerance))
+    return 0 if all(row["passed"] for row in rows) else 1
 
 
 def _params(args: argparse.Namespace) -> int:

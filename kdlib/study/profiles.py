@@ -63,6 +63,9 @@ def load_profile(name: str) -> dict[str, Any]:
     except ValueError as error:
         raise ValueError(f"profile '{path}' is not valid JSON ({error})") from None
     shape = "an object with 'common' and 'notebooks' objects"
+    if isinstance(profile, dict) and "stages" in profile:  # a staged protocol (book/protocol_v2.md)
+        raise ValueError(f"profile '{name}' is a staged protocol (teacher, tuning, final); the notebooks "
+                         "do not run it, and its driver is not written yet")
     if not isinstance(profile, dict):
         raise ValueError(f"profile '{path}' must be {shape}, got {type(profile).__name__} {profile!r:.60}")
     wrong = [k for k in ("common", "notebooks") if not isinstance(profile.get(k, {}), dict)]

@@ -1,0 +1,203 @@
+"""The proxy study's second protocol in code: weights chosen on validation, Holm-corrected paired comparisons
+on the test set, the answer in words, and the power the first study's noise allows.
+
+- :data:`MAIN_WEIGHTS`: each tuned method's main weight (the option fields scaled together) at its default.
+- :func:`candidates`: a method's tuning candidates, its main weight times each multiplier.
+- :func:`select_weights`: each method's weight chosen by mean validation top-1 over the tuning seeds (never
+  the test set); diverged and missing runs and ties handled as the docstring says.
+- :func:`holm_comparisons`: every configuration minus a baseline (``kd``, ``ce``) on the same seeds, a paired
+  t-test each, Holm's correction over the family of comparisons with that baseline.
+- :func:`answer`: which methods beat KD (and ce) beyond the corrected noise, in words, from the records.
+- :func:`power_statement`: the smallest difference detectable with 80% power, from committed records' SDs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kdlib import results, stats
+from kdlib.methods import make_config, variant_string
+
+#: The main weight of each tuned method, as the option fields scaled together (defaults in
+#: :mod:`kdlib.methods`; CCS's two terms and IE-KD's two terms move as one knob).
+MAIN_WEIGHTS: dict[str, tuple[str, ...]] = {
+    "kd": ("kd_weight",),
+    "ickd": ("ickd_weight",),
+    "ccs": ("intra_weight", "inter_weight"),
+    "cd": ("cd_weight",),
+    "cwt": ("cwt_weight",),
+    "iekd": ("inh_weight", "exp_weight"),
+    "pkt": ("pkt_weight",),
+}
+#: The tuning multipliers of the main weight (a quarter, the default, four times).
+MULTIPLIERS = (0.25, 1.0, 4.0)
+
+
+def candidates(method: str, multipliers: Sequence[float] = MULTIPLIERS) -> list[dict[str, Any]]:
+    """One entry per multiplier: ``multiplier``, ``overrides`` (the method options) and ``variant`` (the
+    label its records carry: ``default`` at ×1)."""
+    default = make_config(method)
+    out = []
+    for multiplier in multipliers:
+        overrides = {name: getattr(default, name) * multiplier for name in MAIN_WEIGHTS[method]}
+        if multiplier == 1:
+            overrides = {}
+        out.append({"method": method, "multiplier": multiplier, "overrides": overrides,
+                    "variant": variant_string(make_config(method, overrides))})
+    return out
+
+
+def _score(runs: pd.DataFrame, seeds: Sequence[int]) -> tuple[float, str]:
+    """(mean validation top-1 over ``seeds``, why not) of one candidate's runs; NaN: it cannot be chosen."""
+    by_seed = {int(s): r for s, r in zip(runs["seed"], runs.itertuples(), strict=True)}
+    missing = [s for s in seeds if s not in by_seed]
+    if missing:
+        return math.nan, f"no run for seed {', '.join(map(str, missing))}"
+    diverged = [s for s in seeds if by_seed[s].status == results.STATUS_DIVERGED]
+    if diverged:
+        return math.nan, f"diverged on seed {', '.join(map(str, diverged))}"
+    values = [by_seed[s].val_top1_last for s in seeds]
+    if any(v is None or not np.isfinite(v) for v in values):
+        return math.nan, "no validation top-1 recorded"
+    return float(np.mean(values)), ""
+
+
+def select_weights(records: pd.DataFrame, methods: Sequence[str], seeds: Sequence[int],
+                   multipliers: Sequence[float] = MULTIPLIERS) -> pd.DataFrame:
+    """Each method's main weight chosen on the validation set: the candidate (:func:`candidates`) with the
+    highest mean ``val_top1_last`` over the tuning ``seeds``.
+
+    ``records``: a :func:`~kdlib.results.load_records` frame of completed and diverged runs. A candidate
+    that diverged on any tuning seed, or lacks a run or a validation number, cannot be chosen (its ``note``
+    says why). Ties (equal means) go to the multiplier nearest the default (×1), then to the smaller weight.
+    A method none of whose candidates can be chosen gets ``chosen`` None. The test-set columns are never
+    read. One row per method: ``method``, ``chosen`` (variant label), ``multiplier``, ``overrides``,
+    ``val_top1`` (the chosen mean), ``scores`` (multiplier → mean or None) and ``note``."""
+    rows = []
+    for method in methods:
+        scored = []
+        notes = []
+        for c in candidates(method, multipliers):
+            runs = records[(records["method"] == method) & (records["variant"] == c["variant"])]
+            score, why = _score(runs, seeds)
+            scored.append((c, score))
+            if why:
+                notes.append(f"×{c['multiplier']:g}: {why}")
+        eligible = [(c, s) for c, s in scored if not math.isnan(s)]
+        best = max(eligible, key=lambda cs: (cs[1], -abs(math.log(cs[0]["multiplier"])),
+                                             -cs[0]["multiplier"]), default=None)
+        rows.append({"method": method, "chosen": best[0]["variant"] if best else None,
+                     "multiplier": best[0]["multiplier"] if best else None,
+                     "overrides": best[0]["overrides"] if best else None,
+                     "val_top1": best[1] if best else math.nan,
+                     "scores": {c["multiplier"]: (None if math.isnan(s) else s) for c, s in scored},
+                     "note": "; ".join(notes)})
+    return pd.DataFrame(rows)
+
+
+def holm_comparisons(records: pd.DataFrame, baseline: str = "kd", alpha: float = 0.05,
+                     metric: str = "top1_last") -> pd.DataFrame:
+    """Every configuration minus ``baseline`` (its ``default`` variant) on the same seeds: ``n``, ``mean``,
+    the 95% interval (``lo``, ``hi``, uncorrected), the paired t-test's ``p`` and Holm's ``p_holm`` over the
+    family of all comparisons with ``baseline`` in the frame, and the ``verdict``: ``above``/``below`` when
+    ``p_holm <= alpha``, else ``within the corrected noise``. Diverged runs are left out (they have no
+    accuracy); a configuration every run of which diverged has no row."""
+    diffs = results.paired_differences(records, baseline=(baseline, "default"), metric=metric)
+    if diffs.empty:
+        return diffs
+    completed = records[records["status"] != results.STATUS_DIVERGED]
+    base = completed[(completed["method"] == baseline) & (completed["variant"] == "default")]
+    base = dict(zip(base["seed"], base[metric], strict=True))
+    p = []
+    for row in diffs.itertuples():
+        mine = completed[(completed["method"] == row.method) & (completed["variant"] == row.variant)]
+        d = [v - base[s] for s, v in zip(mine["seed"], mine[metric], strict=True) if s in base]
+        p.append(stats.paired_test(d)[1])
+    diffs = diffs.assign(p=p, p_holm=stats.holm(p))
+    diffs["verdict"] = [
+        ("above" if m > 0 else "below") if ph <= alpha else "within the corrected noise"
+        for m, ph in zip(diffs["mean"], diffs["p_holm"].fillna(1.0), strict=True)]
+    return diffs.sort_values("mean", ascending=False).reset_index(drop=True)
+
+
+def _named(rows: pd.DataFrame) -> str:
+    def holm_p(p: float) -> str:
+        return "Holm p < 0.001" if p < 0.001 else f"Holm p = {p:.3f}"
+
+    return ", ".join(f"{m}/{v} ({d:+.2f}, {holm_p(p)})" for m, v, d, p in
+                     zip(rows["method"], rows["variant"], rows["mean"], rows["p_holm"], strict=True))
+
+
+def _sentence(table: pd.DataFrame, baseline: str, alpha: float) -> str:
+    above, below = table[table["verdict"] == "above"], table[table["verdict"] == "below"]
+    noise = table[table["verdict"] == "within the corrected noise"]
+    name = baseline.upper() if baseline == "kd" else baseline
+    seeds = "/".join(str(n) for n in sorted(set(table["n"])))
+    lead = (f"**{len(above)} of {len(table)} configurations beat {name} beyond the Holm-corrected noise**"
+            f" ({seeds} paired seeds, family-wise level {alpha:g}): {_named(above)}."
+            if len(above) else
+            f"**No configuration beats {name} beyond the Holm-corrected noise** ({seeds} paired seeds, "
+            f"{len(table)} comparisons, family-wise level {alpha:g}).")
+    parts = [lead]
+    if len(below):
+        parts.append(f"{len(below)} fall below {name}: {_named(below)}.")
+    if len(noise):
+        parts.append(f"{len(noise)} cannot be told apart from {name}: "
+                     + ", ".join(f"{m}/{v} ({d:+.2f})" for m, v, d in
+                                 zip(noise["method"], noise["variant"], noise["mean"], strict=True)) + ".")
+    return " ".join(parts)
+
+
+def answer(records: pd.DataFrame, baselines: Sequence[str] = ("kd", "ce"), alpha: float = 0.05,
+           detectable: float | None = None) -> str:
+    """The answer in words (Markdown), generated from ``records`` (one comparable group): per baseline, the
+    configurations above and below it after Holm's correction and those that cannot be told apart, with
+    mean top-1 differences (points, last epoch), then what the study cannot say. ``detectable``: the
+    smallest difference the design detects with 80% power (:func:`power_statement`), said once."""
+    paragraphs = []
+    for baseline in baselines:
+        table = holm_comparisons(records, baseline, alpha)
+        if table.empty:
+            paragraphs.append(f"No run of {baseline} to pair with: no comparison with {baseline} yet.")
+            continue
+        paragraphs.append(_sentence(table, baseline, alpha))
+    diverged = records[records["status"] == results.STATUS_DIVERGED]
+    if len(diverged):
+        paragraphs.append("Diverged runs (no accuracy, left out of the comparisons): " + ", ".join(
+            sorted({f"{m}/{v}" for m, v in zip(diverged["method"], diverged["variant"], strict=True)})) + ".")
+    cannot = ("What this cannot say: a difference smaller than the design detects is not evidence of no "
+              "difference")
+    cannot += f" (about {detectable:.2f} points here, with 80% power)" if detectable else ""
+    cannot += ("; and nothing here transfers to CIFAR-100 or ImageNet, nor to other weights, pairs or "
+               "schedules.")
+    paragraphs.append(cannot)
+    return "\n\n".join(paragraphs)
+
+
+def pooled_paired_sd(records: pd.DataFrame, baseline: str = "kd",
+                     metric: str = "top1_last") -> tuple[float, int]:
+    """(pooled SD of the per-seed differences to ``baseline``, its degrees of freedom): the square root of
+    the configurations' paired-difference variances averaged with weights ``n − 1``."""
+    diffs = results.paired_differences(records, baseline=(baseline, "default"), metric=metric)
+    diffs = diffs[diffs["n"] > 1]
+    df = int((diffs["n"] - 1).sum())
+    if not df:
+        raise ValueError(f"no configuration has two paired seeds with {baseline}")
+    return float(math.sqrt(((diffs["n"] - 1) * diffs["std"] ** 2).sum() / df)), df
+
+
+def power_statement(records: pd.DataFrame, seeds: int, comparisons: int, alpha: float = 0.05,
+                    target: float = 0.8, baseline: str = "kd") -> dict[str, Any]:
+    """The power of the planned design from committed records' noise: the pooled paired SD of
+    ``records`` (:func:`pooled_paired_sd`), and the smallest true mean difference that a paired t-test over
+    ``seeds`` seeds detects with probability ``target`` at ``alpha / comparisons`` (Bonferroni, the level
+    Holm's first step applies; later steps are less strict, so this is conservative), and at ``alpha``."""
+    sd, df = pooled_paired_sd(records, baseline)
+    return {"sd": sd, "df": df, "seeds": seeds, "comparisons": comparisons, "alpha": alpha, "power": target,
+            "detectable": stats.detectable_difference(sd, seeds, alpha / comparisons, target),
+            "detectable_uncorrected": stats.detectable_difference(sd, seeds, alpha, target)}
