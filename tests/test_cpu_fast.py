@@ -134,3 +134,16 @@ def test_a_whole_bf16_run_on_the_cpu_fast_path(data: dict[str, Path], tmp_path: 
     assert record["speed"]["path"] == "fast" and record["speed"]["channels_last"]
     assert record["speed"]["forward"] == "compiled (default)"
     assert all(torch.isfinite(torch.tensor(v)) for v in record["history"][0]["losses"].values())
+
+
+def test_the_fast_path_evaluates_the_validation_split(data: dict[str, Path], tmp_path: Path) -> None:
+    """A run with images held out for validation takes them to the device like the test set: the fast path
+    and the reference path score the same images with the same weights."""
+    records = {fast: train.train(_config(data, tmp_path / str(fast), subset=20, val_subset=10, fast=fast,
+                                         compile=False, epochs=2))
+               for fast in (False, True)}
+    for record in records.values():
+        assert record["val_images"] == 10 and len(record["history"]) == 2
+        assert all("val_top1" in h for h in record["history"])
+        assert record["val_top1_last"] == record["history"][-1]["val_top1"]
+    assert records[True]["data_sha256"]["val"] == records[False]["data_sha256"]["val"]
