@@ -3,6 +3,7 @@ comparisons and the answer in words, on synthetic records; the power statement o
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -107,7 +108,7 @@ def test_the_v2_profile_fixes_the_power_table_and_is_not_run_by_the_notebooks(
     assert table["paired seeds"].tolist() == [3, 10] and set(table["comparisons with KD"]) == {7}
     assert table["detectable with 80% power, Holm"].tolist() == ["9.62", "1.56"]
     profile = study.PROFILES_DIR / "proxy_v2.json"
-    final = __import__("json").loads(profile.read_text())["stages"]["final"]
+    final = json.loads(profile.read_text())["stages"]["final"]
     assert len(final["configurations"]) <= 10 and len(final["seeds"]) >= 10
     assert study.main(["estimate", "--profile", "proxy_v2"]) == 2
     assert "staged protocol" in capsys.readouterr().err
