@@ -164,8 +164,8 @@ class Run:
         self.data = load_data(
             config.dataset, config.data_root, batch_size=self.recipe.batch_size, subset=config.subset,
             eval_subset=config.eval_subset, val_subset=config.val_subset, pad_mode=self.recipe.pad_mode,
-            workers=config.workers,
-            seed=config.seed, download=config.download, pin_memory=self.p.device.type == "cuda",
+            workers=config.workers, seed=config.seed, download=config.download,
+            pin_memory=self.p.device.type == "cuda",
             image_size=self.recipe.image_size, rank=dist.rank, world_size=dist.world_size,
         )
         seed_everything(config.seed)
@@ -207,10 +207,10 @@ class Run:
                 self.data.val.dataset, self.spec, batch_size=self.data.val.batch_size, train=False,
                 device=rt.device, channels_last=rt.channels_last)
         self.set_epoch, self.train_epoch = self.train_loader.set_epoch, train_one_epoch_fast
-        compile = self.p.config.compile
-        if compile is None:
-            compile = compile_pays(rt.device, len(self.train_loader) * recipe.epochs)
-        self.forward = prepare_fast(self.distiller, rt, compile=compile, batch_size=recipe.batch_size)
+        compiled = self.p.config.compile
+        if compiled is None:
+            compiled = compile_pays(rt.device, len(self.train_loader) * recipe.epochs)
+        self.forward = prepare_fast(self.distiller, rt, compile=compiled, batch_size=recipe.batch_size)
 
     def _speed(self) -> dict[str, Any]:
         """How this process trains (provenance; the recipe is the same either way)."""
