@@ -362,18 +362,25 @@ def runs(records: pd.DataFrame | None = None) -> pd.DataFrame:
 
 
 def bench(path: str | Path = BENCH_CSV) -> pd.DataFrame:
-    """The benchmark rows of ``bench/results.csv``, as measured (never estimated)."""
+    """The benchmark rows of ``bench/results.csv``, as measured (never estimated): one row per measured pair
+    with what a reader compares (``bench/results.csv`` keeps all its fields, the command included)."""
     path = Path(path)
     if not path.exists():
         return pd.DataFrame()
     rows = pd.read_csv(path, dtype=str, keep_default_na=False)
     if rows.empty:
         return rows
-    # one row per field, one column per measured pair: 28 fields side by side would not fit a page
-    names = [f"{p} ({d}, {c})" for p, d, c in zip(rows["pair"], rows["date"].str[:10], rows["commit"],
-                                                   strict=True)]
-    return pd.DataFrame({"field": rows.columns, **{n: list(r) for n, (_, r) in zip(names, rows.iterrows(),
-                                                                                      strict=True)}})
+    return pd.DataFrame({
+        "measured": [f"{d[:10]}, {c}" for d, c in zip(rows["date"], rows["commit"], strict=True)],
+        "device": rows["device_name"],
+        "pair": rows["pair"],
+        "our path": [s.split(" fused_sgd")[0] for s in rows["ours_settings"]],  # precision, layout, forward
+        "reference ms": rows["reference_ms"],
+        "ours ms": rows["ours_ms"],
+        "bare ms": rows["bare_ms"],
+        "speedup": rows["speedup"],
+        "overhead vs bare %": rows["overhead_vs_bare_pct"],
+    })
 
 
 def provenance(records: pd.DataFrame | None = None) -> pd.DataFrame:

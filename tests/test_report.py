@@ -9,6 +9,7 @@ import pytest
 from test_results import make_record, write_records
 
 from kdlib import report, results
+from kdlib.paths import BENCH_CSV
 from kdlib.recipes import available_recipes
 
 
@@ -181,3 +182,13 @@ def test_loss_terms_legend_is_true_in_every_panel() -> None:
     assert set(by_panel["ce"]) == set(named.values())  # both runs in the shared panel, in their colours
     grid = plots.family_curves(records * 2)
     assert [ax.get_title() for ax in grid.axes if ax.get_visible() and ax.has_data()] == ["ickd"]
+
+
+def test_bench_table_has_a_row_per_measured_pair() -> None:
+    """The benchmark table fits a page: one row per committed measurement, the fields a reader compares."""
+    table = report.bench()
+    committed = BENCH_CSV.read_text().strip().splitlines()
+    assert len(table) == len(committed) - 1
+    assert list(table.columns) == ["measured", "device", "pair", "our path", "reference ms", "ours ms",
+                                   "bare ms", "speedup", "overhead vs bare %"]
+    assert not table["our path"].str.contains("fused_sgd").any()
