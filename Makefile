@@ -122,7 +122,8 @@ book-from-records: $(STAMP) data-offline
 
 book-reproduced:
 	rm -rf $(BOOK_NOTEBOOKS) && mkdir -p $(BOOK_NOTEBOOKS)
-	cp runs/reproduce/$(PROFILE)/*.ipynb $(BOOK_NOTEBOOKS)/
+	# a staged protocol executes no notebook (its pages read its records): the stored notebooks then
+	cp $(or $(wildcard runs/reproduce/$(PROFILE)/*.ipynb),$(NOTEBOOKS)) $(BOOK_NOTEBOOKS)/
 	$(VENV)/bin/jupyter-book build book --all --quiet
 	@echo "book: $(CURDIR)/book/_build/html/index.html"
 

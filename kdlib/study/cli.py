@@ -4,6 +4,7 @@ What ``make reproduce`` calls, and the other commands::
 
     python -m kdlib.study reproduce --profile proxy --jobs 2
     python -m kdlib.study reproduce --profile cifar100 --executor slurm --partition gpu --no-wait
+    python -m kdlib.study reproduce --profile proxy_v2 [--stages tuning]   # a staged protocol
     python -m kdlib.study params --profile proxy --notebook 01_ickd      # the YAML papermill gets
     python -m kdlib.study estimate --profile cifar100 --images-per-s 4000
     python -m kdlib.study refresh       # re-execute the committed notebooks with their defaults
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +35,7 @@ from kdlib.study.profiles import (
     refresh,
     reproduce,
 )
+from kdlib.study.staged import STAGES, is_staged, reproduce_staged
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--profile", required=True)
     r.add_argument("--jobs", type=int, default=1, help="runs side by side (default 1)")
     r.add_argument("--notebooks", help="comma-separated subset, e.g. 01_ickd,06_head_to_head")
+    r.add_argument("--stages", help=f"a staged protocol's stages to run (default: all, in order: "
+                   f"{','.join(STAGES)})")
     r.add_argument("--device", help="override the profile's device")
     r.add_argument("--executor", default="local", choices=EXECUTORS,
                    help="where the runs train: in the notebooks (local, default), or as submitit jobs on "
@@ -124,7 +129,38 @@ def _train_pending(args: argparse.Namespace, notebooks: list[str] | None,
     return 0
 
 
+def _reproduce_staged(args: argparse.Namespace) -> int:
+    """A staged protocol's stages (:mod:`kdlib.study.staged`), on this machine."""
+    ignored = [flag for flag, value in (("--notebooks", args.notebooks), ("--device", args.device),
+                                        ("--records-only", args.records_only)) if value]
+    if args.executor != "local" or ignored:
+        print(f"kdlib.study: error: profile '{args.profile}' is a staged protocol: it runs with the local "
+              f"executor and its own settings ({', '.join(ignored) or '--executor ' + args.executor} "
+              "not taken)", file=sys.stderr)
+        return 2
+    stages = [x.strip() for x in args.stages.split(",")] if args.stages else list(STAGES)
+    unknown = [x for x in stages if x not in STAGES]
+    if unknown:
+        print(f"kdlib.study: error: unknown stages {unknown}; choose from {', '.join(STAGES)}",
+              file=sys.stderr)
+        return 2
+    try:
+        outcomes = reproduce_staged(args.profile, jobs=args.jobs, stages=stages)
+    except RuntimeError as error:
+        print(f"kdlib.study: error: {error}", file=sys.stderr)
+        return 1
+    counts = Counter(o.status for o in outcomes)
+    print(f"{args.profile}: " + ", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    return 0
+
+
 def _reproduce(args: argparse.Namespace) -> int:
+    if is_staged(args.profile):
+        return _reproduce_staged(args)
+    if args.stages:
+        print(f"kdlib.study: error: --stages is for staged protocols; profile '{args.profile}' runs "
+              "notebooks", file=sys.stderr)
+        return 2
     notebooks = _notebooks(args.notebooks)
     extra = {"device": args.device} if args.device else {}
     if args.executor != "local" or args.records_only:

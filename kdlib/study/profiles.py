@@ -64,8 +64,8 @@ def load_profile(name: str) -> dict[str, Any]:
         raise ValueError(f"profile '{path}' is not valid JSON ({error})") from None
     shape = "an object with 'common' and 'notebooks' objects"
     if isinstance(profile, dict) and "stages" in profile:  # a staged protocol (book/protocol_v2.md)
-        raise ValueError(f"profile '{name}' is a staged protocol (teacher, tuning, final); the notebooks "
-                         "do not run it, and its driver is not written yet")
+        raise ValueError(f"profile '{name}' is a staged protocol (teacher, tuning, final) that the notebooks "
+                         f"do not run: python -m kdlib.study reproduce --profile {name} runs its stages")
     if not isinstance(profile, dict):
         raise ValueError(f"profile '{path}' must be {shape}, got {type(profile).__name__} {profile!r:.60}")
     wrong = [k for k in ("common", "notebooks") if not isinstance(profile.get(k, {}), dict)]
@@ -100,17 +100,23 @@ def notebook_parameters(profile: str | Mapping[str, Any], notebook: str, **extra
 def profile_runs(profile: str, match: Sequence[str] = (), notebooks: Sequence[str] | None = None,
                  **extra: Any) -> list[Run]:
     """Every run the notebooks of ``profile`` plan (each folder once; all notebooks but 00_teachers, or
-    ``notebooks``; ``extra`` parameters as :func:`notebook_parameters` takes them), or those whose folder
+    ``notebooks``; ``extra`` parameters as :func:`notebook_parameters` takes them; a staged protocol's
+    :func:`~kdlib.study.staged.planned_runs`), or those whose folder
     holds one of the ``match`` paths as whole parts (``kd/default/seed0`` selects ``…/kd/default/seed0``, not
     ``…/iekd/default/seed0``); ``ValueError`` when ``match`` selects none."""
-    runs: dict[str, Run] = {}
-    for nb in notebooks or NOTEBOOKS[1:]:
+    from kdlib.study import staged  # it plans with the grid, as this module does
+
+    planned: dict[str, Run] = {}
+    if staged.is_staged(profile):
+        planned = {run.key: run for run in staged.planned_runs(staged.load_staged(profile))}
+    for nb in [] if planned else notebooks or NOTEBOOKS[1:]:
         if nb == NOTEBOOKS[0]:  # the teachers' notebook evaluates given checkpoints (train: false)
             continue
         params = {**parameter_defaults(nb), **notebook_parameters(profile, nb, **extra)}
         for run in plan_runs(check_notebook_parameters(nb, params)):
-            if not match or any(f"/{text.strip('/')}/" in f"/{run.key}/" for text in match):
-                runs.setdefault(run.key, run)
+            planned.setdefault(run.key, run)
+    runs = {key: run for key, run in planned.items()
+            if not match or any(f"/{text.strip('/')}/" in f"/{key}/" for text in match)}
     if not runs:
         raise ValueError(f"no run of profile '{profile}' matches {list(match)}; runs are named like "
                          "fashion_mnist/repdistiller/resnet32-resnet8/kd/default/seed0")
@@ -119,6 +125,10 @@ def profile_runs(profile: str, match: Sequence[str] = (), notebooks: Sequence[st
 
 def profile_results_dir(profile: str) -> Path:
     """Where ``profile`` commits its records (its ``results_dir``)."""
+    from kdlib.study import staged
+
+    if staged.is_staged(profile):
+        return staged.load_staged(profile).results_dir
     folder = load_profile(profile).get("common", {}).get("results_dir")
     if not folder:
         raise ValueError(f"profile '{profile}' sets no results_dir")

@@ -158,7 +158,26 @@ def final_runs(s: Staged, teacher_ckpt: Path, chosen: Any) -> list[Run]:
     return runs
 
 
-def _teacher(s: Staged, jobs: int, threads: int | None) -> Outcome | Path:
+def planned_runs(s: Staged) -> list[Run]:
+    """The student runs the protocol plans as far as its records decide: every tuning run, and the final
+    runs once every tuning record is in place (their weights are chosen from them)."""
+    if not teacher_checkpoint(s).is_file():
+        return []
+    tuning = tuning_runs(s, teacher_checkpoint(s))
+    if _missing(s, tuning):
+        return tuning
+    return tuning + final_runs(s, teacher_checkpoint(s), chosen_weights(s))
+
+
+def _missing(s: Staged, runs: Sequence[Run]) -> list[str]:
+    """The keys of ``runs`` without a completed or diverged record of their ``config_id`` in the results
+    folder."""
+    done = [read_record(s.results_dir / r.key / RECORD) or {} for r in runs]
+    return [r.key for r, d in zip(runs, done, strict=True)
+            if d.get("config_id") != r.config_id or d.get("status") not in READ_STATUSES]
+
+
+def _teacher(s: Staged, threads: int | None) -> Outcome | Path:
     """The installed teacher checkpoint, trained first unless its record (same ``config_id``) is in place."""
     run = teacher_run(s)
     ckpt = teacher_checkpoint(s)
@@ -186,7 +205,7 @@ def reproduce_staged(name: str, jobs: int = 1, threads: int | None = None,
         raise ValueError(f"unknown stages {unknown}; choose from {', '.join(STAGES)}")
     ckpt = teacher_checkpoint(s)
     if "teacher" in stages:
-        got = _teacher(s, jobs, threads)
+        got = _teacher(s, threads)
         if isinstance(got, Outcome):
             raise RuntimeError(f"the teacher did not train: {got.status} ({got.message})")
     if not ckpt.is_file():
@@ -195,8 +214,7 @@ def reproduce_staged(name: str, jobs: int = 1, threads: int | None = None,
     if "tuning" in stages:
         outcomes += _stage(s, "tuning", tuning_runs(s, ckpt), jobs, threads)
     if "final" in stages:
-        tuning = tuning_runs(s, ckpt)
-        missing = [r.key for r in tuning if read_record(s.results_dir / r.key / RECORD) is None]
+        missing = _missing(s, tuning_runs(s, ckpt))
         if missing:
             raise RuntimeError(f"{len(missing)} tuning records are missing (first: {missing[0]}); the final "
                                "stage chooses weights from all of them: run the 'tuning' stage first")
