@@ -100,18 +100,27 @@ def select_weights(records: pd.DataFrame, methods: Sequence[str], seeds: Sequenc
     return pd.DataFrame(rows)
 
 
+def baseline_variant(records: pd.DataFrame, method: str) -> str:
+    """The variant of ``method`` that others are compared with: its only one in ``records`` (a final stage
+    runs each method at its chosen weight), else ``default``."""
+    variants = set(records.loc[records["method"] == method, "variant"]) if len(records) else set()
+    return variants.pop() if len(variants) == 1 else "default"
+
+
 def holm_comparisons(records: pd.DataFrame, baseline: str = "kd", alpha: float = 0.05,
                      metric: str = "top1_last") -> pd.DataFrame:
-    """Every configuration minus ``baseline`` (its ``default`` variant) on the same seeds: ``n``, ``mean``,
-    the 95% interval (``lo``, ``hi``, uncorrected), the paired t-test's ``p`` and Holm's ``p_holm`` over the
-    family of all comparisons with ``baseline`` in the frame, and the ``verdict``: ``above``/``below`` when
+    """Every configuration minus ``baseline`` (its :func:`baseline_variant`) on the same seeds: ``n``,
+    ``mean``, the 95% interval (``lo``, ``hi``, uncorrected), the paired t-test's ``p`` and Holm's
+    ``p_holm`` over the family of all comparisons with ``baseline`` in the frame, and the ``verdict``:
+    ``above``/``below`` when
     ``p_holm <= alpha``, else ``within the corrected noise``. Diverged runs are left out (they have no
     accuracy); a configuration every run of which diverged has no row."""
-    diffs = results.paired_differences(records, baseline=(baseline, "default"), metric=metric)
+    variant = baseline_variant(records, baseline)
+    diffs = results.paired_differences(records, baseline=(baseline, variant), metric=metric)
     if diffs.empty:
         return diffs
     completed = records[records["status"] != results.STATUS_DIVERGED]
-    base = completed[(completed["method"] == baseline) & (completed["variant"] == "default")]
+    base = completed[(completed["method"] == baseline) & (completed["variant"] == variant)]
     base = dict(zip(base["seed"], base[metric], strict=True))
     p = []
     for row in diffs.itertuples():
@@ -183,7 +192,8 @@ def pooled_paired_sd(records: pd.DataFrame, baseline: str = "kd",
                      metric: str = "top1_last") -> tuple[float, int]:
     """(pooled SD of the per-seed differences to ``baseline``, its degrees of freedom): the square root of
     the configurations' paired-difference variances averaged with weights ``n − 1``."""
-    diffs = results.paired_differences(records, baseline=(baseline, "default"), metric=metric)
+    diffs = results.paired_differences(records, baseline=(baseline, baseline_variant(records, baseline)),
+                                       metric=metric)
     diffs = diffs[diffs["n"] > 1]
     df = int((diffs["n"] - 1).sum())
     if not df:

@@ -18,7 +18,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from kdlib import comparison, plots, results
-from kdlib.methods import CHANNEL_METHODS
+from kdlib.methods import CHANNEL_METHODS, make_config
 from kdlib.paths import BENCH_CSV, PROFILES_DIR, REPORTED_CSV, RESULTS_DIR, relative
 from kdlib.recipes import available_recipes, get_recipe
 
@@ -29,15 +29,22 @@ NOT_MEASURED = results.STATUS_NOT_MEASURED
 SHOWN = ("completed", results.STATUS_DIVERGED)
 
 
+#: Folders of ``data/results/`` that the study's version-1 tables do not read: the smoke profile's records
+#: (git-ignored, a test of the pipeline) and the second proxy study's (its own pages, :func:`v2_records`).
+SEPARATE = ("smoke", "proxy_v2")
+#: The second proxy study's staged profile.
+V2_PROFILE = "proxy_v2"
+
+
 def study_records(path: str | Path = RESULTS_DIR) -> pd.DataFrame:
-    """Completed and diverged records under ``data/results/`` (an empty table when there are none). The smoke
-    profile's records (``data/results/smoke/``, git-ignored) test the pipeline and are no result: they are
-    read only when ``path`` names their folder."""
+    """Completed and diverged records under ``data/results/`` (an empty table when there are none), but for
+    the :data:`SEPARATE` folders, which are read only when ``path`` names them."""
     path = Path(path)
     if not path.exists():
         return results.load_records([], statuses=SHOWN)
     if path.resolve() == RESULTS_DIR.resolve():
-        return results.load_records([p for p in sorted(path.iterdir()) if p.name != "smoke"], statuses=SHOWN)
+        return results.load_records([p for p in sorted(path.iterdir()) if p.name not in SEPARATE],
+                                    statuses=SHOWN)
     return results.load_records(path, statuses=SHOWN)
 
 
@@ -423,6 +430,128 @@ def power_v2(records: pd.DataFrame | None = None, profile: str | Path = PROFILES
     return pd.DataFrame(rows)
 
 
+# --- the second proxy study (book/protocol_v2.md) ----------------------------------------------------
+def v2_records(stage: str) -> pd.DataFrame:
+    """The completed and diverged records of one stage (``tuning``, ``final``) of the second proxy study."""
+    from kdlib.study.staged import load_staged
+
+    return study_records(load_staged(V2_PROFILE).results_dir / stage)
+
+
+def _v2_progress(records: pd.DataFrame, stage: str) -> tuple[int, int]:
+    """(records in place, runs the protocol plans) of a stage."""
+    from kdlib.study.staged import load_staged
+
+    s = load_staged(V2_PROFILE)
+    if stage == "tuning":
+        planned = len(s.tuning["methods"]) * len(s.tuning["multipliers"]) * len(s.tuning["seeds"])
+    else:
+        planned = len(s.final["configurations"]) * len(s.final["seeds"])
+    return len(records), planned
+
+
+def v2_teacher() -> pd.DataFrame:
+    """The second study's teacher, from the record installed beside its checkpoint."""
+    from kdlib.study.staged import load_staged, teacher_checkpoint
+
+    s = load_staged(V2_PROFILE)
+    ckpt = teacher_checkpoint(s)
+    path = ckpt.parent / "record.json"
+    if not path.is_file():
+        return pd.DataFrame()
+    r = json.loads(path.read_text())
+    return pd.DataFrame([{
+        "teacher": r["student"], "checkpoint": relative(ckpt),
+        "trained": f"{r['method']}, {r['epochs']} epochs, all but the {r['val_subset']:,} validation images, "
+                   f"seed {r['seed']}, {r['precision']}",
+        "test top-1": _num(r["top1_last"]), "validation top-1": _num(r.get("val_top1_last")),
+        "hardware": (r.get("hardware") or {}).get("gpu") or (r.get("hardware") or {}).get("cpu"),
+        "commit": results.commit_label(r.get("git_commit"), r.get("git_dirty")),
+    }])
+
+
+def v2_tuning(records: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Each tuned method's mean validation top-1 (last epoch, over the tuning seeds) at each multiple of its
+    main weight, and the weight :func:`kdlib.comparison.select_weights` chose (the test set is not read)."""
+    from kdlib.study.staged import chosen_weights, load_staged
+
+    s = load_staged(V2_PROFILE)
+    records = v2_records("tuning") if records is None else records
+    if not len(records):
+        return pd.DataFrame()
+    chosen = chosen_weights(s, records)
+    planned = len(s.tuning["multipliers"]) * len(s.tuning["seeds"])
+    rows = []
+    for row in chosen.itertuples():
+        default = make_config(row.method)
+        runs = int((records["method"] == row.method).sum())
+        cells = {"method": row.method, "runs": f"{runs} of {planned}",
+                 "main weight (default)": ", ".join(f"{name} = {getattr(default, name):g}"
+                                                    for name in comparison.MAIN_WEIGHTS[row.method])}
+        for multiplier, score in row.scores.items():
+            cells[f"×{multiplier:g}"] = _num(score) if score is not None else "–"
+        if runs < planned:
+            cells["chosen"] = "waiting for its runs"
+        else:
+            cells["chosen"] = f"×{row.multiplier:g}" if isinstance(row.chosen, str) else "none: all diverged"
+        cells["note"] = "; ".join(n for n in row.note.split("; ") if "no run for" not in n)
+        rows.append(cells)
+    return pd.DataFrame(rows)
+
+
+def v2_final(records: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Each configuration of the final stage: its weight, runs, and mean test and validation top-1 (last
+    epoch) with the 95% interval over its seeds."""
+    records = v2_records("final") if records is None else records
+    if not len(records):
+        return pd.DataFrame()
+    rows = []
+    for (method, variant), group in records.groupby(["method", "variant"], sort=False):
+        done = group[group["status"] == "completed"]
+        cells = {}
+        for name, column in (("test top-1", "top1_last"), ("validation top-1", "val_top1_last")):
+            values = done[column].astype(float)
+            cells[name] = _mean_ci(values.mean(), *results.mean_interval(values), len(done))
+        rows.append({"configuration": method, "weight": variant, "runs": len(done),
+                     "diverged": int((group["status"] == results.STATUS_DIVERGED).sum()), **cells})
+    return pd.DataFrame(rows)
+
+
+def v2_comparisons(baseline: str = "kd", records: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The final stage's configurations minus ``baseline`` (top-1 points, last epoch, paired seeds), with the
+    paired t-test's p-value and Holm's over the family; empty until every final run has its record."""
+    records = v2_records("final") if records is None else records
+    done, planned = _v2_progress(records, "final")
+    if done < planned:
+        return pd.DataFrame()
+    table = comparison.holm_comparisons(records, baseline)
+    return pd.DataFrame({
+        "configuration": table["method"], "weight": table["variant"], "paired seeds": table["n"],
+        f"minus {baseline}": [_mean_ci(m, lo, hi, n) for m, lo, hi, n in
+                              zip(table["mean"], table["lo"], table["hi"], table["n"], strict=True)],
+        "p": [f"{p:.3f}" for p in table["p"]], "Holm p": [f"{p:.3f}" for p in table["p_holm"]],
+        "verdict": table["verdict"],
+    })
+
+
+def answer_v2(records: pd.DataFrame | None = None) -> str:
+    """The second proxy study's answer in words (:func:`kdlib.comparison.answer`) once every final run has its
+    record, with the smallest difference its realised noise lets it detect; until then, where it stands."""
+    from kdlib.study.staged import load_staged
+
+    final = load_staged(V2_PROFILE).final
+    records = v2_records("final") if records is None else records
+    done, planned = _v2_progress(records, "final")
+    tuned, tuning = _v2_progress(v2_records("tuning"), "tuning")
+    if done < planned:
+        return (f"Version 2 is under way: {tuned} of its {tuning} tuning runs and {done} of its {planned} "
+                "final runs are recorded. Its answer is written here once every final run is, never from "
+                "some of them.")
+    power = comparison.power_statement(records, len(final["seeds"]), len(final["configurations"]) - 1,
+                                       final["alpha"])
+    return comparison.answer(records, final["baselines"], final["alpha"], detectable=power["detectable"])
+
+
 #: The tables the book's ``kdlib-table`` directive can render, by name.
 TABLES: dict[str, Callable[..., pd.DataFrame]] = {
     "reported-vs-measured": reported_vs_measured,
@@ -436,6 +565,11 @@ TABLES: dict[str, Callable[..., pd.DataFrame]] = {
     "bench": bench,
     "provenance": provenance,
     "power-v2": power_v2,
+    "v2-teacher": v2_teacher,
+    "v2-tuning": v2_tuning,
+    "v2-final": v2_final,
+    "v2-vs-kd": lambda: v2_comparisons("kd"),
+    "v2-vs-ce": lambda: v2_comparisons("ce"),
 }
 
 

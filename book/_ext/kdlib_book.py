@@ -11,7 +11,8 @@
   shares (the scale, the pair) is said once above the table (:func:`kdlib.report.split_constant`). A
   reported-vs-measured table shows its measured rows; the reported rows not measured yet are counted, and
   listed in a folded block.
-- ``kdlib-answer`` directive: the study's answer in words (:func:`kdlib.report.answer`), from the records.
+- ``kdlib-answer`` directive: the study's answer in words (:func:`kdlib.report.answer`; ``v2``:
+  :func:`kdlib.report.answer_v2`), from the records.
 - ``kdlib-figure`` directive: the same for the figures of :data:`kdlib.report.FIGURES` (``ranking``), drawn
   at build time and inlined as SVG (no image files to keep in step with ``data/``).
 - ``kdlib-method-modules`` directive: the API reference (``automodule``) of every method module, in the order
@@ -42,6 +43,11 @@ EMPTY = {
     "provenance": "No measured runs are committed yet.",
     "paired": "No committed run has a KD run on the same seeds to pair with yet.",
     "findings": "No committed run has a KD run on the same seeds to pair with yet.",
+    "v2-teacher": "The teacher has not been trained yet.",
+    "v2-tuning": "No tuning run is recorded yet.",
+    "v2-final": "No final run is recorded yet: the final stage starts once every tuning run is.",
+    "v2-vs-kd": "The comparisons are made once every final run is recorded, never from some of them.",
+    "v2-vs-ce": "The comparisons are made once every final run is recorded, never from some of them.",
 }
 
 
@@ -116,13 +122,20 @@ def folded(table: Any) -> str:
 
 
 class KdlibAnswer(SphinxDirective):
-    """The study's answer in words, generated from the records (:func:`kdlib.report.answer`)."""
+    """The study's answer in words, generated from the records: version 1's (:func:`kdlib.report.answer`), or
+    with the argument ``v2`` the second proxy study's (:func:`kdlib.report.answer_v2`)."""
+
+    optional_arguments = 1
 
     def run(self) -> list[nodes.Node]:
+        version = self.arguments[0] if self.arguments else "v1"
+        if version not in ("v1", "v2"):
+            raise self.error(f"unknown kdlib-answer '{version}'; choose v1 or v2")
         self.env.note_dependency(str(report.RESULTS_DIR))
+        text = report.answer_v2() if version == "v2" else report.answer()
         container = nodes.container(classes=["kdlib-answer"])
-        self.state.nested_parse(StringList(report.answer().splitlines(), source="kdlib-answer"),
-                                self.content_offset, container)
+        self.state.nested_parse(StringList(text.splitlines(), source="kdlib-answer"), self.content_offset,
+                                container)
         return [container]
 
 

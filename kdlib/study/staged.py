@@ -42,7 +42,7 @@ REQUIRED = {
     "tuning": ("methods", "multipliers", "seeds"),
     "final": ("configurations", "seeds", "baselines", "alpha"),
 }
-#: Statuses a stage reads back: a diverged run is a result (it cannot be chosen, and is reported).
+#: The statuses a stage reads back; a diverged run is a result (it cannot be chosen, and is reported).
 READ_STATUSES = ("completed", results.STATUS_DIVERGED)
 
 

@@ -1,0 +1,72 @@
+"""The book's view of the second proxy study (kdlib.report's v2 tables and answer): its records stay out of
+version 1's tables, KD is compared at its chosen weight, and no answer is written from part of the final
+runs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kdlib import comparison, report
+from kdlib.paths import RESULTS_DIR
+
+CONFIGURATIONS = ("ce", "kd", "ickd", "ccs", "cd", "cwt", "iekd", "pkt")
+#: Each configuration's true gain over KD in the synthetic final stage (top-1 points).
+GAIN = {"ce": -3.0, "kd": 0.0, "ickd": 2.0, "ccs": 0.0, "cd": 0.1, "cwt": -0.1, "iekd": 0.0, "pkt": 0.2}
+
+
+def _final(seeds: range = range(10), kd_variant: str = "kd_weight=3.6") -> pd.DataFrame:
+    """A final stage's records: every configuration on ``seeds``, KD at a weight other than its default,
+    seed effects shared by all configurations (paired) and a small independent noise."""
+    rng = np.random.default_rng(0)
+    seed_effect = {s: rng.normal(0, 1.0) for s in seeds}
+    rows = []
+    for method in CONFIGURATIONS:
+        variant = kd_variant if method == "kd" else "default"
+        for seed in seeds:
+            top1 = 80 + GAIN[method] + seed_effect[seed] + rng.normal(0, 0.2)
+            rows.append({"method": method, "variant": variant, "seed": seed, "status": "completed",
+                         "top1_last": top1, "val_top1_last": top1 + 0.5, "dataset": "fashion_mnist",
+                         "student": "resnet8", "teacher": None if method == "ce" else "resnet32",
+                         "recipe": "repdistiller", "epochs": 7, "subset": 5000})
+    return pd.DataFrame(rows)
+
+
+def test_v2_records_stay_out_of_version_1_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    v1 = next((RESULTS_DIR / "proxy").rglob("record.json"))
+    for folder in ("proxy/a", "proxy_v2/final/b", "smoke/c"):
+        (tmp_path / folder).mkdir(parents=True)
+        shutil.copyfile(v1, tmp_path / folder / "record.json")
+    monkeypatch.setattr(report, "RESULTS_DIR", tmp_path)
+    # the copies are one run (same config_id and seed): the first in sorted order is the one read
+    assert [Path(p).parent.name for p in report.study_records(tmp_path)["path"]] == ["a"]
+    assert len(report.study_records(tmp_path / "proxy_v2")) == 1  # read when named
+
+
+def test_configurations_are_compared_with_kd_at_its_chosen_weight() -> None:
+    records = _final()
+    assert comparison.baseline_variant(records, "kd") == "kd_weight=3.6"
+    table = report.v2_comparisons("kd", records).set_index("configuration")
+    assert len(table) == 7 and set(table["paired seeds"]) == {10}
+    assert table.loc["ickd", "verdict"] == "above" and table.loc["ce", "verdict"] == "below"
+    assert table.loc["ccs", "verdict"] == "within the corrected noise"
+    p, holm = table.loc["ickd", ["p", "Holm p"]].astype(float)
+    assert holm >= p
+    vs_ce = report.v2_comparisons("ce", records).set_index("configuration")
+    assert "kd" in vs_ce.index and (vs_ce["verdict"] == "above").all()
+
+
+def test_no_answer_from_part_of_the_final_runs() -> None:
+    partial = _final(range(9))
+    assert report.v2_comparisons("kd", partial).empty
+    assert "72 of its 80 final runs are recorded" in report.answer_v2(partial)
+    text = report.answer_v2(_final())
+    assert "1 of 7 configurations beat KD beyond the Holm-corrected noise" in text
+    assert "ickd/default" in text and "cannot be told apart from KD" in text
+    assert "points here, with 80% power" in text  # the realised noise's detectable difference
+    final = report.v2_final(_final()).set_index("configuration")
+    assert final.loc["kd", "weight"] == "kd_weight=3.6" and set(final["runs"]) == {10}
