@@ -34,6 +34,7 @@ transform's ``Pad(2)`` does before the crop; one grey channel is repeated to the
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import types
@@ -116,6 +117,13 @@ def crop_flip(
 UINT8_TO_UNIT = torch.arange(256, dtype=torch.float32) / 255
 
 
+@functools.cache
+def unit_table(device: torch.device) -> Tensor:
+    """:data:`UINT8_TO_UNIT` on ``device``, copied there once: a copy per batch would make the host wait for
+    the GPU (a pageable host-to-device copy synchronises)."""
+    return UINT8_TO_UNIT.to(device)
+
+
 def to_model_input(
     pixels: Tensor, mean: Tensor, std: Tensor, *, channels: int | None = None, channels_last: bool = False
 ) -> Tensor:
@@ -136,7 +144,7 @@ def to_model_input(
     layout = torch.channels_last if channels_last else torch.contiguous_format
     x = x.contiguous(memory_format=layout)
     if pixels.dtype == torch.uint8:  # x / 255 looked up in a table the CPU divided: the same on any device
-        x = UINT8_TO_UNIT.to(x.device)[x.long()].contiguous(memory_format=layout)
+        x = unit_table(x.device)[x.long()].contiguous(memory_format=layout)
     else:
         x = x.to(torch.float32, copy=True)
     return x.sub_(mean[:, None, None]).div_(std[:, None, None])
@@ -419,14 +427,21 @@ class CompiledOrEager:
 
 
 # --- the teacher without autograd bookkeeping ------------------------------------------------------
+def _teacher_mode() -> Any:
+    """``inference_mode`` when eager; ``no_grad`` while ``torch.compile`` traces. Inside a graph the two are
+    the same (nothing is recorded either way), and tracing an inference-mode region failed in inductor on
+    torch 2.11 on an H200, after which the eager fallback hit an internal assert."""
+    return torch.no_grad() if torch.compiler.is_compiling() else torch.inference_mode()
+
+
 def _inference_teacher_forward(self: nn.Module, x: Tensor) -> tuple[Tensor, list[Tensor]]:
-    with torch.inference_mode():
+    with _teacher_mode():
         logits, feats = self.teacher(x, with_features=True)
     return logits.clone(), [f.clone() for f in feats]
 
 
 def _inference_teacher_last_map(self: nn.Module, x: Tensor, tap: str) -> tuple[Tensor, Tensor]:
-    with torch.inference_mode():
+    with _teacher_mode():
         logits, feature = last_map(self.teacher, x, tap)
     return logits.clone(), feature.clone()
 

@@ -357,6 +357,20 @@ def test_uint8_pixels_become_the_cpu_quotients_on_any_device() -> None:
     assert torch.equal(x.flatten(), TF.to_tensor(pixels[0].numpy()).flatten())
 
 
+def test_a_traced_teacher_runs_under_no_grad_and_pixels_use_one_table_per_device(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """While torch.compile traces, the teacher's region is no_grad (inference mode failed to compile on torch
+    2.11); eager, it stays inference mode. The pixel table is copied to a device once, not per batch."""
+    from kdlib import fast
+
+    assert isinstance(fast._teacher_mode(), torch.inference_mode)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert isinstance(fast._teacher_mode(), torch.no_grad)
+    cpu = torch.device("cpu")
+    assert fast.unit_table(cpu) is fast.unit_table(cpu)
+    assert torch.equal(fast.unit_table(cpu), fast.UINT8_TO_UNIT)
+
+
 @pytest.mark.parametrize("method", ["kd", "ickd", "iekd"])
 def test_inference_mode_teacher_trains_like_no_grad(method: str) -> None:
     """Same losses and gradients with the teacher under inference mode; IE-KD's stage A learns from it."""
