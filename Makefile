@@ -22,7 +22,7 @@ KERNEL_NOTE := Kernel is running over TCP without encryption
 help:
 	@echo "make book   execute the notebooks and build the HTML book (book/_build/html/index.html)"
 	@echo "make test   the whole test-suite (pytest, ruff, nbval, book build with warnings as errors)"
-	@echo "make reproduce PROFILE=proxy|cifar100|imagenet|smoke [JOBS=N] [EXECUTOR=local|submitit-local|slurm]"
+	@echo "make reproduce PROFILE=proxy|proxy_v2|cifar100|imagenet|smoke [JOBS=N] [EXECUTOR=local|submitit-local|slurm]"
 	@echo "            the study at full scale (README); make book-from-records PROFILE=P: the book from its records"
 	@echo "make bench / make bench-gpu [RECORD=1]   speed of the trainer beside a conventional loop (RECORD=1: for the book)"
 	@echo "make clean  build outputs and the notebooks' scratch runs (keeps runs/teachers and runs/reproduce)"
@@ -108,7 +108,7 @@ WAIT ?= 1
 ARGS ?=
 STUDY := $(PY) -m kdlib.study reproduce --profile $(PROFILE)
 reproduce: $(STAMP) data-offline
-	@test -n "$(PROFILE)" || { echo "usage: make reproduce PROFILE=proxy|cifar100|imagenet|smoke [JOBS=N] [EXECUTOR=local|submitit-local|slurm]"; exit 2; }
+	@test -n "$(PROFILE)" || { echo "usage: make reproduce PROFILE=proxy|proxy_v2|cifar100|imagenet|smoke [JOBS=N] [EXECUTOR=local|submitit-local|slurm]"; exit 2; }
 	$(STUDY) --jobs $(JOBS) --executor $(EXECUTOR) $(if $(filter 0,$(WAIT)),--no-wait) $(ARGS) 2>&1 \
 		| { grep --line-buffered -v "$(KERNEL_NOTE)" || true; }
 	$(if $(filter 0,$(WAIT)),@echo "submitted; when the jobs have ended: make reproduce PROFILE=$(PROFILE) EXECUTOR=$(EXECUTOR)",$(MAKE) --no-print-directory book-reproduced)
