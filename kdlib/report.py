@@ -534,6 +534,25 @@ def v2_comparisons(baseline: str = "kd", records: pd.DataFrame | None = None) ->
     })
 
 
+def v2_cost() -> pd.DataFrame:
+    """What each stage of the second proxy study has cost so far, from its records' wall times (measured)."""
+    from kdlib.study.staged import load_staged, teacher_checkpoint
+
+    path = teacher_checkpoint(load_staged(V2_PROFILE)).parent / "record.json"
+    teacher = results.load_records([path] if path.is_file() else [], statuses=SHOWN)
+    rows = []
+    stages = (("teacher", teacher), ("tuning", v2_records("tuning")), ("final", v2_records("final")))
+    for stage, frame in stages:
+        if not len(frame):
+            continue
+        hardware = sorted({g if isinstance(g, str) and g else c for g, c in zip(frame["gpu"], frame["cpu"],
+                                                                              strict=True)})
+        rows.append({"stage": stage, "runs": len(frame), "hardware": ", ".join(hardware),
+                     "wall time, hours": _num(frame["wall_time_s"].sum() / 3600),
+                     "median minutes per run": _num(frame["wall_time_s"].median() / 60, 1)})
+    return pd.DataFrame(rows)
+
+
 def answer_v2(records: pd.DataFrame | None = None) -> str:
     """The second proxy study's answer in words (:func:`kdlib.comparison.answer`) once every final run has its
     record, with the smallest difference its realised noise lets it detect; until then, where it stands."""
@@ -568,6 +587,7 @@ TABLES: dict[str, Callable[..., pd.DataFrame]] = {
     "v2-teacher": v2_teacher,
     "v2-tuning": v2_tuning,
     "v2-final": v2_final,
+    "v2-cost": v2_cost,
     "v2-vs-kd": lambda: v2_comparisons("kd"),
     "v2-vs-ce": lambda: v2_comparisons("ce"),
 }

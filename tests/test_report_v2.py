@@ -70,3 +70,9 @@ def test_no_answer_from_part_of_the_final_runs() -> None:
     assert "points here, with 80% power" in text  # the realised noise's detectable difference
     final = report.v2_final(_final()).set_index("configuration")
     assert final.loc["kd", "weight"] == "kd_weight=3.6" and set(final["runs"]) == {10}
+
+
+def test_the_cost_is_summed_from_the_records() -> None:
+    cost = report.v2_cost().set_index("stage")
+    assert cost.loc["teacher", "runs"] == 1 and cost.loc["teacher", "hardware"] == "NVIDIA H200"
+    assert float(cost.loc["teacher", "wall time, hours"]) > 0

@@ -48,6 +48,7 @@ EMPTY = {
     "v2-final": "No final run is recorded yet: the final stage starts once every tuning run is.",
     "v2-vs-kd": "The comparisons are made once every final run is recorded, never from some of them.",
     "v2-vs-ce": "The comparisons are made once every final run is recorded, never from some of them.",
+    "v2-cost": "No run of version 2 is recorded yet.",
 }
 
 
