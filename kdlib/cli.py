@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from kdlib import models
-from kdlib.config import add_arguments, from_args, nonnegative_int, plan, positive_int
+from kdlib.config import PRECISIONS, add_arguments, from_args, nonnegative_int, plan, positive_int
 from kdlib.data import DATASETS, DataError, get_dataset_spec
 from kdlib.distill import MethodOptionError
 from kdlib.distributed import env_rank, resolve_device
@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="auto")
     e.add_argument("--workers", type=nonnegative_int, default=2)
     e.add_argument("--no-download", action="store_true")
+    e.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="bf16 autocast or fp32; auto: bf16 where the device computes it natively (as train)")
     e.set_defaults(func=_eval)
 
     for name, func, text in (
@@ -194,6 +196,7 @@ def _eval(args: argparse.Namespace) -> int:
             device=args.device,
             workers=args.workers,
             download=not args.no_download,
+            precision=args.precision,
         )
     except (CheckpointError, DataError) as error:
         raise UsageError(str(error)) from None

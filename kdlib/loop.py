@@ -387,10 +387,16 @@ def evaluate_checkpoint(
     device: str = "auto",
     workers: int = 2,
     download: bool = True,
+    precision: str = "auto",
 ) -> dict[str, Any]:
-    """Top-1/top-5 of a checkpoint (kdlib ``model.pt`` or RepDistiller's ``{'model': ...}``) on a test set."""
+    """Top-1/top-5 of a checkpoint (kdlib ``model.pt`` or RepDistiller's ``{'model': ...}``) on a test set,
+    in ``precision`` as training resolves it (:func:`~kdlib.config.resolve_precision`: ``auto`` is bf16 where
+    the device computes it natively, else fp32)."""
+    from kdlib.config import resolve_precision  # kdlib.config imports kdlib.weights, which imports us
+
     dev = distributed.resolve_device(device)
-    rt = Runtime(dev, amp=dev.type == "cuda", channels_last=False, progress=sys.stderr.isatty())
+    amp = resolve_precision(precision, dev) == "bf16"
+    rt = Runtime(dev, amp=amp, channels_last=False, progress=sys.stderr.isatty())
     spec = resolve_dataset_spec(dataset, data_root)
     net = models.load_teacher(ckpt, model, num_classes=spec.num_classes).to(dev)
     data = load_data(dataset, data_root, batch_size=batch_size, eval_batch_size=batch_size,

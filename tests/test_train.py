@@ -264,6 +264,25 @@ def test_evaluate_checkpoint(tiny: dict[str, Path]) -> None:
     )
 
 
+def test_evaluate_checkpoint_resolves_precision_as_training_does(tiny: dict[str, Path],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto: bf16 autocast where the device computes bf16 natively (faked here); fp32 otherwise, or asked."""
+    from kdlib import config
+
+    real, made = loop.Runtime, []
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        made.append(kwargs["amp"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "Runtime", recording)
+    for native, precision in ((True, "auto"), (True, "fp32"), (False, "auto")):
+        monkeypatch.setattr(config, "bf16_native", lambda _device, native=native: native)
+        loop.evaluate_checkpoint(None, tiny["teacher"], "fashion_mnist", data_root=tiny["data"],
+                                 eval_subset=20, workers=0, download=False, precision=precision)
+    assert made == [True, False, False]
+
+
 @pytest.mark.skipif(
     not (data.DEBIAN_FASHION_MNIST / "train-images-idx3-ubyte.gz").is_file(),
     reason="Debian package dataset-fashion-mnist not installed",
