@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +28,7 @@ from kdlib.config import TrainConfig
 from kdlib.paths import PROFILES_DIR, relative, repo_path
 from kdlib.record import config_id_of
 from kdlib.study.grid import RECORD, Outcome, Run, read_record, run_grid, run_key
+from kdlib.study.outcomes import install_teacher
 from kdlib.study.parameters import Pair, Variant
 
 log = logging.getLogger(__name__)
@@ -186,12 +186,7 @@ def _teacher(s: Staged, threads: int | None) -> Outcome | Path:
         print(f"[teacher] {run.config.student}: skipped ({relative(ckpt)})", flush=True)
         return ckpt
     [outcome] = run_grid([run], None, jobs=1, threads=threads)
-    if not outcome.ok:
-        return outcome
-    ckpt.parent.mkdir(parents=True, exist_ok=True)
-    for name in ("model.pt", RECORD):
-        shutil.copyfile(run.out / name, ckpt.parent / name)
-    return ckpt
+    return install_teacher(outcome, s.teachers_dir) if outcome.ok else outcome
 
 
 def reproduce_staged(name: str, jobs: int = 1, threads: int | None = None,
