@@ -55,10 +55,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
 from kdlib import distributed, models
-from kdlib.config import PRECISIONS, resolve_precision
 from kdlib.data import DataError, default_data_root, get_dataset_spec
 from kdlib.distill import Distiller
-from kdlib.fast import DeviceLoader, DeviceMetrics
+from kdlib.fast import PRECISIONS, DeviceLoader, DeviceMetrics, resolve_precision
 from kdlib.loop import Runtime, evaluate, fast_step, make_optimizer, prepare_fast
 from kdlib.methods import build_distiller
 from kdlib.paths import BENCH_CSV

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import logging
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,18 +29,15 @@ import torch
 from kdlib import curves, distributed, models, weights
 from kdlib.data import get_dataset_spec
 from kdlib.distill import MethodConfig
+from kdlib.fast import PRECISIONS, resolve_precision
 from kdlib.fields import format_field
 from kdlib.methods import get_method, make_config
 from kdlib.recipes import Recipe, get_recipe
-
-log = logging.getLogger(__name__)
 
 #: The largest count of batch size, images or epochs that a run accepts, what Python's slices and torch take.
 MAX_COUNT = 2**63 - 1
 #: The largest seed, as torch's generators take unsigned 64-bit seeds.
 MAX_SEED = 2**64 - 1
-#: ``TrainConfig.precision``: ``auto`` resolves to one of the other two (:func:`resolve_precision`).
-PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def int_at_least(minimum: int, maximum: int = MAX_COUNT) -> Callable[[str], int]:
@@ -272,31 +268,6 @@ class Plan:
         """Whether images and weights are in channels_last memory (on CUDA and on the fast path, unless
         turned off)."""
         return self.config.channels_last and (self.device.type == "cuda" or self.fast)
-
-
-def bf16_native(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 natively: CUDA with bf16 support, or a CPU with AVX512-BF16 (Intel
-    since Cooper Lake, AMD since Zen 4) or AMX (Intel Sapphire Rapids and later). Elsewhere bf16 is emulated
-    and slower than fp32. (``torch.cpu._is_avx512_bf16_supported`` and ``_is_amx_tile_supported`` are the
-    checks torch's own CPU kernels dispatch on.)"""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    cpu = torch.cpu
-    return device.type == "cpu" and (cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
-
-
-def resolve_precision(requested: str, device: torch.device) -> str:
-    """``bf16`` or ``fp32`` for ``requested`` (one of :data:`PRECISIONS`) on ``device``; ``auto`` is bf16
-    where it is native (:func:`bf16_native`). An explicit ``bf16`` where it is not runs emulated, with a
-    warning."""
-    if requested not in PRECISIONS:
-        raise ValueError(f"invalid precision '{requested}'; choose one of: {', '.join(PRECISIONS)}")
-    if requested == "auto":
-        return "bf16" if bf16_native(device) else "fp32"
-    if requested == "bf16" and not bf16_native(device):
-        log.warning("this %s has no native bf16 (AVX512-BF16 or AMX): bf16 is emulated, slower than fp32",
-                    device.type.upper())
-    return requested
 
 
 def check_model(name: str, role: str) -> None:

@@ -50,6 +50,9 @@ from kdlib.distill import last_map
 
 log = logging.getLogger(__name__)
 
+#: ``TrainConfig.precision``: ``auto`` resolves to one of the other two (:func:`resolve_precision`).
+PRECISIONS = ("auto", "bf16", "fp32")
+
 
 # --- augmentation as tensor ops --------------------------------------------------------------------
 def source_index(position: Tensor, length: int, pad_mode: str) -> tuple[Tensor, Tensor | None]:
@@ -481,3 +484,28 @@ def cast_teacher_weights(distiller: nn.Module, dtype: torch.dtype) -> None:
 def fused_sgd_available(device: torch.device) -> bool:
     """Whether ``torch.optim.SGD(fused=True)`` is used on ``device`` (CUDA: one kernel per step)."""
     return device.type == "cuda"
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: CUDA with bf16 support, or a CPU with AVX512-BF16 (Intel
+    since Cooper Lake, AMD since Zen 4) or AMX (Intel Sapphire Rapids and later). Elsewhere bf16 is emulated
+    and slower than fp32. (``torch.cpu._is_avx512_bf16_supported`` and ``_is_amx_tile_supported`` are the
+    checks torch's own CPU kernels dispatch on.)"""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    cpu = torch.cpu
+    return device.type == "cpu" and (cpu._is_avx512_bf16_supported() or cpu._is_amx_tile_supported())
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """``bf16`` or ``fp32`` for ``requested`` (one of :data:`PRECISIONS`) on ``device``; ``auto`` is bf16
+    where it is native (:func:`bf16_native`). An explicit ``bf16`` where it is not runs emulated, with a
+    warning."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"invalid precision '{requested}'; choose one of: {', '.join(PRECISIONS)}")
+    if requested == "auto":
+        return "bf16" if bf16_native(device) else "fp32"
+    if requested == "bf16" and not bf16_native(device):
+        log.warning("this %s has no native bf16 (AVX512-BF16 or AMX): bf16 is emulated, slower than fp32",
+                    device.type.upper())
+    return requested

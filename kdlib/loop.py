@@ -50,6 +50,7 @@ from kdlib.fast import (
     DeviceLoader,
     DeviceMetrics,
     cast_teacher_weights,
+    resolve_precision,
     run_teacher_in_inference_mode,
 )
 from kdlib.recipes import Recipe
@@ -390,9 +391,8 @@ def evaluate_checkpoint(
     precision: str = "auto",
 ) -> dict[str, Any]:
     """Top-1/top-5 of a checkpoint (kdlib ``model.pt`` or RepDistiller's ``{'model': ...}``) on a test set,
-    in ``precision`` as training resolves it (:func:`~kdlib.config.resolve_precision`: ``auto`` is bf16 where
+    in ``precision`` as training resolves it (:func:`~kdlib.fast.resolve_precision`: ``auto`` is bf16 where
     the device computes it natively, else fp32)."""
-    from kdlib.config import resolve_precision  # kdlib.config imports kdlib.weights, which imports us
 
     dev = distributed.resolve_device(device)
     amp = resolve_precision(precision, dev) == "bf16"

@@ -8,7 +8,6 @@ A number shown is either a paper's (its ``source`` column) or a run's (its recor
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from collections.abc import Callable
@@ -17,9 +16,9 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from kdlib import comparison, plots, results
-from kdlib.methods import CHANNEL_METHODS, make_config
-from kdlib.paths import BENCH_CSV, PROFILES_DIR, REPORTED_CSV, RESULTS_DIR, relative
+from kdlib import plots, results
+from kdlib.methods import CHANNEL_METHODS
+from kdlib.paths import BENCH_CSV, REPORTED_CSV, RESULTS_DIR, relative
 from kdlib.recipes import available_recipes, get_recipe
 
 NOT_MEASURED = results.STATUS_NOT_MEASURED
@@ -30,10 +29,8 @@ SHOWN = ("completed", results.STATUS_DIVERGED)
 
 
 #: Folders of ``data/results/`` that the study's version-1 tables do not read: the smoke profile's records
-#: (git-ignored, a test of the pipeline) and the second proxy study's (its own pages, :func:`v2_records`).
+#: (git-ignored, a test of the pipeline) and the second proxy study's (its own pages, :mod:`kdlib.report_v2`).
 SEPARATE = ("smoke", "proxy_v2")
-#: The second proxy study's staged profile.
-V2_PROFILE = "proxy_v2"
 
 
 def study_records(path: str | Path = RESULTS_DIR) -> pd.DataFrame:
@@ -52,17 +49,18 @@ def _completed(records: pd.DataFrame) -> pd.DataFrame:
     return records[records["status"] == "completed"] if "status" in records else records
 
 
-def _num(value: float | None, digits: int = 2) -> str:
+def number(value: float | None, digits: int = 2) -> str:
+    """``value`` with ``digits`` decimals, or empty when it is missing."""
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def _mean_ci(mean: float, lo: float, hi: float, n: float, diverged: float = 0) -> str:
+def mean_ci(mean: float, lo: float, hi: float, n: float, diverged: float = 0) -> str:
     """``mean ± half-width`` of the 95% interval (symmetric: Student-t); the interval is left out for a
     single run; ``diverged`` when every run did. The number of runs is a column of its own (:func:`_runs`)."""
     if mean is None or math.isnan(mean):
         return results.STATUS_DIVERGED if diverged else NOT_MEASURED
-    interval = f" ± {_num((hi - lo) / 2)}" if int(n) > 1 else ""
-    return f"{_num(mean)}{interval}"
+    interval = f" ± {number((hi - lo) / 2)}" if int(n) > 1 else ""
+    return f"{number(mean)}{interval}"
 
 
 def _runs(n: float | None) -> str:
@@ -98,7 +96,7 @@ def reported_vs_measured(paper: str, records: pd.DataFrame | None = None) -> pd.
     def ours(which: str) -> list[str]:
         cells = zip(rows[f"measured_{which}"], rows[f"measured_{which}_lo"], rows[f"measured_{which}_hi"],
                     rows["n"], measured_here, rows["status"], strict=True)
-        return [_mean_ci(m, lo, hi, n) if ok else status for m, lo, hi, n, ok, status in cells]
+        return [mean_ci(m, lo, hi, n) if ok else status for m, lo, hi, n, ok, status in cells]
 
     diverged_here = rows["status"].isin([results.STATUS_MEASURED, results.STATUS_DIVERGED])
 
@@ -144,13 +142,13 @@ def measured(records: pd.DataFrame | None = None, methods: list[str] | None = No
         "scale": [scale(*v) for v in zip(summary["dataset"], summary["subset"], summary["epochs"],
                                          summary["recipe"], strict=True)],
         **{f"top-1, {which} epoch": [
-            _mean_ci(*v) for v in zip(summary[f"top1_{which}_mean"], summary[f"top1_{which}_lo"],
+            mean_ci(*v) for v in zip(summary[f"top1_{which}_mean"], summary[f"top1_{which}_lo"],
                                       summary[f"top1_{which}_hi"], summary["n"], summary["diverged"],
                                       strict=True)]
            for which in ("last", "best")},
         "seeds": [_runs(n) for n in summary["n"]],
         "diverged": [_diverged(d, n) for d, n in zip(summary["diverged"], summary["n"], strict=True)],
-        "teacher top-1": [_num(v) for v in summary["teacher_top1_mean"]],
+        "teacher top-1": [number(v) for v in summary["teacher_top1_mean"]],
     })
 
 
@@ -195,8 +193,8 @@ def _paired(records: pd.DataFrame, baseline: str) -> pd.DataFrame:
             at_best = best.loc[(r.method, r.variant)]
             rows.append({
                 "method": r.method, "variant": r.variant, **where,
-                f"top-1 minus {baseline}, last epoch": _mean_ci(r.mean, r.lo, r.hi, r.n),
-                f"top-1 minus {baseline}, best epoch": _mean_ci(at_best["mean"], at_best["lo"], at_best["hi"],
+                f"top-1 minus {baseline}, last epoch": mean_ci(r.mean, r.lo, r.hi, r.n),
+                f"top-1 minus {baseline}, best epoch": mean_ci(at_best["mean"], at_best["lo"], at_best["hi"],
                                                                 at_best["n"]),
                 "seeds": _runs(r.n),
                 "last epoch: verdict": _verdict(r.lo, r.hi, r.n, baseline),
@@ -312,7 +310,7 @@ def reported_summary(datasets: tuple[str, ...] = ("CIFAR-100",)) -> pd.DataFrame
         "as reported": rows["method"],
         "pair": [pair(t, s) for t, s in zip(rows["teacher_id"], rows["student_id"], strict=True)],
         "dataset": rows["dataset"],
-        "reported top-1": [_num(v) for v in rows["reported_acc"]],
+        "reported top-1": [number(v) for v in rows["reported_acc"]],
         "caveat": rows["caveat"].fillna(""),
         "paper": rows["paper"],
     }).reset_index(drop=True)
@@ -348,7 +346,7 @@ def teachers(records: pd.DataFrame | None = None) -> pd.DataFrame:
     grouped = used.groupby(["dataset", "teacher"], sort=True)
     return pd.DataFrame([{
         "dataset": dataset, "teacher": teacher,
-        "measured top-1": _num(group["teacher_top1"].mean()),
+        "measured top-1": number(group["teacher_top1"].mean()),
         "runs": len(group),
     } for (dataset, teacher), group in grouped])
 
@@ -362,8 +360,8 @@ def runs(records: pd.DataFrame | None = None) -> pd.DataFrame:
     rows = []
     for key, group in records.groupby(keys, dropna=False, sort=True):
         row = dict(zip(keys, (_cell(None if pd.isna(k) else k) for k in key), strict=True))
-        row.update({"runs": len(group), "median wall time (s)": _num(group["wall_time_s"].median(), 0),
-                    "median images/s": _num(group["images_per_s"].median(), 0)})
+        row.update({"runs": len(group), "median wall time (s)": number(group["wall_time_s"].median(), 0),
+                    "median images/s": number(group["images_per_s"].median(), 0)})
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -403,172 +401,13 @@ def provenance(records: pd.DataFrame | None = None) -> pd.DataFrame:
         "pair": [pair(t, s) for t, s in zip(records["teacher"], records["student"], strict=True)],
         "status": [f"{s} ({reason})" if s == results.STATUS_DIVERGED and reason else s
                    for s, reason in zip(records["status"], records["failure_reason"], strict=True)],
-        "top-1 last": [_num(v) for v in records["top1_last"]],
+        "top-1 last": [number(v) for v in records["top1_last"]],
         "commit": [results.commit_label(c, d) for c, d in
                    zip(records["git_commit"], records["git_dirty"], strict=True)],
         "hardware": [g if isinstance(g, str) and g else c for g, c in zip(records["gpu"], records["cpu"],
                                                                           strict=True)],
         "created": records["created_at"].astype(str).str[:10],
     }).sort_values("record (folder)").reset_index(drop=True)
-
-
-def power_v2(records: pd.DataFrame | None = None, profile: str | Path = PROFILES_DIR / "proxy_v2.json"
-             ) -> pd.DataFrame:
-    """The second proxy study's power (:func:`kdlib.comparison.power_statement`), from the first study's
-    committed records (``data/results/proxy``) and the seeds and configurations ``profile`` fixes: the
-    smallest true difference its comparisons with KD detect with 80% power, Holm-corrected and not."""
-    records = study_records(RESULTS_DIR / "proxy") if records is None else records
-    final = json.loads(Path(profile).read_text())["stages"]["final"]
-    comparisons = len(final["configurations"]) - 1
-    rows = []
-    for seeds in (3, len(final["seeds"])):
-        p = comparison.power_statement(records, seeds, comparisons, final["alpha"])
-        rows.append({"paired seeds": seeds, "comparisons with KD": comparisons,
-                     "SD of paired differences (v1, pooled)": f"{p['sd']:.2f} ({p['df']} df)",
-                     "detectable with 80% power, Holm": f"{p['detectable']:.2f}",
-                     "same, uncorrected": f"{p['detectable_uncorrected']:.2f}"})
-    return pd.DataFrame(rows)
-
-
-# --- the second proxy study (book/protocol_v2.md) ----------------------------------------------------
-def v2_records(stage: str) -> pd.DataFrame:
-    """The completed and diverged records of one stage (``tuning``, ``final``) of the second proxy study."""
-    from kdlib.study.staged import load_staged
-
-    return study_records(load_staged(V2_PROFILE).results_dir / stage)
-
-
-def _v2_progress(records: pd.DataFrame, stage: str) -> tuple[int, int]:
-    """(records in place, runs the protocol plans) of a stage."""
-    from kdlib.study.staged import load_staged
-
-    s = load_staged(V2_PROFILE)
-    if stage == "tuning":
-        planned = len(s.tuning["methods"]) * len(s.tuning["multipliers"]) * len(s.tuning["seeds"])
-    else:
-        planned = len(s.final["configurations"]) * len(s.final["seeds"])
-    return len(records), planned
-
-
-def v2_teacher() -> pd.DataFrame:
-    """The second study's teacher, from the record installed beside its checkpoint."""
-    from kdlib.study.staged import load_staged, teacher_checkpoint
-
-    s = load_staged(V2_PROFILE)
-    ckpt = teacher_checkpoint(s)
-    path = ckpt.parent / "record.json"
-    if not path.is_file():
-        return pd.DataFrame()
-    r = json.loads(path.read_text())
-    return pd.DataFrame([{
-        "teacher": r["student"], "checkpoint": relative(ckpt),
-        "trained": f"{r['method']}, {r['epochs']} epochs, all but the {r['val_subset']:,} validation images, "
-                   f"seed {r['seed']}, {r['precision']}",
-        "test top-1": _num(r["top1_last"]), "validation top-1": _num(r.get("val_top1_last")),
-        "hardware": (r.get("hardware") or {}).get("gpu") or (r.get("hardware") or {}).get("cpu"),
-        "commit": results.commit_label(r.get("git_commit"), r.get("git_dirty")),
-    }])
-
-
-def v2_tuning(records: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Each tuned method's mean validation top-1 (last epoch, over the tuning seeds) at each multiple of its
-    main weight, and the weight :func:`kdlib.comparison.select_weights` chose (the test set is not read)."""
-    from kdlib.study.staged import chosen_weights, load_staged
-
-    s = load_staged(V2_PROFILE)
-    records = v2_records("tuning") if records is None else records
-    if not len(records):
-        return pd.DataFrame()
-    chosen = chosen_weights(s, records)
-    planned = len(s.tuning["multipliers"]) * len(s.tuning["seeds"])
-    rows = []
-    for row in chosen.itertuples():
-        default = make_config(row.method)
-        runs = int((records["method"] == row.method).sum())
-        cells = {"method": row.method, "runs": f"{runs} of {planned}",
-                 "main weight (default)": ", ".join(f"{name} = {getattr(default, name):g}"
-                                                    for name in comparison.MAIN_WEIGHTS[row.method])}
-        for multiplier, score in row.scores.items():
-            cells[f"×{multiplier:g}"] = _num(score) if score is not None else "–"
-        if runs < planned:
-            cells["chosen"] = "waiting for its runs"
-        else:
-            cells["chosen"] = f"×{row.multiplier:g}" if isinstance(row.chosen, str) else "none: all diverged"
-        cells["note"] = "; ".join(n for n in row.note.split("; ") if "no run for" not in n)
-        rows.append(cells)
-    return pd.DataFrame(rows)
-
-
-def v2_final(records: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Each configuration of the final stage: its weight, runs, and mean test and validation top-1 (last
-    epoch) with the 95% interval over its seeds."""
-    records = v2_records("final") if records is None else records
-    if not len(records):
-        return pd.DataFrame()
-    rows = []
-    for (method, variant), group in records.groupby(["method", "variant"], sort=False):
-        done = group[group["status"] == "completed"]
-        cells = {}
-        for name, column in (("test top-1", "top1_last"), ("validation top-1", "val_top1_last")):
-            values = done[column].astype(float)
-            cells[name] = _mean_ci(values.mean(), *results.mean_interval(values), len(done))
-        rows.append({"configuration": method, "weight": variant, "runs": len(done),
-                     "diverged": int((group["status"] == results.STATUS_DIVERGED).sum()), **cells})
-    return pd.DataFrame(rows)
-
-
-def v2_comparisons(baseline: str = "kd", records: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The final stage's configurations minus ``baseline`` (top-1 points, last epoch, paired seeds), with the
-    paired t-test's p-value and Holm's over the family; empty until every final run has its record."""
-    records = v2_records("final") if records is None else records
-    done, planned = _v2_progress(records, "final")
-    if done < planned:
-        return pd.DataFrame()
-    table = comparison.holm_comparisons(records, baseline)
-    return pd.DataFrame({
-        "configuration": table["method"], "weight": table["variant"], "paired seeds": table["n"],
-        f"minus {baseline}": [_mean_ci(m, lo, hi, n) for m, lo, hi, n in
-                              zip(table["mean"], table["lo"], table["hi"], table["n"], strict=True)],
-        "p": [f"{p:.3f}" for p in table["p"]], "Holm p": [f"{p:.3f}" for p in table["p_holm"]],
-        "verdict": table["verdict"],
-    })
-
-
-def v2_cost() -> pd.DataFrame:
-    """What each stage of the second proxy study has cost so far, from its records' wall times (measured)."""
-    from kdlib.study.staged import load_staged, teacher_checkpoint
-
-    path = teacher_checkpoint(load_staged(V2_PROFILE)).parent / "record.json"
-    teacher = results.load_records([path] if path.is_file() else [], statuses=SHOWN)
-    rows = []
-    stages = (("teacher", teacher), ("tuning", v2_records("tuning")), ("final", v2_records("final")))
-    for stage, frame in stages:
-        if not len(frame):
-            continue
-        hardware = sorted({g if isinstance(g, str) and g else c for g, c in zip(frame["gpu"], frame["cpu"],
-                                                                              strict=True)})
-        rows.append({"stage": stage, "runs": len(frame), "hardware": ", ".join(hardware),
-                     "wall time, hours": _num(frame["wall_time_s"].sum() / 3600),
-                     "median minutes per run": _num(frame["wall_time_s"].median() / 60, 1)})
-    return pd.DataFrame(rows)
-
-
-def answer_v2(records: pd.DataFrame | None = None) -> str:
-    """The second proxy study's answer in words (:func:`kdlib.comparison.answer`) once every final run has its
-    record, with the smallest difference its realised noise lets it detect; until then, where it stands."""
-    from kdlib.study.staged import load_staged
-
-    final = load_staged(V2_PROFILE).final
-    records = v2_records("final") if records is None else records
-    done, planned = _v2_progress(records, "final")
-    tuned, tuning = _v2_progress(v2_records("tuning"), "tuning")
-    if done < planned:
-        return (f"Version 2 is under way: {tuned} of its {tuning} tuning runs and {done} of its {planned} "
-                "final runs are recorded. Its answer is written here once every final run is, never from "
-                "some of them.")
-    power = comparison.power_statement(records, len(final["seeds"]), len(final["configurations"]) - 1,
-                                       final["alpha"])
-    return comparison.answer(records, final["baselines"], final["alpha"], detectable=power["detectable"])
 
 
 #: The tables the book's ``kdlib-table`` directive can render, by name.
@@ -583,13 +422,6 @@ TABLES: dict[str, Callable[..., pd.DataFrame]] = {
     "runs": runs,
     "bench": bench,
     "provenance": provenance,
-    "power-v2": power_v2,
-    "v2-teacher": v2_teacher,
-    "v2-tuning": v2_tuning,
-    "v2-final": v2_final,
-    "v2-cost": v2_cost,
-    "v2-vs-kd": lambda: v2_comparisons("kd"),
-    "v2-vs-ce": lambda: v2_comparisons("ce"),
 }
 
 

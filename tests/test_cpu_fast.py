@@ -1,5 +1,5 @@
 """The fast path on a CPU: precision resolved from the CPU's bf16 units, and the code a GPU runs (bf16
-autocast, channels_last, ``torch.compile``) run here on every test run (kdlib.config.resolve_precision,
+autocast, channels_last, ``torch.compile``) run here on every test run (kdlib.fast.resolve_precision,
 kdlib.loop).
 
 A CPU without bf16 units (AVX512-BF16 or AMX) computes bf16 emulated, slowly but with the same numerics, so
@@ -17,7 +17,7 @@ import torch
 from helpers import write_fashion_mnist, write_teacher
 
 from kdlib import config as kconfig
-from kdlib import loop, models, train
+from kdlib import fast, loop, models, train
 from kdlib.data import load_data
 from kdlib.fast import DeviceLoader
 from kdlib.methods import build_distiller
@@ -56,19 +56,19 @@ def _config(data: dict[str, Path], out: Path, **kw) -> kconfig.TrainConfig:
 
 # --- precision and the defaults it brings ---------------------------------------------------------
 def test_auto_precision_follows_the_cpu(bf16_cpu: None) -> None:
-    assert kconfig.bf16_native(CPU)
-    assert kconfig.resolve_precision("auto", CPU) == "bf16"
-    assert kconfig.resolve_precision("fp32", CPU) == "fp32"
+    assert fast.bf16_native(CPU)
+    assert fast.resolve_precision("auto", CPU) == "bf16"
+    assert fast.resolve_precision("fp32", CPU) == "fp32"
 
 
 def test_auto_precision_is_fp32_without_bf16_units(plain_cpu: None, caplog: pytest.LogCaptureFixture) -> None:
-    assert not kconfig.bf16_native(CPU)
-    assert kconfig.resolve_precision("auto", CPU) == "fp32"
-    with caplog.at_level(logging.WARNING, logger="kdlib.config"):
-        assert kconfig.resolve_precision("bf16", CPU) == "bf16"  # asked for: it runs, emulated
+    assert not fast.bf16_native(CPU)
+    assert fast.resolve_precision("auto", CPU) == "fp32"
+    with caplog.at_level(logging.WARNING, logger="kdlib.fast"):
+        assert fast.resolve_precision("bf16", CPU) == "bf16"  # asked for: it runs, emulated
     assert "no native bf16" in caplog.text
     with pytest.raises(ValueError, match="invalid precision 'fp16'; choose one of: auto, bf16, fp32"):
-        kconfig.resolve_precision("fp16", CPU)
+        fast.resolve_precision("fp16", CPU)
 
 
 def test_a_bf16_cpu_takes_the_fast_path_by_default(data: dict[str, Path], tmp_path: Path,

@@ -1,4 +1,4 @@
-"""The book's view of the second proxy study (kdlib.report's v2 tables and answer): its records stay out of
+"""The book's view of the second proxy study (kdlib.report_v2's tables and answer): its records stay out of
 version 1's tables, KD is compared at its chosen weight, and no answer is written from part of the final
 runs."""
 
@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kdlib import comparison, report
+from kdlib import comparison, report, report_v2
 from kdlib.paths import RESULTS_DIR
 
 CONFIGURATIONS = ("ce", "kd", "ickd", "ccs", "cd", "cwt", "iekd", "pkt")
@@ -50,29 +50,29 @@ def test_v2_records_stay_out_of_version_1_tables(tmp_path: Path, monkeypatch: py
 def test_configurations_are_compared_with_kd_at_its_chosen_weight() -> None:
     records = _final()
     assert comparison.baseline_variant(records, "kd") == "kd_weight=3.6"
-    table = report.v2_comparisons("kd", records).set_index("configuration")
+    table = report_v2.comparisons("kd", records).set_index("configuration")
     assert len(table) == 7 and set(table["paired seeds"]) == {10}
     assert table.loc["ickd", "verdict"] == "above" and table.loc["ce", "verdict"] == "below"
     assert table.loc["ccs", "verdict"] == "within the corrected noise"
     p, holm = table.loc["ickd", ["p", "Holm p"]].astype(float)
     assert holm >= p
-    vs_ce = report.v2_comparisons("ce", records).set_index("configuration")
+    vs_ce = report_v2.comparisons("ce", records).set_index("configuration")
     assert "kd" in vs_ce.index and (vs_ce["verdict"] == "above").all()
 
 
 def test_no_answer_from_part_of_the_final_runs() -> None:
     partial = _final(range(9))
-    assert report.v2_comparisons("kd", partial).empty
-    assert "72 of its 80 final runs are recorded" in report.answer_v2(partial)
-    text = report.answer_v2(_final())
+    assert report_v2.comparisons("kd", partial).empty
+    assert "72 of its 80 final runs are recorded" in report_v2.answer(partial)
+    text = report_v2.answer(_final())
     assert "1 of 7 configurations beat KD beyond the Holm-corrected noise" in text
     assert "ickd/default" in text and "cannot be told apart from KD" in text
     assert "points here, with 80% power" in text  # the realised noise's detectable difference
-    final = report.v2_final(_final()).set_index("configuration")
+    final = report_v2.final_table(_final()).set_index("configuration")
     assert final.loc["kd", "weight"] == "kd_weight=3.6" and set(final["runs"]) == {10}
 
 
 def test_the_cost_is_summed_from_the_records() -> None:
-    cost = report.v2_cost().set_index("stage")
+    cost = report_v2.cost_table().set_index("stage")
     assert cost.loc["teacher", "runs"] == 1 and cost.loc["teacher", "hardware"] == "NVIDIA H200"
     assert float(cost.loc["teacher", "wall time, hours"]) > 0

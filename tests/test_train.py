@@ -267,7 +267,7 @@ def test_evaluate_checkpoint(tiny: dict[str, Path]) -> None:
 def test_evaluate_checkpoint_resolves_precision_as_training_does(tiny: dict[str, Path],
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """auto: bf16 autocast where the device computes bf16 natively (faked here); fp32 otherwise, or asked."""
-    from kdlib import config
+    from kdlib import fast
 
     real, made = loop.Runtime, []
 
@@ -277,7 +277,7 @@ def test_evaluate_checkpoint_resolves_precision_as_training_does(tiny: dict[str,
 
     monkeypatch.setattr(loop, "Runtime", recording)
     for native, precision in ((True, "auto"), (True, "fp32"), (False, "auto")):
-        monkeypatch.setattr(config, "bf16_native", lambda _device, native=native: native)
+        monkeypatch.setattr(fast, "bf16_native", lambda _device, native=native: native)
         loop.evaluate_checkpoint(None, tiny["teacher"], "fashion_mnist", data_root=tiny["data"],
                                  eval_subset=20, workers=0, download=False, precision=precision)
     assert made == [True, False, False]

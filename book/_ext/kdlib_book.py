@@ -1,6 +1,7 @@
 """Sphinx extension for the kdlib book.
 
-- ``kdlib-table`` directive: renders one of :data:`kdlib.report.TABLES` from ``data/`` at build time, so no
+- ``kdlib-table`` directive: renders one of :data:`TABLES` (:data:`kdlib.report.TABLES` and the second proxy
+  study's :data:`kdlib.report_v2.TABLES`) from ``data/`` at build time, so no
   number in the book is typed by hand. Usage (MyST)::
 
       ```{kdlib-table} reported-vs-measured
@@ -12,7 +13,7 @@
   reported-vs-measured table shows its measured rows; the reported rows not measured yet are counted, and
   listed in a folded block.
 - ``kdlib-answer`` directive: the study's answer in words (:func:`kdlib.report.answer`; ``v2``:
-  :func:`kdlib.report.answer_v2`), from the records.
+  :func:`kdlib.report_v2.answer`), from the records.
 - ``kdlib-figure`` directive: the same for the figures of :data:`kdlib.report.FIGURES` (``ranking``), drawn
   at build time and inlined as SVG (no image files to keep in step with ``data/``).
 - ``kdlib-method-modules`` directive: the API reference (``automodule``) of every method module, in the order
@@ -32,8 +33,11 @@ from docutils.parsers.rst import directives
 from docutils.statemachine import StringList
 from sphinx.util.docutils import SphinxDirective
 
-from kdlib import plots, report, results
+from kdlib import plots, report, report_v2, results
 from kdlib.methods import METHODS
+
+#: Every table the ``kdlib-table`` directive renders, by name.
+TABLES = {**report.TABLES, **report_v2.TABLES}
 
 EMPTY = {
     "measured": "No measured runs are committed yet.",
@@ -53,7 +57,7 @@ EMPTY = {
 
 
 class KdlibTable(SphinxDirective):
-    """Render ``kdlib.report.TABLES[name](**options)`` as a table."""
+    """Render ``TABLES[name](**options)`` as a table."""
 
     required_arguments = 1
     option_spec = {"paper": directives.unchanged, "methods": directives.unchanged}
@@ -63,14 +67,14 @@ class KdlibTable(SphinxDirective):
 
     def run(self) -> list[nodes.Node]:
         name = self.arguments[0]
-        if name not in report.TABLES:
-            raise self.error(f"unknown kdlib-table '{name}'; choose one of: {', '.join(report.TABLES)}")
+        if name not in TABLES:
+            raise self.error(f"unknown kdlib-table '{name}'; choose one of: {', '.join(TABLES)}")
         kwargs: dict[str, Any] = {}
         if "paper" in self.options:
             kwargs["paper"] = self.options["paper"]
         if "methods" in self.options:
             kwargs["methods"] = self.options["methods"].split()
-        table = report.TABLES[name](**kwargs)
+        table = TABLES[name](**kwargs)
         self.env.note_dependency(str(report.RESULTS_DIR))
         if name == "reported-vs-measured":
             text = self.reported(table, kwargs["paper"])
@@ -124,7 +128,7 @@ def folded(table: Any) -> str:
 
 class KdlibAnswer(SphinxDirective):
     """The study's answer in words, generated from the records: version 1's (:func:`kdlib.report.answer`), or
-    with the argument ``v2`` the second proxy study's (:func:`kdlib.report.answer_v2`)."""
+    with the argument ``v2`` the second proxy study's (:func:`kdlib.report_v2.answer`)."""
 
     optional_arguments = 1
 
@@ -133,7 +137,7 @@ class KdlibAnswer(SphinxDirective):
         if version not in ("v1", "v2"):
             raise self.error(f"unknown kdlib-answer '{version}'; choose v1 or v2")
         self.env.note_dependency(str(report.RESULTS_DIR))
-        text = report.answer_v2() if version == "v2" else report.answer()
+        text = report_v2.answer() if version == "v2" else report.answer()
         container = nodes.container(classes=["kdlib-answer"])
         self.state.nested_parse(StringList(text.splitlines(), source="kdlib-answer"), self.content_offset,
                                 container)

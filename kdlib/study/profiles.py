@@ -31,6 +31,7 @@ from kdlib.paths import (
     repo_path,
 )
 from kdlib.recipes import RECIPES, get_recipe
+from kdlib.study import staged
 from kdlib.study.grid import Run, grid_cells, plan_runs
 from kdlib.study.parameters import (
     NOTEBOOK_METHODS,
@@ -104,8 +105,6 @@ def profile_runs(profile: str, match: Sequence[str] = (), notebooks: Sequence[st
     :func:`~kdlib.study.staged.planned_runs`), or those whose folder
     holds one of the ``match`` paths as whole parts (``kd/default/seed0`` selects ``…/kd/default/seed0``, not
     ``…/iekd/default/seed0``); ``ValueError`` when ``match`` selects none."""
-    from kdlib.study import staged  # it plans with the grid, as this module does
-
     planned: dict[str, Run] = {}
     if staged.is_staged(profile):
         planned = {run.key: run for run in staged.planned_runs(staged.load_staged(profile))}
@@ -125,8 +124,6 @@ def profile_runs(profile: str, match: Sequence[str] = (), notebooks: Sequence[st
 
 def profile_results_dir(profile: str) -> Path:
     """Where ``profile`` commits its records (its ``results_dir``)."""
-    from kdlib.study import staged
-
     if staged.is_staged(profile):
         return staged.load_staged(profile).results_dir
     folder = load_profile(profile).get("common", {}).get("results_dir")
