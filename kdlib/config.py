@@ -78,7 +78,8 @@ class TrainConfig:
 
     ``variant``: method option overrides (``make_config``); ``recipe_overrides``: recipe fields (``--set``).
     ``precision``: ``bf16`` (autocast; every loss term in float32), ``fp32``, or ``auto``: bf16 where the
-    device computes it natively (CUDA; a CPU with AVX512-BF16 or AMX), else fp32 (:func:`resolve_precision`).
+    device computes it natively (CUDA; a CPU with AVX512-BF16 or AMX), else fp32
+    (:func:`~kdlib.fast.resolve_precision`).
     ``fast``: the fast path (:mod:`kdlib.fast`; None: on CUDA, and on a CPU when the run is bf16);
     ``channels_last`` applies on CUDA and on the fast path; ``compile`` (``torch.compile``) None: with the
     fast path, on a CPU only for a run long enough to repay the compilation (:func:`kdlib.loop.compile_pays`).

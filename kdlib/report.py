@@ -56,7 +56,7 @@ def number(value: float | None, digits: int = 2) -> str:
 
 def mean_ci(mean: float, lo: float, hi: float, n: float, diverged: float = 0) -> str:
     """``mean ± half-width`` of the 95% interval (symmetric: Student-t); the interval is left out for a
-    single run; ``diverged`` when every run did. The number of runs is a column of its own (:func:`_runs`)."""
+    single run; ``diverged`` when every run did. The number of runs is a column of its own."""
     if mean is None or math.isnan(mean):
         return results.STATUS_DIVERGED if diverged else NOT_MEASURED
     interval = f" ± {number((hi - lo) / 2)}" if int(n) > 1 else ""
