@@ -393,7 +393,6 @@ def evaluate_checkpoint(
     """Top-1/top-5 of a checkpoint (kdlib ``model.pt`` or RepDistiller's ``{'model': ...}``) on a test set,
     in ``precision`` as training resolves it (:func:`~kdlib.fast.resolve_precision`: ``auto`` is bf16 where
     the device computes it natively, else fp32)."""
-
     dev = distributed.resolve_device(device)
     amp = resolve_precision(precision, dev) == "bf16"
     rt = Runtime(dev, amp=amp, channels_last=False, progress=sys.stderr.isatty())

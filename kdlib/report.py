@@ -388,6 +388,11 @@ def bench(path: str | Path = BENCH_CSV) -> pd.DataFrame:
     })
 
 
+def hardware(records: pd.DataFrame) -> list[str]:
+    """Each record's GPU, or its CPU where it ran on none."""
+    return [g if isinstance(g, str) and g else c for g, c in zip(records["gpu"], records["cpu"], strict=True)]
+
+
 def provenance(records: pd.DataFrame | None = None) -> pd.DataFrame:
     """Every committed run: its record, commit, seed and hardware."""
     records = study_records() if records is None else records
@@ -404,8 +409,7 @@ def provenance(records: pd.DataFrame | None = None) -> pd.DataFrame:
         "top-1 last": [number(v) for v in records["top1_last"]],
         "commit": [results.commit_label(c, d) for c, d in
                    zip(records["git_commit"], records["git_dirty"], strict=True)],
-        "hardware": [g if isinstance(g, str) and g else c for g, c in zip(records["gpu"], records["cpu"],
-                                                                          strict=True)],
+        "hardware": hardware(records),
         "created": records["created_at"].astype(str).str[:10],
     }).sort_values("record (folder)").reset_index(drop=True)
 

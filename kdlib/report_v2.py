@@ -144,9 +144,8 @@ def cost_table() -> pd.DataFrame:
     for stage, frame in stages:
         if not len(frame):
             continue
-        hardware = sorted({g if isinstance(g, str) and g else c for g, c in zip(frame["gpu"], frame["cpu"],
-                                                                              strict=True)})
-        rows.append({"stage": stage, "runs": len(frame), "hardware": ", ".join(hardware),
+        rows.append({"stage": stage, "runs": len(frame),
+                     "hardware": ", ".join(sorted(set(report.hardware(frame)))),
                      "wall time, hours": report.number(frame["wall_time_s"].sum() / 3600),
                      "median minutes per run": report.number(frame["wall_time_s"].median() / 60, 1)})
     return pd.DataFrame(rows)
