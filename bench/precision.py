@@ -15,7 +15,7 @@ ICKD and CD; seeds 0-4. Both arms run on the same machine, one after the other.
   study v2's committed fp32 records of the same configuration made on another CPU type: how much a change of
   CPU alone moves a run. Written to ``bench/precision.csv``.
 
-The summary's rows are the book's precision note (``kdlib.report``); nothing here is typed by hand.
+The summary's rows are the book's precision table (:func:`kdlib.report.precision`).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # python bench/precision.py from the repository
 
 from kdlib import results, stats  # noqa: E402
-from kdlib.paths import repo_path  # noqa: E402
+from kdlib.paths import PRECISION_CSV, PRECISION_DIR, repo_path  # noqa: E402
 from kdlib.record import config_id_of  # noqa: E402
 from kdlib.study import staged  # noqa: E402
 from kdlib.study.grid import Run, run_grid  # noqa: E402
@@ -39,8 +39,6 @@ PROFILE = "proxy_v2"
 METHODS = ("kd", "ickd", "cd")
 SEEDS = (0, 1, 2, 3, 4)
 PRECISIONS = ("fp32", "bf16")
-RECORDS = Path("bench/precision")
-SUMMARY = Path("bench/precision.csv")
 OUT = Path("runs/precision")
 
 
@@ -82,14 +80,14 @@ def _paired(rows: list[dict], comparison: str, a: pd.DataFrame, b: pd.DataFrame)
 
 
 def summary() -> pd.DataFrame:
-    """The paired table (see the module docstring), written to :data:`SUMMARY`."""
-    here = {p: _last_top1(repo_path(RECORDS / p)) for p in PRECISIONS}
+    """The paired table (see the module docstring), written to ``bench/precision.csv``."""
+    here = {p: _last_top1(PRECISION_DIR / p) for p in PRECISIONS}
     committed = _last_top1(staged.load_staged(PROFILE).results_dir / "final")
     rows: list[dict] = []
     _paired(rows, "bf16 - fp32 (same CPU)", here["bf16"], here["fp32"])
     _paired(rows, "fp32 - fp32 (another CPU)", here["fp32"], committed)
     table = pd.DataFrame(rows)
-    table.to_csv(repo_path(SUMMARY), index=False, float_format="%.4g")
+    table.to_csv(PRECISION_CSV, index=False, float_format="%.4g")
     return table
 
 
@@ -99,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     args = parser.parse_args(argv)
     if args.action == "run":
-        outcomes = run_grid(planned(), RECORDS, jobs=1, threads=args.threads)
+        outcomes = run_grid(planned(), PRECISION_DIR, jobs=1, threads=args.threads)
         failed = [o for o in outcomes if o.status == "failed"]
         for o in failed:
             print(f"failed: {o.run.key}: {o.message}", file=sys.stderr)

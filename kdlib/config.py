@@ -260,8 +260,9 @@ class Plan:
     #: ``bf16`` or ``fp32`` (``TrainConfig.precision`` resolved for the device; part of ``config_id``).
     precision: str = "fp32"
     #: Whether the run takes the fast path (``TrainConfig.fast``, resolved: by default on CUDA or when the
-    #: run is bf16, in one process, for data that fits on the device). Its batches are other draws of the
-    #: same distribution.
+    #: run is bf16, for data that fits on the device; such a default under several processes is refused,
+    #: since it would silently be another configuration). Its batches are other draws of the same
+    #: distribution.
     fast: bool = False
 
     @property
@@ -331,8 +332,11 @@ def _recipe(config: TrainConfig) -> Recipe:
     return get_recipe(config.recipe, config.student, **overrides)
 
 
-def plan(config: TrainConfig) -> Plan:
-    """Validate every field of ``config`` without loading data or models; errors name the bad value."""
+def plan(config: TrainConfig, world_size: int | None = None) -> Plan:
+    """Validate every field of ``config`` without loading data or models; errors name the bad value.
+
+    ``world_size``: the processes the run will be split over (default: the launcher's ``WORLD_SIZE``, 1
+    without one); an executor that launches the run's processes itself passes its own count."""
     method = get_method(config.method)
     method_config = make_config(config.method, config.variant)
     check_model(config.student, "student")
@@ -348,7 +352,7 @@ def plan(config: TrainConfig) -> Plan:
         curves.check_available()
     recipe = _recipe(config)
     spec.with_image_size(recipe.image_size)  # a fixed-size dataset refuses another image size
-    world_size = distributed.env_world_size()
+    world_size = distributed.env_world_size() if world_size is None else world_size
     distributed.per_process_batch(recipe.batch_size, world_size)
     device = distributed.process_device(distributed.resolve_device(config.device))
     if config.fast and world_size > 1:
@@ -360,5 +364,10 @@ def plan(config: TrainConfig) -> Plan:
     precision = resolve_precision(config.precision, device)
     fast = config.fast
     if fast is None:
-        fast = (device.type == "cuda" or precision == "bf16") and spec.device_resident and world_size == 1
+        fast = (device.type == "cuda" or precision == "bf16") and spec.device_resident
+        if fast and world_size > 1:  # the one-process default would be another configuration: say so
+            raise ValueError(
+                f"with {precision} on {device.type.upper()} this run takes the fast path by default, which "
+                f"runs in one process, not {world_size}; pass --no-fast to split it over {world_size} "
+                "processes (its batches are then the DataLoader's: another configuration)")
     return Plan(config, method_config, recipe, device, method.needs_teacher, world_size, precision, fast)

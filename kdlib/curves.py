@@ -4,7 +4,7 @@
 scalars, all against one step axis (optimiser steps since the run began, IE-KD's stage A first):
 
 - per step: each named loss term, ``step/<term>`` (stage A: ``pretrain_step/<term>``), and their sum
-  ``step/loss`` (on the fast path: only the sum, as it reads its per-step values at the end of the epoch);
+  ``step/loss`` (the fast path writes an epoch's steps at its end, when it reads them from the device);
 - per epoch, at its last step: each term's mean ``epoch/<term>`` and ``epoch/loss``, ``epoch/top1``,
   ``epoch/top5``, ``epoch/lr`` (the rate the epoch trained with), ``epoch/images_per_s`` (training images per
   second of compute and data time), ``epoch/data_s`` and ``epoch/compute_s``.
@@ -75,16 +75,19 @@ class Curves:
         names = list(self.pending[0][1])
         values = torch.stack([torch.stack([terms[n].float() for n in names]) for _, terms in self.pending])
         for (step, _), row in zip(self.pending, values.tolist(), strict=True):
-            for name, value in zip(names, row, strict=True):
-                self.writer.add_scalar(f"{self.prefix}/{name}", value, step)
-            self.writer.add_scalar(f"{self.prefix}/loss", sum(row), step)
+            self._write(step, dict(zip(names, row, strict=True)))
         self.pending.clear()
 
-    def totals(self, totals: list[float]) -> None:
-        """The fast path's per-step loss sums, read at the end of its epoch."""
-        for total in totals:
+    def steps(self, steps: list[dict[str, float]]) -> None:
+        """The fast path's steps, each ``{term: value}``, read at the end of its epoch."""
+        for terms in steps:
             self.step += 1
-            self.writer.add_scalar(f"{self.prefix}/loss", total, self.step)
+            self._write(self.step, terms)
+
+    def _write(self, step: int, terms: dict[str, float]) -> None:
+        for name, value in terms.items():
+            self.writer.add_scalar(f"{self.prefix}/{name}", value, step)
+        self.writer.add_scalar(f"{self.prefix}/loss", sum(terms.values()), step)
 
     def epoch(self, scalars: dict[str, Any]) -> None:
         """An epoch's scalars (``epoch/<name>``) at its last step."""

@@ -9,8 +9,8 @@ optimiser, schedule, augmentation distribution and normalisation as the DataLoad
   (any of kdlib's pad modes) and horizontal flip done with one batched gather on the device
   (:func:`crop_flip`), then ``ToTensor`` + ``Normalize`` arithmetic (:func:`to_model_input`), yielding
   ``(x, y)`` batches, ``x`` in channels_last if asked;
-- :class:`DeviceMetrics`: the named loss terms summed on the device and read once per epoch (one host sync),
-  with the first non-finite step found at that read;
+- :class:`DeviceMetrics`: the named loss terms of every step kept on the device and read once per epoch
+  (one host sync);
 - :class:`CompiledOrEager`: ``torch.compile`` (CUDA graphs with ``mode="reduce-overhead"``) that falls back
   to eager execution when compilation is unavailable or fails;
 - :func:`run_teacher_in_inference_mode`: the teacher's forward under ``torch.inference_mode``;
@@ -320,48 +320,49 @@ class DeviceLoader:
 
 # --- metrics without per-step syncs ----------------------------------------------------------------
 class DeviceMetrics:
-    """The named loss terms of an epoch summed on the device; :meth:`read` syncs once.
+    """The named loss terms of an epoch kept on the device, step by step; :meth:`read` syncs once.
 
-    Each ``add`` is a handful of asynchronous kernels (stack the terms, accumulate them weighted by the
-    batch size, store the step's total); nothing is copied to the host until :meth:`read`, which also
-    reports the first step whose total was not finite. The terms' names must be the same at every step of an
-    epoch (a method's loss dict is fixed within an epoch).
+    Each ``add`` is a handful of asynchronous kernels (stack the terms, store them as the step's row,
+    accumulate them weighted by the batch size); nothing is copied to the host until :meth:`read`, which
+    returns each term's mean and keeps every step's terms (:attr:`steps_read`), so that the trainer can name
+    the first non-finite term and write per-step curves as the reference path does. The terms' names must be
+    the same at every step of an epoch (a method's loss dict is fixed within an epoch).
     """
 
     def __init__(self, steps: int, device: str | torch.device) -> None:
         self.device = torch.device(device)
+        self.capacity = max(1, steps)
         self.names: list[str] | None = None
         self.sums: Tensor | None = None
-        self.totals = torch.zeros(steps, dtype=torch.float32, device=self.device)
+        self.rows: Tensor | None = None
         self.images = 0
         self.steps = 0
-        #: Each step's loss sum, on the host after :meth:`read`.
-        self.step_totals: list[float] = []
+        #: Each step's terms, ``{name: value}``, on the host after :meth:`read`.
+        self.steps_read: list[dict[str, float]] = []
 
     def add(self, losses: dict[str, Tensor], batch_size: int) -> None:
         names = list(losses)
         if self.names is None:
             self.names = names
             self.sums = torch.zeros(len(names), dtype=torch.float32, device=self.device)
+            self.rows = torch.zeros(self.capacity, len(names), dtype=torch.float32, device=self.device)
         elif names != self.names:
             raise ValueError(f"loss terms changed within an epoch: {self.names} then {names}")
         terms = torch.stack([value.detach().float() for value in losses.values()])
         self.sums.add_(terms, alpha=batch_size)
-        if self.steps >= len(self.totals):  # more steps than announced: grow (rare, costs one allocation)
-            self.totals = torch.cat([self.totals, torch.zeros_like(self.totals)])
-        self.totals[self.steps] = terms.sum()
+        if self.steps >= len(self.rows):  # more steps than announced: grow (rare, costs one allocation)
+            self.rows = torch.cat([self.rows, torch.zeros_like(self.rows)])
+        self.rows[self.steps] = terms
         self.images += batch_size
         self.steps += 1
 
-    def read(self) -> tuple[dict[str, float], int | None]:
-        """Each term's mean per image, and the first step (0-based) whose total is not finite (or None)."""
+    def read(self) -> dict[str, float]:
+        """Each term's mean per image; every step's terms go to :attr:`steps_read` (the one host sync)."""
         if self.names is None:
-            return {}, None
-        values = torch.cat([self.sums, self.totals[: self.steps]]).tolist()  # the one host sync
-        sums, totals = values[: len(self.names)], values[len(self.names):]
-        self.step_totals = totals
-        bad = next((step for step, total in enumerate(totals) if not math.isfinite(total)), None)
-        return {name: total / self.images for name, total in zip(self.names, sums, strict=True)}, bad
+            return {}
+        sums, *rows = torch.cat([self.sums[None], self.rows[: self.steps]]).tolist()
+        self.steps_read = [dict(zip(self.names, row, strict=True)) for row in rows]
+        return {name: total / self.images for name, total in zip(self.names, sums, strict=True)}
 
 
 # --- compilation with a fallback -------------------------------------------------------------------

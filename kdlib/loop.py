@@ -23,6 +23,7 @@ and normalisation; tests show that both give the same loss on the same batch (te
 
 from __future__ import annotations
 
+import math
 import random
 import sys
 import time
@@ -209,16 +210,27 @@ class FiniteCheck:
     def _raise(self, first_bad: int) -> None:
         step, terms = self.pending[first_bad]
         before = self.pending[first_bad - 1] if first_bad else self.last_good
-        context = ""
-        if before is not None:
-            values = ", ".join(f"{k}={v.item():.4g}" for k, v in before[1].items())
-            context = f" (step {before[0]}: {values})"
         name = next((k for k, v in terms.items() if not bool(torch.isfinite(v).all())), None)
         if name is None:
-            raise NonFiniteLoss(f"non-finite loss in another process at {self.where}, step {step}{context}")
-        raise NonFiniteLoss(
-            f"non-finite loss term '{name}' = {terms[name].item()} at {self.where}, step {step}{context}"
-        )
+            raise NonFiniteLoss(f"non-finite loss in another process at {self.where}, step {step}"
+                                f"{_context(before)}")
+        raise nonfinite_loss(self.where, step, {k: v.item() for k, v in terms.items()}, before)
+
+
+def _context(before: tuple[int, dict[str, Any]] | None) -> str:
+    if before is None:
+        return ""
+    return f" (step {before[0]}: {', '.join(f'{k}={float(v):.4g}' for k, v in before[1].items())})"
+
+
+def nonfinite_loss(where: str, step: int, terms: dict[str, float],
+                   before: tuple[int, dict[str, Any]] | None) -> NonFiniteLoss:
+    """The error for step ``step`` of ``where``, whose ``terms`` are not all finite: it names the first such
+    term and its value, and every term of the step ``before`` (the last one checked finite), for the
+    diagnosis: the term that exploded is often not the first one to be NaN. Both paths raise it."""
+    name = next(k for k, v in terms.items() if not math.isfinite(v))
+    return NonFiniteLoss(f"non-finite loss term '{name}' = {terms[name]} at {where}, step {step}"
+                         f"{_context(before)}")
 
 
 def run_epoch(
@@ -296,22 +308,23 @@ def train_one_epoch_fast(
 ) -> dict[str, float]:
     """:func:`train_one_epoch` on the fast path: batches already on the device, one host sync per epoch.
 
-    The loss sums stay on the device (:class:`kdlib.fast.DeviceMetrics`) and are read, and checked for
-    non-finite values, once after the last step; a bad step is reported then (steps after it have run,
-    but nothing after the last good epoch's checkpoint is saved).
+    Every step's loss terms stay on the device (:class:`kdlib.fast.DeviceMetrics`) and are read, and checked
+    for non-finite values, once after the last step; a bad step is reported then, with the same message as
+    the reference path's (the steps after it have run, but nothing after the last good epoch's checkpoint is
+    saved).
     """
     distiller.train()
     distiller.set_epoch(epoch)  # before the first step: the compiled graph reads the epoch's buffers
     metrics = DeviceMetrics(len(loader), rt.device)
     for x, y in rt.bar(loader, f"epoch {epoch}"):
         metrics.add(fast_step(forward, optimizer, x, y, rt), len(y))
-    means, bad_step = metrics.read()
+    means = metrics.read()
+    steps = metrics.steps_read
     if rt.curves is not None:
-        rt.curves.totals(metrics.step_totals)
-    if bad_step is not None:
-        name = next((k for k, v in means.items() if not np.isfinite(v)), "total")
-        raise NonFiniteLoss(f"non-finite loss term '{name}' at epoch {epoch}, step {bad_step} "
-                            "(fast path: found at the end of the epoch)")
+        rt.curves.steps(steps)
+    bad = next((i for i, terms in enumerate(steps) if not all(map(math.isfinite, terms.values()))), None)
+    if bad is not None:
+        raise nonfinite_loss(f"epoch {epoch}", bad, steps[bad], (bad - 1, steps[bad - 1]) if bad else None)
     return means
 
 

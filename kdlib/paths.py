@@ -29,6 +29,9 @@ RUNS_DIR = REPO / "runs"
 REPRODUCE_DIR = RUNS_DIR / "reproduce"
 #: The trainer's measured throughput (``bench/bench.py``).
 BENCH_CSV = REPO / "bench" / "results.csv"
+#: bf16 against fp32, paired by seed (``bench/precision.py``): its records and its summary.
+PRECISION_DIR = REPO / "bench" / "precision"
+PRECISION_CSV = REPO / "bench" / "precision.csv"
 
 
 def repo_path(path: str | os.PathLike[str]) -> Path:

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from kdlib import plots, results
 from kdlib.methods import CHANNEL_METHODS
-from kdlib.paths import BENCH_CSV, REPORTED_CSV, RESULTS_DIR, relative
+from kdlib.paths import BENCH_CSV, PRECISION_CSV, REPORTED_CSV, RESULTS_DIR, relative
 from kdlib.recipes import available_recipes, get_recipe
 
 NOT_MEASURED = results.STATUS_NOT_MEASURED
@@ -388,6 +388,41 @@ def bench(path: str | Path = BENCH_CSV) -> pd.DataFrame:
     })
 
 
+def p_value(p: float) -> str:
+    """A p-value as a reader compares it: three decimals, ``< 0.001`` below that, empty when untested."""
+    if p is None or math.isnan(p):
+        return ""
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def precision(path: str | Path = PRECISION_CSV) -> pd.DataFrame:
+    """bf16 against fp32 (``bench/precision.py``): per method, the mean paired difference of the last epoch's
+    test top-1 over the seeds, its 95% interval and paired t-test, and what it says at that n; and fp32 on
+    that CPU against study v2's fp32 records made on another CPU type, for scale."""
+    path = Path(path)
+    if not path.exists():
+        return pd.DataFrame()
+    rows = pd.read_csv(path)
+
+    def verdict(low: float, high: float, n: int) -> str:
+        if low > 0 or high < 0:
+            return "higher" if low > 0 else "lower"
+        return f"no difference detected ({n} seeds)"
+
+    return pd.DataFrame({
+        "comparison": rows["comparison"],
+        "CPUs": [a if a == b else f"{a}; {b}" for a, b in zip(rows["a_cpu"], rows["b_cpu"], strict=True)],
+        "method": rows["method"],
+        "top-1 (first − second)": [f"{number(a)} − {number(b)}"
+                                   for a, b in zip(rows["a_mean"], rows["b_mean"], strict=True)],
+        "difference [95% CI]": [f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]" for d, lo, hi in
+                                zip(rows["mean_difference"], rows["ci_low"], rows["ci_high"], strict=True)],
+        "p": [p_value(p) for p in rows["p"]],
+        "verdict": [verdict(lo, hi, n) for lo, hi, n in zip(rows["ci_low"], rows["ci_high"], rows["seeds"],
+                                                            strict=True)],
+    })
+
+
 def hardware(records: pd.DataFrame) -> list[str]:
     """Each record's GPU, or its CPU where it ran on none."""
     return [g if isinstance(g, str) and g else c for g, c in zip(records["gpu"], records["cpu"], strict=True)]
@@ -425,6 +460,7 @@ TABLES: dict[str, Callable[..., pd.DataFrame]] = {
     "teachers": teachers,
     "runs": runs,
     "bench": bench,
+    "precision": precision,
     "provenance": provenance,
 }
 

@@ -90,9 +90,15 @@ def fake_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_slurm_submits_one_job_array_of_the_pending_runs(tiny: dict[str, Path], tmp_path: Path,
                                                           fake_slurm: Path) -> None:
-    runs = plan(tiny, tmp_path / "runs", seeds=[0, 1])  # 4 runs
     resources = Resources(partition="gpu", time_min=600, nodes=2, gpus_per_node=8, cpus_per_task=8,
                           mem_gb=320, array_parallelism=3)
+    # what every job's 16 processes would refuse is refused before anything is submitted
+    with pytest.raises(ValueError, match="global batch size 20 is not divisible by the 16 processes"):
+        executors.train_pending(plan(tiny, tmp_path / "runs"), tmp_path / "results", "slurm", resources,
+                                "test", block=False, folder=tmp_path / "submitit")
+    assert not list(fake_slurm.iterdir())
+    runs = plan(tiny, tmp_path / "runs", seeds=[0, 1], batch_size=32,
+                train_options={"precision": "fp32"})  # 4 runs, 2 images per process
     outcomes, ids = executors.train_pending(runs, tmp_path / "results", "slurm", resources, "test",
                                             threads=1, block=False, folder=tmp_path / "submitit")
     assert outcomes == [] and ids == [f"4242_{i}" for i in range(4)]
@@ -136,8 +142,11 @@ def test_distributed_environment_from_slurm(monkeypatch: pytest.MonkeyPatch) -> 
 # --- submitit-local -------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_submitit_local_runs_ddp_tasks_with_gloo(tiny: dict[str, Path], tmp_path: Path) -> None:
-    """Two tasks of one job: each exports RANK/WORLD_SIZE/MASTER_* and joins one gloo process group."""
-    (run,) = plan(tiny, tmp_path / "runs", method="kd", variants=["default"], baselines=[])
+    """Two tasks of one job: each exports RANK/WORLD_SIZE/MASTER_* and joins one gloo process group; the
+    record's config_id is the one the study planned, so the run counts as done. (fp32: the tasks are
+    subprocesses, which see this machine's real CPU.)"""
+    (run,) = plan(tiny, tmp_path / "runs", method="kd", variants=["default"], baselines=[],
+                  train_options={"precision": "fp32"})
     results = tmp_path / "results"
     two_tasks = Resources(time_min=10, tasks_per_node=2)
     outcomes, _ = executors.train_pending([run], results, "submitit-local", two_tasks, "test-ddp", threads=1,
@@ -146,6 +155,19 @@ def test_submitit_local_runs_ddp_tasks_with_gloo(tiny: dict[str, Path], tmp_path
     split = outcomes[0].record["distributed"]
     assert (split["world_size"], split["backend"], split["per_process_batch"]) == (2, "gloo", 10)
     assert (results / run.key / "record.json").is_file()
+
+
+def test_a_run_whose_default_is_the_fast_path_is_refused_before_ddp_tasks_are_submitted(
+        tiny: dict[str, Path], tmp_path: Path, bf16_cpu: None) -> None:
+    """On a CPU with bf16 units a run's default is the fast path, one process: split over two tasks it would
+    be another configuration than the study planned: refused in one line, and nothing is submitted."""
+    (run,) = plan(tiny, tmp_path / "runs", method="kd", variants=["default"], baselines=[])
+    two_tasks = Resources(time_min=10, tasks_per_node=2)
+    with pytest.raises(ValueError, match=r"^with bf16 on CPU this run takes the fast path by default, which "
+                                         r"runs in one process, not 2; pass --no-fast"):
+        executors.train_pending([run], tmp_path / "results", "submitit-local", two_tasks, "test-ddp",
+                                folder=tmp_path / "submitit")
+    assert not (tmp_path / "submitit").exists()
 
 
 def _kill_when_an_epoch_is_saved(out: Path, timeout_s: float = 300) -> None:

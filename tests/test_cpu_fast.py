@@ -26,19 +26,6 @@ from kdlib.record import config_id_of
 CPU = torch.device("cpu")
 
 
-@pytest.fixture
-def bf16_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """This process's CPU reported as one with AMX (what torch's kernels dispatch on)."""
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
-
-
-@pytest.fixture
-def plain_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """This process's CPU reported as one without bf16 units (AVX2 only)."""
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("cpu_fast")

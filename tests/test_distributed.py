@@ -54,8 +54,8 @@ ICKD_RUN = {
 def _config(tiny: dict[str, Path], out: Path, run: dict[str, Any], **kw: Any) -> TrainConfig:
     teacher = {"teacher_ckpt": tiny["teacher"]} if run.get("teacher") else {}
     return TrainConfig(out=out, data_root=tiny["data"], student_weights=tiny["student"], device="cpu",
-                       workers=0, progress=False, recipe_overrides={"image_size": "64"}, **teacher, **run,
-                       **kw)
+                       workers=0, progress=False, recipe_overrides={"image_size": "64"}, **teacher,
+                       **{"precision": "fp32", **run, **kw})
 
 
 def _argv(config: TrainConfig) -> list[str]:
@@ -63,7 +63,8 @@ def _argv(config: TrainConfig) -> list[str]:
     argv = ["train", "--method", config.method, "--student", config.student, "--dataset", config.dataset,
             "--recipe", config.recipe, "--epochs", str(config.epochs), "--batch-size", str(config.batch_size),
             "--data-root", str(config.data_root), "--student-weights", str(config.student_weights),
-            "--bn", config.bn, "--device", "cpu", "--workers", "0", "--no-progress", "--out", str(config.out)]
+            "--bn", config.bn, "--device", "cpu", "--precision", config.precision, "--workers", "0",
+            "--no-progress", "--out", str(config.out)]
     if config.teacher:
         argv += ["--teacher", config.teacher, "--teacher-ckpt", str(config.teacher_ckpt)]
     if config.subset:
@@ -135,6 +136,8 @@ def test_plan_checks_the_process_count(
     assert train.plan(_config(tiny, tmp_path, ICKD_RUN)).world_size == 2
     with pytest.raises(ValueError, match="fast path .* runs in one process, not 2"):
         train.plan(_config(tiny, tmp_path, ICKD_RUN, fast=True))
+    # ImageNet never defaults to the fast path (it does not fit on the device): bf16 splits as fp32 does
+    assert train.plan(_config(tiny, tmp_path, {**ICKD_RUN, "precision": "bf16"})).fast is False
     with pytest.raises(ValueError, match="bn 'sync' .* needs CUDA"):
         train.plan(_config(tiny, tmp_path, {**ICKD_RUN, "bn": "sync"}))
 

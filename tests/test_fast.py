@@ -232,15 +232,17 @@ def test_loader_rejects_bad_arguments() -> None:
 
 
 # --- metrics, compilation, teacher ----------------------------------------------------------------
-def test_device_metrics_average_and_first_bad_step() -> None:
+def test_device_metrics_average_and_keep_every_step() -> None:
     metrics = DeviceMetrics(steps=3, device="cpu")
     metrics.add({"ce": torch.tensor(1.0), "kd": torch.tensor(2.0)}, batch_size=4)
     metrics.add({"ce": torch.tensor(3.0), "kd": torch.tensor(4.0)}, batch_size=2)
-    means, bad = metrics.read()
-    assert means == pytest.approx({"ce": (4 + 6) / 6, "kd": (8 + 8) / 6}) and bad is None
+    assert metrics.read() == pytest.approx({"ce": (4 + 6) / 6, "kd": (8 + 8) / 6})
+    assert metrics.steps_read == [{"ce": 1.0, "kd": 2.0}, {"ce": 3.0, "kd": 4.0}]
     metrics.add({"ce": torch.tensor(float("nan")), "kd": torch.tensor(0.0)}, batch_size=2)
-    metrics.add({"ce": torch.tensor(1.0), "kd": torch.tensor(0.0)}, batch_size=2)  # beyond `steps`: grows
-    assert metrics.read()[1] == 2
+    metrics.add({"ce": torch.tensor(1.0), "kd": torch.tensor(5.0)}, batch_size=2)  # beyond `steps`: grows
+    assert math.isnan(metrics.read()["ce"])
+    assert len(metrics.steps_read) == 4 and math.isnan(metrics.steps_read[2]["ce"])
+    assert metrics.steps_read[3] == {"ce": 1.0, "kd": 5.0}
     with pytest.raises(ValueError, match="loss terms changed within an epoch"):
         metrics.add({"ce": torch.tensor(1.0)}, batch_size=1)
 
@@ -446,9 +448,11 @@ def test_reference_and_fast_paths_same_loss_on_the_same_batches(
         torch.testing.assert_close(fast_state[name], value, rtol=1e-5, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("fast", [True, None])
-def test_training_run_on_either_path(roots: dict[str, Path], tmp_path: Path, fast: bool | None) -> None:
-    """A whole (tiny) run: the fast path on request; by default the DataLoader path on CPU."""
+@pytest.mark.parametrize("fast", [True, False, None])
+def test_training_run_on_either_path(roots: dict[str, Path], tmp_path: Path, fast: bool | None,
+                                     cpu_kind: str) -> None:
+    """A whole (tiny) run on the path asked for; by default the fast path where the CPU has bf16 units (the
+    run is then bf16), the DataLoader path elsewhere."""
     teacher = write_teacher(tmp_path / "teacher" / "model.pt", arch="resnet14", num_classes=10)
     config = train.TrainConfig(
         method="kd", student="resnet8", dataset="fashion_mnist", out=tmp_path / "run", teacher_ckpt=teacher,
@@ -459,8 +463,10 @@ def test_training_run_on_either_path(roots: dict[str, Path], tmp_path: Path, fas
     assert record["status"] == "completed" and [h["epoch"] for h in record["history"]] == [1, 2]
     assert set(record["history"][0]["losses"]) == {"ce", "kd"}
     assert all(math.isfinite(v) for h in record["history"] for v in h["losses"].values())
+    assert record["precision"] == ("bf16" if cpu_kind == "amx" else "fp32")
+    on_fast = fast or (fast is None and cpu_kind == "amx")
     expected = {"path": "fast", "forward": "eager", "fused_sgd": False, "teacher": "inference_mode",
-                "channels_last": True} if fast \
+                "channels_last": True} if on_fast \
         else {"path": "dataloader", "forward": "eager", "fused_sgd": False, "teacher": "no_grad",
               "channels_last": False}
     assert record["speed"] == expected
@@ -516,7 +522,8 @@ def test_fast_epoch_reports_the_first_non_finite_step() -> None:
     model = Exploding()
     batches = [(torch.ones(4, 3), torch.zeros(4))] * 4
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    with pytest.raises(loop.NonFiniteLoss, match="non-finite loss term 'ce' at epoch 7, step 2"):
+    message = r"^non-finite loss term 'ce' = nan at epoch 7, step 2 \(step 1: ce=0.9, kd=0\)$"
+    with pytest.raises(loop.NonFiniteLoss, match=message):
         loop.train_one_epoch_fast(model, model, batches, optimizer, 7, CPU_RUNTIME)
 
 
@@ -594,5 +601,5 @@ def test_cuda_epoch_without_host_syncs() -> None:
             metrics.add({"mean": x.mean(), "label": y.float().mean()}, len(y))
     finally:
         torch.cuda.set_sync_debug_mode("default")
-    means, bad = metrics.read()
-    assert bad is None and set(means) == {"mean", "label"}
+    means = metrics.read()
+    assert set(means) == {"mean", "label"} and len(metrics.steps_read) == len(loader)

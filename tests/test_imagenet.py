@@ -152,8 +152,10 @@ def test_ickd_imagenet_run_from_pretrained_weights(tiny: dict[str, Path], tmp_pa
 
 
 def test_new_options_leave_earlier_config_ids_alone(tmp_path: Path) -> None:
-    """Runs that use none of the options added for ImageNet keep the config_id they had before."""
-    p = train.plan(TrainConfig("ce", "resnet8", "fashion_mnist", tmp_path, recipe="smoke", epochs=1))
+    """Runs that use none of the options added for ImageNet keep the config_id they had before (fp32 runs, as
+    every run was then on a CPU)."""
+    p = train.plan(TrainConfig("ce", "resnet8", "fashion_mnist", tmp_path, recipe="smoke", epochs=1,
+                               precision="fp32"))
     earlier_identity = {
         "method": "ce",
         "method_config": dataclasses.asdict(p.method_config),
@@ -172,7 +174,7 @@ def test_new_options_leave_earlier_config_ids_alone(tmp_path: Path) -> None:
     earlier_id = hashlib.sha256(text.encode()).hexdigest()[:16]
     assert new_record(p, None, None)["config_id"] == earlier_id
     frozen = train.plan(TrainConfig("ce", "resnet8", "fashion_mnist", tmp_path, recipe="smoke", epochs=1,
-                                    bn="frozen"))
+                                    precision="fp32", bn="frozen"))
     assert new_record(frozen, None, None)["config_id"] != earlier_id
 
 

@@ -70,7 +70,7 @@ def test_the_fast_path_is_another_configuration(tmp_path: Path) -> None:
 
     def config(**kw: object) -> TrainConfig:
         return TrainConfig("kd", "resnet8", "fashion_mnist", tmp_path / "o", teacher_ckpt=teacher,
-                           recipe="smoke", device="cpu", **kw)
+                           recipe="smoke", device="cpu", precision="fp32", **kw)
 
     reference = run_record.new_record(plan(config()), *run_record.resolve_refs(config(), True))
     assert reference["data_path"] == "dataloader" and "data_path" not in run_record.identity(reference)

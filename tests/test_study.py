@@ -371,10 +371,9 @@ def test_verify_command_selects_runs_by_whole_path_parts(capsys: pytest.CaptureF
     assert "no run of profile 'proxy' matches ['kd/default/seed9']" in capsys.readouterr().err
 
 
-def test_proxy_runs_stay_fp32_on_a_cpu_with_bf16_units(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_proxy_runs_stay_fp32_on_a_cpu_with_bf16_units(bf16_cpu: None) -> None:
     """The proxy profile pins the precision its records were made in: on a CPU whose ``auto`` precision is
     bf16, make reproduce still finds every committed run."""
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
     runs = study.profile_runs("proxy", ["kd/default/seed0"])
     assert runs[0].config.precision == "fp32"
     record = json.loads((study.profile_results_dir("proxy") / runs[0].key / "record.json").read_text())

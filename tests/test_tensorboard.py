@@ -40,15 +40,21 @@ def test_a_missing_package_is_one_line(tmp_path: Path, monkeypatch: pytest.Monke
         plan(config(tmp_path, tensorboard=True))
 
 
-def test_a_run_writes_step_and_epoch_scalars(tmp_path: Path) -> None:
+@pytest.mark.parametrize("fast", [False, True], ids=["reference", "fast"])
+def test_a_run_writes_step_and_epoch_scalars(tmp_path: Path, fast: bool) -> None:
+    """Both paths write each term per step (the fast path at the end of each epoch), on one step axis."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    record = train.train(config(tmp_path, tensorboard=True))
+    record = train.train(config(tmp_path, tensorboard=True, precision="fp32", fast=fast))
+    assert record["speed"]["path"] == ("fast" if fast else "dataloader")
     events = EventAccumulator(str(tmp_path / "run"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
     assert {"step/ce", "step/loss", "epoch/ce", "epoch/top1", "epoch/lr", "epoch/images_per_s"} <= tags
     assert [e.step for e in events.Scalars("step/ce")] == [1, 2, 3, 4]  # 2 steps per epoch
+    steps = [e.value for e in events.Scalars("step/ce")]  # two batches of 20: an epoch's mean is theirs
+    assert [(steps[0] + steps[1]) / 2, (steps[2] + steps[3]) / 2] == pytest.approx(
+        [h["losses"]["ce"] for h in record["history"]], rel=1e-6)
     assert [e.value for e in events.Scalars("epoch/top1")] == pytest.approx(
         [h["top1"] for h in record["history"]])
     assert curves.MISSING.startswith("--tensorboard")

@@ -140,27 +140,35 @@ def _comparable(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in skip}
 
 
+#: The paths a run can take, as a test names them: the reference path in fp32 (what ``auto`` gives on a CPU
+#: without bf16 units), and the fast path in bf16 (what it gives on a CPU with them, and on CUDA).
+PATHS = {"reference": {"precision": "fp32", "fast": False}, "fast-bf16": {"precision": "bf16", "fast": True}}
+#: The function a path's epoch runs in (where the tests interrupt it).
+EPOCH_FUNCTION = {"reference": "train_one_epoch", "fast-bf16": "train_one_epoch_fast"}
+
+
+@pytest.mark.parametrize("path", list(PATHS))
 @pytest.mark.parametrize(
-    ("method", "stage", "overrides"),
-    [
-        ("kd", "train_one_epoch", {}),
-        ("cd", "train_one_epoch", {}),
-        ("iekd", "pretrain_one_epoch", {"pretrain_epochs": 2}),
-    ],
+    ("method", "pretrain", "overrides"),
+    [("kd", False, {}), ("cd", False, {}), ("iekd", True, {"pretrain_epochs": 2})],
 )
 def test_resume_matches_an_uninterrupted_run(
     tiny: dict[str, Path],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     method: str,
-    stage: str,
+    pretrain: bool,
     overrides: dict[str, Any],
+    path: str,
 ) -> None:
-    kw = dict(epochs=2, recipe_overrides=overrides)
+    """Killed before an epoch, then resumed: the record and the weights are those of the uninterrupted run,
+    bit for bit, on either path (on one machine: another CPU type may round otherwise)."""
+    kw = dict(epochs=2, recipe_overrides=overrides, **PATHS[path])
     straight = train.train(smoke_config(tiny, tmp_path / "straight", method, **kw))
+    assert straight["speed"]["path"] == ("fast" if PATHS[path]["fast"] else "dataloader")
 
     with monkeypatch.context() as m:
-        _interrupt_at(m, stage, 2)
+        _interrupt_at(m, "pretrain_one_epoch" if pretrain else EPOCH_FUNCTION[path], 2)
         with pytest.raises(Interrupt):
             train.train(smoke_config(tiny, tmp_path / "resumed", method, **kw))
     killed = json.loads((tmp_path / "resumed" / "record.json").read_text())
@@ -172,16 +180,19 @@ def test_resume_matches_an_uninterrupted_run(
     resumed = train.train(smoke_config(tiny, tmp_path / "resumed", method, resume=True, **kw))
 
     assert resumed["status"] == "completed" and resumed["failure_reason"] is None
-    assert [r["after_epoch"] for r in resumed["resumes"]] == [1 if stage == "train_one_epoch" else 0]
+    assert [r["after_epoch"] for r in resumed["resumes"]] == [0 if pretrain else 1]
     assert _comparable(resumed) == _comparable(straight)
     a = torch.load(tmp_path / "straight" / "last.pt", weights_only=True)["distiller"]
     b = torch.load(tmp_path / "resumed" / "last.pt", weights_only=True)["distiller"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("path", list(PATHS))
 def test_nonfinite_loss_stops_the_run(
-    tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
+    """Both paths stop with the same message: the term, the epoch and step, every term of the step before
+    (the fast path finds it when it reads the epoch's steps, at the end of the epoch)."""
     kd = get_method("kd")
     original = kd.forward
     calls = {"n": 0}
@@ -196,7 +207,7 @@ def test_nonfinite_loss_stops_the_run(
 
     monkeypatch.setattr(kd, "forward", forward)
     with pytest.raises(TrainingFailed, match=r"non-finite loss term 'kd' = nan at epoch 2, step 1") as info:
-        train.train(smoke_config(tiny, tmp_path, "kd", epochs=2))
+        train.train(smoke_config(tiny, tmp_path, "kd", epochs=2, **PATHS[path]))
     on_disk = json.loads((tmp_path / "record.json").read_text())
     assert on_disk["status"] == info.value.record["status"] == "diverged"
     assert "'kd'" in on_disk["failure_reason"] and len(on_disk["history"]) == 1

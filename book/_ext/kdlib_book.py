@@ -44,6 +44,7 @@ EMPTY = {
     "teachers": "No committed run has evaluated a teacher yet.",
     "runs": "No measured runs are committed yet.",
     "bench": "No benchmark has been recorded yet (`make bench` appends to `bench/results.csv`).",
+    "precision": "bf16 has not been measured against fp32 yet (`bench/precision.py`).",
     "provenance": "No measured runs are committed yet.",
     "paired": "No committed run has a KD run on the same seeds to pair with yet.",
     "findings": "No committed run has a KD run on the same seeds to pair with yet.",

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kdlib.config import plan
 from kdlib.paths import REPRODUCE_DIR, relative
 from kdlib.study.grid import Outcome, Progress, Run, collect, reuse, train_one
 
@@ -225,6 +226,9 @@ def train_pending(runs: Sequence[Run], results_dir: Path, executor: str, resourc
     log.info("%d of %d runs pending; executor %s", len(todo), len(runs), executor)
     if not todo:
         return [], []
+    processes = resources.tasks * resources.nodes
+    for run in todo:  # what each job's processes will plan, checked before anything is submitted
+        plan(run.config, world_size=processes)
     folder = folder or REPRODUCE_DIR / name / "submitit"
     auto = make_executor(executor, folder, resources, f"kdlib-{name}")
     progress = Progress(len(todo), verbose=True)
