@@ -352,7 +352,9 @@ def plan(config: TrainConfig, world_size: int | None = None) -> Plan:
         curves.check_available()
     recipe = _recipe(config)
     spec.with_image_size(recipe.image_size)  # a fixed-size dataset refuses another image size
-    world_size = distributed.env_world_size() if world_size is None else world_size
+    if world_size is None:
+        distributed.check_launcher_environment()
+        world_size = distributed.env_world_size()
     distributed.per_process_batch(recipe.batch_size, world_size)
     device = distributed.process_device(distributed.resolve_device(config.device))
     if config.fast and world_size > 1:

@@ -36,9 +36,16 @@ MISSING = "--tensorboard needs the tensorboard package: pip install 'kdlib[tenso
 
 
 def check_available() -> None:
-    """``ValueError`` (:data:`MISSING`) when the ``tensorboard`` package is not installed."""
+    """``ValueError`` in one line when the ``tensorboard`` package is missing (:data:`MISSING`) or does not
+    import (a broken install): checked when the run is planned, before any data loads."""
     if importlib.util.find_spec("tensorboard") is None:
         raise ValueError(MISSING)
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except Exception as error:  # a broken install fails in many ways (ImportError, AttributeError, ...)
+        reason = " ".join(f"{type(error).__name__}: {error}".split())[:200]
+        raise ValueError(f"--tensorboard: the tensorboard package does not import ({reason}); reinstall it: "
+                         "pip install --force-reinstall 'kdlib[tensorboard]'") from None
 
 
 class Curves:

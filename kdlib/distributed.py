@@ -46,27 +46,52 @@ from torch.nn.modules.batchnorm import _BatchNorm
 BN_MODES = ("batch", "sync", "frozen")
 
 
+#: What a launcher (torchrun, or the cluster executors from Slurm's variables) sets for each process.
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _env_int(name: str, default: int, minimum: int) -> int:
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise ValueError(f"{name}={text!r} in the environment is not an integer >= {minimum}; launch "
+                         "several processes with torchrun, or unset it")
+    return value
+
+
+def check_launcher_environment() -> None:
+    """``ValueError`` naming the variable when the launcher's variables cannot describe a process of a run:
+    ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK`` integers, ``RANK < WORLD_SIZE``, and with ``WORLD_SIZE`` > 1
+    ``MASTER_ADDR`` and ``MASTER_PORT`` set (a run never joins a group it cannot reach, nor trains unlocked
+    as a rank of a run that does not exist)."""
+    world, rank = env_world_size(), env_rank()
+    env_local_rank()
+    if rank >= world:
+        raise ValueError(f"RANK={rank} in the environment is not below WORLD_SIZE={world}; launch several "
+                         "processes with torchrun, or unset RANK")
+    missing = [name for name in ("MASTER_ADDR", "MASTER_PORT") if world > 1 and not os.environ.get(name)]
+    if missing:
+        raise ValueError(f"WORLD_SIZE={world} in the environment without {' and '.join(missing)}: launch "
+                         "several processes with torchrun (which sets them), or unset WORLD_SIZE")
+
+
 def env_world_size() -> int:
     """The process count a launcher (torchrun) asked for; 1 without one."""
-    try:
-        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
-    except ValueError:
-        return 1
+    return _env_int("WORLD_SIZE", 1, 1)
 
 
 def env_rank() -> int:
     """This process's rank from the launcher's environment (0 without one)."""
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0
+    return _env_int("RANK", 0, 0)
 
 
 def env_local_rank() -> int:
-    try:
-        return int(os.environ.get("LOCAL_RANK", "0"))
-    except ValueError:
-        return 0
+    return _env_int("LOCAL_RANK", 0, 0)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -324,12 +324,21 @@ def record_failures(record: dict[str, Any], out: Path, write: bool = True) -> It
     except NonFiniteLoss as error:
         record.update(status="diverged", failure_reason=str(error))
         if write:
-            save_json(record, out / "record.json")
+            _save_failure(record, out)
             log.error("run diverged: %s (last good checkpoint kept in %s)", error, out)
         raise TrainingFailed(str(error), record) from None
     except BaseException as error:
         reason = "interrupted" if isinstance(error, KeyboardInterrupt) else f"{type(error).__name__}: {error}"
         record.update(status="failed", failure_reason=reason)
         if write:
-            save_json(record, out / "record.json")
+            _save_failure(record, out)
         raise
+
+
+def _save_failure(record: dict[str, Any], out: Path) -> None:
+    """Write a failed run's record; when that fails too (the disk or folder that stopped the run), say so in
+    the log rather than hide, under a second error, why the run stopped."""
+    try:
+        save_json(record, out / "record.json")
+    except OSError as error:
+        log.error("could not record the failure in %s: %s", out / "record.json", error)

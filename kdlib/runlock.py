@@ -16,8 +16,9 @@ unlocked ``.lock`` behind, which is harmless and reused. As the file is removed 
 process that locked a file which is no longer ``OUT/.lock`` tries again (the usual race of lock files that
 get removed).
 
-With ``torch.distributed`` launchers (``RANK`` set and not 0), only rank 0 takes the lock: the other ranks
-share rank 0's run and write nothing of their own to ``OUT``.
+With ``torch.distributed`` launchers (``WORLD_SIZE`` > 1), only rank 0 takes the lock: the other ranks
+share rank 0's run and write nothing of their own to ``OUT``. A ``RANK`` without a ``WORLD_SIZE`` above 1
+is no such process: it takes the lock (and :func:`kdlib.config.plan` refuses it first).
 
 Record locks work on NFS too (through its lock manager), unlike ``flock``.
 """
@@ -26,10 +27,15 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from kdlib.distributed import env_rank, env_world_size
+
+log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"  # not *.pt: nothing in OUT but checkpoints ends in .pt
 _HELD: set[str] = set()  # the folders this process holds (real paths)
@@ -53,7 +59,7 @@ def run_lock(out: str | Path) -> Iterator[Path]:
     holds it. Yields the lock file's path."""
     out = Path(out)
     path = out / LOCK_NAME
-    if int(os.environ.get("RANK", "0") or 0) != 0:  # a non-zero distributed rank: rank 0 holds the lock
+    if env_rank() != 0 and env_world_size() > 1:  # a process of a run whose rank 0 holds the lock
         yield path
         return
     out.mkdir(parents=True, exist_ok=True)
@@ -73,6 +79,8 @@ def run_lock(out: str | Path) -> Iterator[Path]:
             path.unlink()  # before unlocking: see the module docstring
         except FileNotFoundError:
             pass
+        except OSError as error:  # e.g. the folder turned read-only: never hide why the run itself stopped
+            log.warning("could not remove %s (%s); it is unlocked and harmless", path, error.strerror)
         os.close(fd)
 
 

@@ -231,8 +231,8 @@ class Run:
             if last.exists():
                 raise ResumeError(
                     f"{self.out} already holds a run (last.pt); pass --resume or choose another --out")
-            return
         if not last.is_file():
+            self._refuse_to_overwrite_a_result()
             return
         ckpt = _read_last(last)
         if ckpt["config_id"] != record["config_id"]:
@@ -240,13 +240,12 @@ class Run:
                 f"cannot resume: {last} belongs to another configuration "
                 f"(config_id {ckpt['config_id']}, this run {record['config_id']})"
             )
-        missing, unexpected = self.distiller.load_state_dict(ckpt["distiller"], strict=False)
-        if unexpected or [k for k in missing if not k.startswith("teacher.")]:
-            raise ResumeError(f"cannot resume from {last}: state does not match ({missing}, {unexpected})")
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
-        if self.pre_optimizer is not None and ckpt["pretrain_optimizer"] is not None:
-            self.pre_optimizer.load_state_dict(ckpt["pretrain_optimizer"])
+        trained_on = ckpt["record"].get("data_sha256")
+        if trained_on is not None and trained_on != record["data_sha256"]:
+            raise ResumeError(
+                f"cannot resume: the training data differs from the data {last} was trained on (data_sha256 "
+                f"{trained_on}, now {record['data_sha256']}); point --data-root at the run's data")
+        self._load_states(last, ckpt)
         current = {k: record.get(k) for k in ("device", "hardware", "torch_version", "software", "git_commit",
                                               "git_dirty")}
         record.update(ckpt["record"], status="running", failure_reason=None)
@@ -258,6 +257,39 @@ class Run:
         set_rng_state(ckpt["rng"])
         log.info("resuming %s after pretrain epoch %d, epoch %d", self.out, self.state["pretrain_epoch"],
                  self.state["epoch"])
+
+    def _refuse_to_overwrite_a_result(self) -> None:
+        """A folder without ``last.pt`` trains anew, unless its ``record.json`` holds a result (a completed or
+        diverged run) or finished epochs: completed work is never overwritten."""
+        earlier = self.out / "record.json"
+        try:
+            held = json.loads(earlier.read_text()) if earlier.is_file() else {}
+        except (OSError, ValueError):
+            held = {"status": "unreadable"}
+        if isinstance(held, dict) and held.get("status") in (None, "running", "failed") \
+                and not held.get("history"):
+            return
+        raise ResumeError(
+            f"{self.out} holds a run's record.json ({held.get('status') if isinstance(held, dict) else '?'}) "
+            "but no last.pt to resume from; choose another --out, or delete the folder's files to train anew")
+
+    def _load_states(self, last: Path, ckpt: dict[str, Any]) -> None:
+        """Model, optimisers and schedule from ``last.pt``; a state of another shape is a :class:`ResumeError`
+        naming the file, never a traceback."""
+        try:
+            missing, unexpected = self.distiller.load_state_dict(ckpt["distiller"], strict=False)
+            if unexpected or [k for k in missing if not k.startswith("teacher.")]:
+                raise ResumeError(f"state does not match ({missing}, {unexpected})")
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            if self.pre_optimizer is not None and ckpt["pretrain_optimizer"] is not None:
+                self.pre_optimizer.load_state_dict(ckpt["pretrain_optimizer"])
+            for opt in (self.optimizer, self.pre_optimizer):
+                _check_optimizer_state(opt)
+        except (ResumeError, ValueError, KeyError, TypeError, RuntimeError) as error:
+            reason = " ".join(str(error).split())[:300]
+            raise ResumeError(f"cannot resume from {last}: {reason}; delete it (and record.json) to start "
+                              "the run again, or restore it from a copy") from None
 
     def checkpoint(self) -> None:
         """Write ``last.pt``, ``model.pt`` and ``record.json`` (rank 0 only), each atomically."""
@@ -306,10 +338,9 @@ class Run:
                 self.pretrain()
             for epoch in range(self.state["epoch"] + 1, self.recipe.epochs + 1):
                 self.distill_epoch(epoch)
-            if record["status"] != "completed":  # resumed a run whose epochs were all done
-                record["status"] = "completed"
-                if self.dist.is_main:
-                    save_json(record, self.out / "record.json")
+            if record["status"] != "completed":  # resumed a run whose epochs were all done: its files may
+                record["status"] = "completed"  # be from before the last epoch (killed between renames)
+                self.checkpoint()
         return record
 
     def _epochs_done(self) -> int:
@@ -412,6 +443,19 @@ def _read_last(last: Path) -> dict[str, Any]:
             f"cannot resume: '{last}' is not a kdlib resume checkpoint (missing or invalid: "
             f"{', '.join(wrong)}); {what}")
     return ckpt
+
+
+def _check_optimizer_state(optimizer: torch.optim.Optimizer | None) -> None:
+    """``ValueError`` when a loaded optimiser state does not fit its parameters (``load_state_dict`` checks
+    the groups, not the shapes of the buffers, which would fail only at the next step)."""
+    if optimizer is None:
+        return
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for name, value in optimizer.state.get(param, {}).items():
+                if isinstance(value, Tensor) and value.dim() and value.shape != param.shape:
+                    raise ValueError(f"optimizer state '{name}' has shape {tuple(value.shape)}, its "
+                                     f"parameter {tuple(param.shape)}")
 
 
 def _fmt(losses: dict[str, float]) -> str:

@@ -35,10 +35,13 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def plan(tiny: dict[str, Path], out: Path, **overrides: Any) -> list[study.Run]:
+    """The runs of a tiny study; fp32 unless ``train_options`` say otherwise: the jobs are subprocesses,
+    which see this machine's real CPU whatever a test reports to this process (conftest.py)."""
     values: dict[str, Any] = dict(
         method="ickd", dataset="fashion_mnist", pairs=["resnet14->resnet8"], epochs=1, recipe="smoke",
         seeds=[0], variants=["default"], baselines=["ce"], device="cpu", subset=40, eval_subset=20,
         out_dir=out, teachers_dir=tiny["teachers"], data_root=tiny["data"], batch_size=20,
+        train_options={"precision": "fp32"},
     )
     values.update(overrides)
     return study.plan_runs(study.check_parameters(**values))
@@ -97,8 +100,7 @@ def test_slurm_submits_one_job_array_of_the_pending_runs(tiny: dict[str, Path], 
         executors.train_pending(plan(tiny, tmp_path / "runs"), tmp_path / "results", "slurm", resources,
                                 "test", block=False, folder=tmp_path / "submitit")
     assert not list(fake_slurm.iterdir())
-    runs = plan(tiny, tmp_path / "runs", seeds=[0, 1], batch_size=32,
-                train_options={"precision": "fp32"})  # 4 runs, 2 images per process
+    runs = plan(tiny, tmp_path / "runs", seeds=[0, 1], batch_size=32)  # 4 runs, 2 images per process
     outcomes, ids = executors.train_pending(runs, tmp_path / "results", "slurm", resources, "test",
                                             threads=1, block=False, folder=tmp_path / "submitit")
     assert outcomes == [] and ids == [f"4242_{i}" for i in range(4)]
@@ -143,10 +145,8 @@ def test_distributed_environment_from_slurm(monkeypatch: pytest.MonkeyPatch) -> 
 @pytest.mark.slow
 def test_submitit_local_runs_ddp_tasks_with_gloo(tiny: dict[str, Path], tmp_path: Path) -> None:
     """Two tasks of one job: each exports RANK/WORLD_SIZE/MASTER_* and joins one gloo process group; the
-    record's config_id is the one the study planned, so the run counts as done. (fp32: the tasks are
-    subprocesses, which see this machine's real CPU.)"""
-    (run,) = plan(tiny, tmp_path / "runs", method="kd", variants=["default"], baselines=[],
-                  train_options={"precision": "fp32"})
+    record's config_id is the one the study planned, so the run counts as done."""
+    (run,) = plan(tiny, tmp_path / "runs", method="kd", variants=["default"], baselines=[])
     results = tmp_path / "results"
     two_tasks = Resources(time_min=10, tasks_per_node=2)
     outcomes, _ = executors.train_pending([run], results, "submitit-local", two_tasks, "test-ddp", threads=1,
@@ -161,7 +161,7 @@ def test_a_run_whose_default_is_the_fast_path_is_refused_before_ddp_tasks_are_su
         tiny: dict[str, Path], tmp_path: Path, bf16_cpu: None) -> None:
     """On a CPU with bf16 units a run's default is the fast path, one process: split over two tasks it would
     be another configuration than the study planned: refused in one line, and nothing is submitted."""
-    (run,) = plan(tiny, tmp_path / "runs", method="kd", variants=["default"], baselines=[])
+    (run,) = plan(tiny, tmp_path / "runs", method="kd", variants=["default"], baselines=[], train_options={})
     two_tasks = Resources(time_min=10, tasks_per_node=2)
     with pytest.raises(ValueError, match=r"^with bf16 on CPU this run takes the fast path by default, which "
                                          r"runs in one process, not 2; pass --no-fast"):

@@ -129,7 +129,8 @@ def test_each_test_image_in_exactly_one_share(tiny: dict[str, Path]) -> None:
 def test_plan_checks_the_process_count(
     tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("WORLD_SIZE", "3")
+    for name, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", "WORLD_SIZE": "3"}.items():
+        monkeypatch.setenv(name, value)  # a launcher's variables (nothing connects: plan() only checks them)
     with pytest.raises(ValueError, match="global batch size 8 is not divisible by the 3 processes"):
         train.plan(_config(tiny, tmp_path, ICKD_RUN))
     monkeypatch.setenv("WORLD_SIZE", "2")

@@ -38,7 +38,8 @@ import torch
 
 from kdlib import train
 from kdlib.config import TrainConfig, to_argv
-from kdlib.paths import REPO, repo_path
+from kdlib.files import atomic_write
+from kdlib.paths import REPO, relative, repo_path
 from kdlib.record import TrainingFailed, config_id_of, cpu_difference, hardware
 from kdlib.results import commit_label
 from kdlib.runlock import FolderInUse, run_lock
@@ -256,8 +257,12 @@ def collect(run: Run, results: Path | None, status: str = "trained", message: st
     path = run.out / RECORD
     if status in ("trained", "diverged") and results is not None:
         path = _stored(run, results)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(run.out / RECORD, path)
+        content = (run.out / RECORD).read_bytes()
+        try:  # never a half-written record in the results: the copy replaces the file whole, or not at all
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(path, lambda buffer: buffer.write(content))
+        except OSError as error:  # the run's own record stays in its folder: the next call stores it
+            status, message = "failed", f"cannot store its record in {relative(path.parent)}: {error}"
     return Outcome(run, status, record, path, seconds, message)
 
 
