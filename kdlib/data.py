@@ -12,6 +12,10 @@ recipe field (``--set image_size=64`` scales the crop to 64 and the resize to ``
 the tests and CPU proxies; the class count is the number of class folders in ``train/``
 (:func:`resolve_dataset_spec`), 1000 for ILSVRC-2012.
 
+CIFAR's files are Python pickles; they are read with a restricted unpickler (:mod:`kdlib.cifar`) that
+rebuilds dicts, lists, strings, numbers and numpy arrays only, so a file under the data root can hold data but
+never run code, and a damaged one is a :class:`DataError` naming it.
+
 Augmentation is RepDistiller's [code: RepDistiller ``dataset/cifar100.py``]: ``RandomCrop(32, padding=4)`` +
 ``RandomHorizontalFlip`` + ``Normalize``; the crop's pad mode comes from the recipe (``constant`` = zeros as
 in RepDistiller, ``reflect`` as in the CD and IE-KD code).
@@ -53,6 +57,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
 
+from kdlib.cifar import CIFAR10, CIFAR100, CifarFileError, CIFARFiles
 from kdlib.idx import check_idx_split
 from kdlib.subsets import balanced_subset, split_indices, split_sha256
 
@@ -150,32 +155,14 @@ def imagenet_transform(spec: DatasetSpec, train: bool, pad_mode: str = "constant
     return T.Compose([*steps, T.ToTensor(), T.Normalize(spec.mean, spec.std)])
 
 
-class _CIFAR10(tv_datasets.CIFAR10):
-    """torchvision's CIFAR-10 reading the same on-disk pickles, checking files exist instead of their md5.
-
-    The archive's md5 is still verified when torchvision downloads it; skipping the per-file md5 lets small
-    test sets in the same format load through the real loader (and avoids hashing 160 MB at every start).
-    """
-
-    train_list = [[name, None] for name, _ in tv_datasets.CIFAR10.train_list]
-    test_list = [[name, None] for name, _ in tv_datasets.CIFAR10.test_list]
-    meta = {**tv_datasets.CIFAR10.meta, "md5": None}
-
-
-class _CIFAR100(tv_datasets.CIFAR100):
-    """torchvision's CIFAR-100 with the same existence-only file check as :class:`_CIFAR10`."""
-
-    train_list = [[name, None] for name, _ in tv_datasets.CIFAR100.train_list]
-    test_list = [[name, None] for name, _ in tv_datasets.CIFAR100.test_list]
-    meta = {**tv_datasets.CIFAR100.meta, "md5": None}
-
-
-def _cifar_loader(cls: type, title: str) -> RawLoader:
+def _cifar_loader(cls: type[CIFARFiles]) -> RawLoader:
     def load(root: Path, train: bool, download: bool) -> Dataset:
-        folder = root / cls.base_folder
+        folder, title = root / cls.base_folder, cls.title
         try:
             return cls(str(root), train=train, download=False)
-        except RuntimeError:
+        except CifarFileError as error:
+            raise DataError(str(error)) from None
+        except FileNotFoundError:
             if not download:
                 raise DataError(
                     f"{title} not found in {folder}: run once with network access (kdlib downloads it into "
@@ -184,6 +171,8 @@ def _cifar_loader(cls: type, title: str) -> RawLoader:
                 ) from None
         try:
             return cls(str(root), train=train, download=True)
+        except CifarFileError as error:
+            raise DataError(str(error)) from None
         except Exception as error:  # network errors come in many types
             raise DataError(
                 f"{title} not found in {folder} and the download failed ({type(error).__name__}: {error}); "
@@ -314,7 +303,7 @@ DATASETS: dict[str, DatasetSpec] = {
             (3, 32, 32),
             mean=(0.5071, 0.4867, 0.4408),
             std=(0.2675, 0.2565, 0.2761),
-            load_raw=_cifar_loader(_CIFAR100, "CIFAR-100"),
+            load_raw=_cifar_loader(CIFAR100),
             make_transform=cifar_transform,
             source="RepDistiller dataset/cifar100.py (mean/std, crop pad 4 + flip)",
         ),
@@ -324,7 +313,7 @@ DATASETS: dict[str, DatasetSpec] = {
             (3, 32, 32),
             mean=(0.4914, 0.4822, 0.4465),
             std=(0.2470, 0.2435, 0.2616),
-            load_raw=_cifar_loader(_CIFAR10, "CIFAR-10"),
+            load_raw=_cifar_loader(CIFAR10),
             make_transform=cifar_transform,
             source="[assumption] the training set's own per-channel mean/std; augmentation as CIFAR-100",
         ),
@@ -505,7 +494,11 @@ def _split_sets(
     transformed by its seeded transform."""
     raw_train = spec.load_raw(root, True, download)
     raw_test = spec.load_raw(root, False, download)
-    train_indices, val_indices = split_indices(dataset_targets(raw_train), subset, val_subset, subset_seed)
+    try:
+        train_indices, val_indices = split_indices(dataset_targets(raw_train), subset, val_subset,
+                                                   subset_seed)
+    except ValueError as error:  # a val_subset the data cannot give: known only once the data is read
+        raise DataError(f"{spec.name}: {error}; pass a smaller --val-subset") from None
     test_indices = np.arange(len(raw_test))
     if eval_subset:
         test_indices = balanced_subset(dataset_targets(raw_test), eval_subset, subset_seed)

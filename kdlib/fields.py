@@ -9,6 +9,9 @@ One parser serves method configurations (:func:`kdlib.methods.make_config`) and 
 - tuples of ints: separated by ``,``, ``/`` or ``x`` (``150,180,210``; a grid ``2x2``);
 - tuples of strings: separated by ``,``.
 
+:func:`check_field` also checks the type of a value given as it is (a notebook's or profile's JSON): ``lr``
+must be a number, not ``"abc"``, ``true`` or ``[1]``.
+
 :func:`format_field` writes a value the way :func:`parse_field` reads it back (the study launches runs as
 ``python -m kdlib train`` subprocesses through :func:`kdlib.config.to_argv`).
 """
@@ -48,6 +51,49 @@ def parse_field(raw: Any, kind: Any, what: str) -> Any:
     except ValueError:
         raise ValueError(f"invalid value {raw!r} for {what}") from None
     return text
+
+
+_INVALID = object()  # what check_field's parse gave for a value it could not read
+#: How each scalar type of a field is named in errors: alone, and as the items of a list.
+_TYPE_WORDS = {bool: ("true or false", "booleans"), int: ("an integer", "integers"),
+               float: ("a number", "numbers"), str: ("a string", "strings")}
+
+
+def _field_type(kind: Any) -> tuple[Any, bool, bool]:
+    """A field type as (scalar type, is a tuple of it, may be None)."""
+    args = typing.get_args(kind)
+    optional = type(None) in args
+    if optional:
+        kind = next(a for a in args if a is not type(None))
+    if typing.get_origin(kind) is tuple:
+        return typing.get_args(kind)[0], True, optional
+    return kind, False, optional
+
+
+def _is_scalar(value: Any, scalar: type) -> bool:
+    if scalar in (int, float):  # a bool is no number here; an int is a float (1 for 1.0)
+        return isinstance(value, int | float if scalar is float else int) and not isinstance(value, bool)
+    return isinstance(value, scalar)
+
+
+def check_field(raw: Any, kind: Any, what: str) -> Any:
+    """:func:`parse_field`, then the value's type checked against ``kind``: ``ValueError`` naming ``what``,
+    the type and the value otherwise (``lr must be a number, got 'abc'``)."""
+    scalar, is_tuple, optional = _field_type(kind)
+    try:
+        value = parse_field(raw, kind, what)
+    except (TypeError, ValueError):  # e.g. 'abc' for a number, 5 for a list
+        value = _INVALID
+    if value is None:
+        fits = optional
+    elif is_tuple:
+        fits = isinstance(value, tuple) and all(_is_scalar(v, scalar) for v in value)
+    else:
+        fits = _is_scalar(value, scalar)
+    if fits:
+        return value
+    words = f"a list of {_TYPE_WORDS[scalar][1]}" if is_tuple else _TYPE_WORDS[scalar][0]
+    raise ValueError(f"{what} must be {words}{' or null' * optional}, got {raw!r}")
 
 
 def format_field(value: Any) -> str:

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kdlib.data import PAD_MODES
-from kdlib.fields import parse_field
+from kdlib.fields import check_field
 
 #: Optimisers a recipe may name.
 OPTIMIZERS = ("sgd", "adamw")
@@ -253,7 +253,7 @@ def get_recipe(name: str, student: str | None = None, **overrides: Any) -> Recip
     for key, raw in overrides.items():
         if key not in fields:
             raise ValueError(f"unknown recipe field '{key}'; choose one of: {', '.join(fields)}")
-        values[key] = parse_field(raw, hints[key], f"recipe field '{key}'")
+        values[key] = check_field(raw, hints[key], f"recipe field '{key}'")
     if "epochs" in values and isinstance(values["epochs"], int) and values["epochs"] >= 1:
         new = values["epochs"]
         values.setdefault("milestones", scale_milestones(base.milestones, base.epochs, new))

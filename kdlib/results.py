@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,13 @@ def record_variant(record: dict[str, Any]) -> str:
         return record.get("variant") or "default"
 
 
+def record_recipe(record: dict[str, Any]) -> Any:
+    """The recipe name a record is grouped by: its ``recipe_name``, else its ``recipe``'s ``name`` (an object)
+    or its ``recipe`` itself."""
+    recipe = record.get("recipe")
+    return record.get("recipe_name") or (recipe.get("name") if isinstance(recipe, dict) else recipe)
+
+
 def commit_label(commit: str | None, dirty: bool | None) -> str:
     """A record's code version as shown: the commit's first 10 characters, ``+dirty`` when the working tree
     had changes."""
@@ -164,10 +171,7 @@ def load_records(
         seen[run] = path
         row = {key: record.get(key) for key in RECORD_COLUMNS}
         row["variant"] = run_variant(record_variant(record), row["student_weights"])
-        recipe = record.get("recipe")
-        row["recipe"] = record.get("recipe_name") or (
-            recipe.get("name") if isinstance(recipe, dict) else recipe
-        )
+        row["recipe"] = record_recipe(record)
         hw = record.get("hardware") or {}
         row.update(cpu=hw.get("cpu"), gpu=hw.get("gpu"), path=str(path))
         rows.append(row)
@@ -191,17 +195,64 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def _string_or_none(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+#: Fields besides the required strings that group records (:data:`CONFIG_KEYS`, :func:`comparison_groups`,
+#: :func:`paired_differences`) or that ``verify`` reads from a record's ``hardware``: what each must be, and
+#: the test. The recipe is checked apart (:func:`record_recipe`: a name or null).
+GROUPING_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "teacher": ("a string or null", _string_or_none),
+    "epochs": ("an integer >= 1", _is_count),
+    "subset": ("an integer >= 1 or null", lambda v: v is None or _is_count(v)),
+    "recipe_name": ("a string or null", _string_or_none),
+    "student_weights": ("a string or null", _string_or_none),
+}
+HARDWARE_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "cpu": ("a string or null", _string_or_none),
+    "cpu_flags": ("a list of strings or null",
+                  lambda v: v is None or isinstance(v, list) and all(isinstance(f, str) for f in v)),
+    "torch_threads": ("an integer >= 1 or null", lambda v: v is None or _is_count(v)),
+}
+
+
+def _field_problem(values: dict[str, Any], fields: dict[str, tuple[str, Callable[[Any], bool]]],
+                   prefix: str = "") -> str | None:
+    """The first of ``fields`` whose value in ``values`` fails its test, in words (None if none does)."""
+    for name, (allowed, test) in fields.items():
+        if not test(values.get(name)):
+            return f"{prefix}{name} must be {allowed}, got {values.get(name)!r}"
+    return None
+
+
 def record_problem(record: dict[str, Any]) -> str | None:
     """Why ``record`` cannot be counted (None if it can): the identifying fields must be there, the seed an
-    integer, ``hardware`` an object, and a ``completed`` record must have finite accuracies."""
+    integer, the fields that group records of the types :data:`GROUPING_FIELDS` says (a record with ``epochs``
+    ``"5"`` would otherwise form a group of its own; ``subset`` ``[1]`` would break :func:`summarize`), the
+    recipe (:func:`record_recipe`) a name, ``hardware`` an object whose fields are as
+    :data:`HARDWARE_FIELDS` says, and a ``completed`` record must have finite accuracies."""
     missing = [k for k in ("config_id", "status", "method", "variant", "dataset", "student")
                if not isinstance(record.get(k), str)]
     if missing:
         return f"missing or not a string: {', '.join(missing)}"
     if not isinstance(record.get("seed"), int) or isinstance(record.get("seed"), bool):
         return f"seed must be an integer, got {record.get('seed')!r}"
-    if not isinstance(record.get("hardware") or {}, dict):
+    problem = _field_problem(record, GROUPING_FIELDS)
+    if problem:
+        return problem
+    if not _string_or_none(record_recipe(record)):
+        return f"recipe must be a name or an object with a string 'name', got {record.get('recipe')!r:.80}"
+    hardware = record.get("hardware") or {}
+    if not isinstance(hardware, dict):
         return f"hardware must be an object, got {record.get('hardware')!r}"
+    problem = _field_problem(hardware, HARDWARE_FIELDS, "hardware.")
+    if problem:
+        return problem
     if record["status"] == "completed":
         bad = [k for k in ("top1_last", "top1_best", "top5_last") if not _is_number(record.get(k))]
         if bad:

@@ -104,7 +104,7 @@ def test_invalid_overrides_name_the_problem() -> None:
         get_recipe("repdistiller", lrr="0.1")
     with pytest.raises(ValueError, match="unknown recipe 'fast'; choose one of: repdistiller"):
         get_recipe("fast")
-    with pytest.raises(ValueError, match="invalid value 'abc' for recipe field 'lr'"):
+    with pytest.raises(ValueError, match="recipe field 'lr' must be a number, got 'abc'"):
         get_recipe("repdistiller", lr="abc")
     with pytest.raises(ValueError, match="epochs must be an integer >= 1"):
         get_recipe("repdistiller", epochs="0")

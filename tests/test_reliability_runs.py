@@ -213,3 +213,36 @@ def test_a_failure_to_clean_up_never_hides_why_the_run_stopped(tmp_path: Path,
         with runlock.run_lock(tmp_path), record_failures(record, tmp_path):
             raise OSError(1, "cannot write 'last.pt'")
     assert record["status"] == "failed" and "cannot write 'last.pt'" in record["failure_reason"]
+
+
+def test_runs_side_by_side_never_oversubscribe_by_default(caplog: pytest.LogCaptureFixture) -> None:
+    assert grid.share_cores(2, None, cores=2) == (2, 1)
+    assert grid.share_cores(1, None, cores=16) == (1, 16)
+    assert grid.share_cores(4, None, cores=2) == (2, 1)  # more jobs than cores: as many at a time as cores
+    assert "4 jobs on 2 cores: running 2 at a time" in caplog.text
+    caplog.clear()
+    assert grid.share_cores(2, 2, cores=2) == (2, 2)  # asked for: kept, with a warning
+    assert "2 runs side by side with 2 threads each need 4 cores, this machine has 2" in caplog.text
+
+
+def test_a_figure_whose_run_failed_says_why(tmp_path: Path) -> None:
+    """Two notebooks racing on one grid: the loser's run is in use elsewhere; its figure names that failure,
+    not a missing baseline."""
+    from kdlib.study.outcomes import trained
+
+    config = TrainConfig("ce", "resnet8", "fashion_mnist", tmp_path, recipe="smoke", precision="fp32")
+    run = grid.Run(config, grid.Variant("ce"), grid.Pair("resnet8", "resnet8"), "ce/seed0", "abc")
+    busy = grid.Outcome(run, "failed", None, tmp_path / "record.json", 0.0,
+                        "--out '…' is in use by another kdlib run (pid 7)")
+    with pytest.raises(LookupError, match=r"the run of ce/default did not complete \(failed: --out '…' is in "
+                                          r"use by another kdlib run \(pid 7\)\)"):
+        trained([busy], "ce")
+    with pytest.raises(LookupError, match="no completed run of kd/default among this notebook's runs"):
+        trained([busy], "kd")
+
+
+def test_a_validation_split_larger_than_the_training_set_is_one_line(tiny: dict[str, Path],
+                                                                     tmp_path: Path) -> None:
+    done = kdlib(train_args(tiny, tmp_path / "run", "--val-subset", "260", method="ce"))  # 26 x 10 images
+    assert ("fashion_mnist: val_subset 260 leaves none of the 260 training images to train on; pass a "
+            "smaller --val-subset") in one_error_line(done, 2)

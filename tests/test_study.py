@@ -285,12 +285,14 @@ def test_run_grid_leaves_a_folder_in_use_alone(tiny: dict[str, Path], tmp_path: 
 
 @pytest.mark.slow
 def test_run_grid_in_subprocesses(tiny: dict[str, Path], tmp_path: Path) -> None:
-    p = study.check_parameters(**good(tiny, tmp_path, seeds=[0, 1], variants=[], threads=1))
+    """Subprocesses see this machine's real CPU (conftest.py): the runs say which precision they mean."""
+    fp32 = {"train_options": {"precision": "fp32"}, "seeds": [0, 1], "variants": []}
+    p = study.check_parameters(**good(tiny, tmp_path, threads=1, **fp32))
     runs = study.plan_runs(p)
     outcomes = study.run_grid(runs, jobs=2, threads=1, verbose=False)
     assert [o.status for o in outcomes] == ["trained", "trained"]
-    here = study.run_grid(study.plan_runs(study.check_parameters(**good(tiny, tmp_path / "b", seeds=[0, 1],
-                                                                        variants=[]))), verbose=False)
+    here = study.run_grid(study.plan_runs(study.check_parameters(**good(tiny, tmp_path / "b", **fp32))),
+                          verbose=False)
     assert [o.record["top1_last"] for o in outcomes] == [o.record["top1_last"] for o in here]
 
 

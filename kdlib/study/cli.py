@@ -18,15 +18,19 @@ import logging
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import kdlib.study
+from kdlib.config import positive_int
 from kdlib.paths import RUNS_DIR, relative, repo_path
+from kdlib.results import record_problem
 from kdlib.study.executors import EXECUTORS, Resources, pending_runs, train_pending
-from kdlib.study.grid import verify
+from kdlib.study.grid import RECORD, Run, read_record, verify
 from kdlib.study.parameters import parse_pairs
 from kdlib.study.profiles import (
     bench_throughput,
+    check_profile_name,
     estimate,
     load_profile,
     notebook_parameters,
@@ -38,14 +42,21 @@ from kdlib.study.profiles import (
 from kdlib.study.staged import STAGES, is_staged, reproduce_staged
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a usage error as one line, ``kdlib.study: error: <message>``, and exit status 2 (not the
+    usage text); ``--help`` still prints the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"kdlib.study: error: {' '.join(message.split())}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser of ``python -m kdlib.study`` and its five commands."""
-    parser = argparse.ArgumentParser(prog="python -m kdlib.study",
-                                     description=(kdlib.study.__doc__ or "").split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="python -m kdlib.study", description=(kdlib.study.__doc__ or "").split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     r = sub.add_parser("reproduce", help="execute the notebooks with a profile's full parameters")
     r.add_argument("--profile", required=True)
-    r.add_argument("--jobs", type=int, default=1, help="runs side by side (default 1)")
+    r.add_argument("--jobs", type=positive_int, default=1, help="runs side by side (default 1)")
     r.add_argument("--notebooks", help="comma-separated subset, e.g. 01_ickd,06_head_to_head")
     r.add_argument("--stages", help=f"a staged protocol's stages to run (default: all, in order: "
                    f"{','.join(STAGES)})")
@@ -207,9 +218,28 @@ def verify_line(row: dict, tolerance: float | None) -> str:
     return line
 
 
+def invalid_records(runs: Sequence[Run], results_dir: Path) -> list[str]:
+    """``<record>: <why>`` for each committed record of ``runs`` in ``results_dir`` that is not a JSON object
+    or is invalid (:func:`kdlib.results.record_problem`: e.g. ``hardware`` or its ``torch_threads`` of the
+    wrong type), which ``verify`` cannot retrain and compare."""
+    problems = []
+    for run in runs:
+        path = results_dir / run.key / RECORD
+        if path.is_file():
+            record = read_record(path)
+            problem = "not a JSON object" if record is None else record_problem(record)
+            if problem:
+                problems.append(f"{relative(path)}: {problem}")
+    return problems
+
+
 def _verify(args: argparse.Namespace) -> int:
-    rows = verify(profile_runs(args.profile, args.match), profile_results_dir(args.profile),
-                  repo_path(args.out), args.tolerance)
+    runs, results = profile_runs(args.profile, args.match), profile_results_dir(args.profile)
+    invalid = invalid_records(runs, results)
+    if invalid:
+        raise ValueError(f"invalid committed record {'; '.join(invalid)}; fix or delete it, then verify "
+                         "again")
+    rows = verify(runs, results, repo_path(args.out), args.tolerance)
     for row in rows:
         print(verify_line(row, args.tolerance))
     return 0 if all(row["passed"] for row in rows) else 1
@@ -227,7 +257,8 @@ def _estimate(args: argparse.Namespace) -> int:
     if ips is None:
         common = load_profile(args.profile)["common"]
         device = "cuda" if str(common.get("device", "cpu")).startswith("cuda") else "cpu"
-        ips, eval_ips, basis = bench_throughput(device, parse_pairs(common["pairs"]))
+        ips, bench_eval_ips, basis = bench_throughput(device, parse_pairs(common["pairs"]))
+        eval_ips = bench_eval_ips if eval_ips is None else eval_ips
     table = estimate(args.profile, ips, eval_ips)
     print(f"ESTIMATE (not a measurement) at {ips:g} training images/s ({basis}):")
     print(table.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
@@ -239,11 +270,16 @@ COMMANDS = {"reproduce": _reproduce, "refresh": _refresh, "verify": _verify, "pa
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``python -m kdlib.study``; exit status 2 (and one line on stderr) for a bad value."""
+    """Run ``python -m kdlib.study``; exit status 2 (and one line on stderr) for a bad value: a bad argument
+    raises ``SystemExit(2)`` (argparse), a bad value found later returns 2. A profile is the name of a file
+    in ``notebooks/profiles/``, never a path (:func:`~kdlib.study.profiles.check_profile_name`), checked
+    before any command reads it."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
     try:
+        if getattr(args, "profile", None) is not None:
+            check_profile_name(args.profile)
         return COMMANDS[args.command](args)
     except ValueError as error:
         print(f"kdlib.study: error: {error}", file=sys.stderr)

@@ -152,6 +152,11 @@ def trained(outcomes: Sequence[Outcome], method: str, variant: str = "default",
     """The trained distiller of ``method/variant`` (first seed unless given) among ``outcomes``; raises
     ``LookupError`` naming what to add when the run is not there or failed."""
     found = find(outcomes, method, variant, seed)
+    failed = [o for o in outcomes if not o.ok and o.run.variant.method == method
+              and o.run.variant.variant == variant and seed in (None, o.run.seed)]
+    if found is None and failed:
+        raise LookupError(f"the run of {method}/{variant} did not complete ({failed[0].status}: "
+                          f"{failed[0].message}); run the notebook again once that is resolved")
     if found is None:
         raise LookupError(f"no completed run of {method}/{variant} among this notebook's runs: add "
                           f"'{method}' to baselines (or the variant to variants), or see the failures above")

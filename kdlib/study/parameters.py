@@ -14,14 +14,14 @@ import dataclasses
 import difflib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kdlib import curves, models
 from kdlib.config import TrainConfig, check_option
-from kdlib.data import DATASETS
+from kdlib.data import DATASETS, get_dataset_spec
 from kdlib.distributed import resolve_device
 from kdlib.methods import get_method, make_config, variant_string
 from kdlib.paths import DATA_DIR, NOTEBOOKS_DIR, TEACHERS_DIR, relative, repo_path
@@ -439,6 +439,25 @@ def _check_train_options(options: Any) -> dict[str, Any]:
     return dict(options)
 
 
+def _check_recipe_fields(overrides: Mapping[str, Any], recipe: str, dataset: str, epochs: int | None,
+                         batch_size: int | None) -> None:
+    """``train_options``' ``recipe_overrides``: what :func:`~kdlib.recipes.get_recipe` accepts (fields by
+    name, each value of its type, the recipe's own rules) together with the ``epochs`` and ``batch_size``
+    parameters, which the overrides may not set again, and an ``image_size`` that suits ``dataset``: what
+    every run's :func:`~kdlib.config.plan` would refuse, refused before any run starts."""
+    given = {k: v for k, v in (("epochs", epochs), ("batch_size", batch_size)) if v is not None}
+    both = sorted(set(overrides) & set(given))
+    if both:
+        name = both[0]
+        raise bad_parameter("train_options", f"recipe_overrides: {name} {overrides[name]!r} and the "
+                                             f"parameter '{name}' ({given[name]}) both set {name}; "
+                                             "set only one")
+    try:
+        get_dataset_spec(dataset).with_image_size(get_recipe(recipe, **overrides, **given).image_size)
+    except ValueError as error:
+        raise bad_parameter("train_options", f"recipe_overrides: {error}") from None
+
+
 def _check_label(label: Any, results_dir: Path | None) -> str:
     if label is None:  # runs whose records stay in runs/ are smoke runs; the others feed the study
         label = SMOKE_LABEL if results_dir is None else f"study run (records in {relative(results_dir)})"
@@ -500,6 +519,7 @@ def check_parameters(
                              data_root=data_root)
     label = _check_label(label, folders["results_dir"])
     options = _check_train_options(train_options)
+    _check_recipe_fields(options.get("recipe_overrides", {}), recipe, dataset, epochs, numbers["batch_size"])
     if require_teachers is None:
         require_teachers = any(v.needs_teacher for v in [*variant_list, *baseline_list])
     ckpts = _teacher_checkpoints(dataset, pair_list, folders["teachers_dir"], require_teachers)
@@ -509,11 +529,22 @@ def check_parameters(
 
 
 # --- the notebooks' parameters --------------------------------------------------------------------
+def check_notebooks(names: Sequence[str]) -> list[str]:
+    """``names`` as a list when each is one of :data:`NOTEBOOKS`, else a ``ValueError`` naming the unknown
+    ones and the notebooks."""
+    unknown = [name for name in names if name not in NOTEBOOKS]
+    if unknown:
+        listed = ", ".join(f"'{name}'" for name in unknown)
+        raise ValueError(f"unknown notebook {listed}; choose from: {', '.join(NOTEBOOKS)}")
+    return list(names)
+
+
 def parameter_defaults(notebook: str | Path) -> dict[str, Any]:
-    """The names and default values of a notebook's cell tagged ``parameters`` (literals only)."""
+    """The names and default values of a notebook's cell tagged ``parameters`` (literals only); ``notebook``
+    is a file or one of :data:`NOTEBOOKS`."""
     path = Path(notebook)
     if not path.suffix:
-        path = NOTEBOOKS_DIR / f"{notebook}.ipynb"
+        path = NOTEBOOKS_DIR / f"{check_notebooks([str(notebook)])[0]}.ipynb"
     cells = [c for c in json.loads(path.read_text())["cells"]
              if "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(cells) != 1:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -32,13 +33,14 @@ from kdlib.paths import (
 )
 from kdlib.recipes import RECIPES, get_recipe
 from kdlib.study import staged
-from kdlib.study.grid import Run, grid_cells, plan_runs
+from kdlib.study.grid import Run, grid_cells, plan_runs, share_cores
 from kdlib.study.parameters import (
     NOTEBOOK_METHODS,
     NOTEBOOKS,
     Pair,
     Variant,
     check_notebook_parameters,
+    check_notebooks,
     parameter_defaults,
     parse_pairs,
     parse_seeds,
@@ -53,12 +55,34 @@ DATASET_SIZES = {"cifar100": (50_000, 10_000), "cifar10": (50_000, 10_000), "fas
                  "imagenet": (1_281_167, 50_000)}
 
 
-def load_profile(name: str) -> dict[str, Any]:
-    """``notebooks/profiles/<name>.json``: ``common`` parameters and per-notebook overrides."""
-    path = PROFILES_DIR / f"{name}.json"
+def check_profile_name(name: str) -> str:
+    """``name`` when it can name a profile, the ``<name>`` of ``notebooks/profiles/<name>.json``: a file name,
+    never a path (a profile names the folders its runs write to, so one read from elsewhere could make them
+    write anywhere); else a ``ValueError`` listing the profiles."""
+    if isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name:
+        return name
+    raise ValueError(_unknown_profile(name))
+
+
+def profile_path(name: str) -> Path:
+    """The file of profile ``name`` (:func:`check_profile_name`), ``notebooks/profiles/<name>.json``; a
+    ``ValueError`` listing the profiles when there is none."""
+    path = PROFILES_DIR / f"{check_profile_name(name)}.json"
     if not path.is_file():
-        found = sorted(p.stem for p in PROFILES_DIR.glob("*.json"))
-        raise ValueError(f"unknown profile '{name}'; choose one of: {', '.join(found)}")
+        raise ValueError(_unknown_profile(name))
+    return path
+
+
+def _unknown_profile(name: Any) -> str:
+    found = sorted(p.stem for p in PROFILES_DIR.glob("*.json"))
+    return (f"unknown profile '{name}'; choose one of: {', '.join(found)} (a profile is the name of a file "
+            f"in {relative(PROFILES_DIR)}/, not a path)")
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    """``notebooks/profiles/<name>.json`` (:func:`profile_path`): ``common`` parameters and per-notebook
+    overrides."""
+    path = profile_path(name)
     try:
         profile = json.loads(path.read_text())
     except ValueError as error:
@@ -104,7 +128,10 @@ def profile_runs(profile: str, match: Sequence[str] = (), notebooks: Sequence[st
     ``notebooks``; ``extra`` parameters as :func:`notebook_parameters` takes them; a staged protocol's
     :func:`~kdlib.study.staged.planned_runs`), or those whose folder
     holds one of the ``match`` paths as whole parts (``kd/default/seed0`` selects ``…/kd/default/seed0``, not
-    ``…/iekd/default/seed0``); ``ValueError`` when ``match`` selects none."""
+    ``…/iekd/default/seed0``); ``ValueError`` when ``match`` selects none, or for an unknown profile or
+    notebook."""
+    check_profile_name(profile)
+    check_notebooks(notebooks or [])
     planned: dict[str, Run] = {}
     if staged.is_staged(profile):
         planned = {run.key: run for run in staged.planned_runs(staged.load_staged(profile))}
@@ -123,7 +150,8 @@ def profile_runs(profile: str, match: Sequence[str] = (), notebooks: Sequence[st
 
 
 def profile_results_dir(profile: str) -> Path:
-    """Where ``profile`` commits its records (its ``results_dir``)."""
+    """Where ``profile`` (:func:`check_profile_name`) commits its records (its ``results_dir``)."""
+    check_profile_name(profile)
     if staged.is_staged(profile):
         return staged.load_staged(profile).results_dir
     folder = load_profile(profile).get("common", {}).get("results_dir")
@@ -137,14 +165,15 @@ def reproduce(profile: str, jobs: int = 1, notebooks: Sequence[str] | None = Non
               out_dir: str | Path | None = None, device: str | None = None) -> list[Path]:
     """Execute the notebooks with ``profile``'s full parameters through papermill (kernel in
     ``notebooks/``); executed copies go to ``runs/reproduce/<profile>/`` and records to the profile's
-    ``results_dir``. Every notebook's parameters are checked before the first one runs."""
+    ``results_dir``. Every notebook's name and parameters are checked before the first one runs."""
     import papermill
 
     prof = load_profile(profile)
-    chosen = list(notebooks) if notebooks else list(NOTEBOOKS)
+    chosen = check_notebooks(notebooks) if notebooks else list(NOTEBOOKS)
     extra: dict[str, Any] = {"jobs": jobs}
     if "threads" not in prof.get("common", {}):  # every core: one run with all of them, or a share per job
-        extra["threads"] = max(1, (os.cpu_count() or 1) // jobs)
+        jobs, extra["threads"] = share_cores(jobs, None)
+        extra["jobs"] = jobs
     if device:
         extra["device"] = device
     plans = {nb: notebook_parameters(prof, nb, **extra) for nb in chosen}
@@ -170,12 +199,13 @@ def reproduce(profile: str, jobs: int = 1, notebooks: Sequence[str] | None = Non
 def refresh(notebooks: Sequence[str] | None = None, fresh: bool = True) -> dict[str, float]:
     """Execute the committed notebooks in place with their default parameters (kernel in ``notebooks/``),
     so that their stored outputs are exactly those of the default run; ``fresh`` first removes their run
-    folders (``runs/notebooks/<name>``) so that every smoke run trains. Returns seconds per notebook."""
+    folders (``runs/notebooks/<name>``) so that every smoke run trains. Returns seconds per notebook; an
+    unknown name is a ``ValueError`` before any notebook runs."""
     import nbformat
     from nbclient import NotebookClient
 
     timings = {}
-    for name in notebooks or NOTEBOOKS:
+    for name in check_notebooks(notebooks or NOTEBOOKS):
         path = NOTEBOOKS_DIR / f"{name}.ipynb"
         out_dir = parameter_defaults(name).get("out_dir")
         if fresh and out_dir and repo_path(out_dir).resolve().is_relative_to(RUNS_DIR.resolve()):
@@ -224,19 +254,29 @@ def _images(params: Mapping[str, Any],
     return train_images, eval_images
 
 
+def _rate(name: str, value: Any) -> float:
+    """``value`` when it is a finite number of images per second > 0, else a ``ValueError`` naming
+    ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+        raise ValueError(f"{name} must be a finite number of images per second > 0, got {value!r}")
+    return float(value)
+
+
 def estimate(profile: str, images_per_s: float, eval_images_per_s: float | None = None) -> Any:
     """An **estimate** (not a measurement) of a profile's device hours from a measured throughput.
 
     Per notebook: its runs (those no earlier notebook already ran: same folder), the training images they
     process (epochs × training set, plus IE-KD's pre-distillation epochs) and the evaluation images (one
     test-set pass per epoch, plus the teacher's), divided by ``images_per_s`` (training: teacher forward +
-    student step) and ``eval_images_per_s`` (default 3 × training). Reads the profile only: no data,
-    teacher or device is needed.
+    student step) and ``eval_images_per_s`` (None: 3 × training); each a finite number > 0, else a
+    ``ValueError`` naming it. Reads the profile only: no data, teacher or device is needed.
     """
     import pandas as pd
 
+    images_per_s = _rate("images_per_s", images_per_s)
+    eval_ips = (3 * images_per_s if eval_images_per_s is None
+                else _rate("eval_images_per_s", eval_images_per_s))
     prof = load_profile(profile)
-    eval_ips = eval_images_per_s or 3 * images_per_s
     seen: set[str] = set()
     rows = []
     for nb in NOTEBOOKS:
