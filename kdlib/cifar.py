@@ -23,12 +23,12 @@ class CifarFileError(ValueError):
     """A CIFAR file names a forbidden global, is damaged or does not hold a CIFAR batch."""
 
 
-#: The only globals a CIFAR pickle may name, each mapped to what rebuilds it: numpy's array and dtype
-#: constructors under the module names numpy pickles them with (``numpy.core`` in Python 2's cPickle files
-#: and numpy 1, ``numpy._core`` in numpy 2; ``_frombuffer`` at protocol 5), taken from numpy's own
+#: The only globals a CIFAR pickle may name, each mapped to what rebuilds it. These are numpy's array and
+#: dtype constructors under the module names numpy pickles them with (``numpy.core`` in Python 2's cPickle
+#: files and numpy 1, ``numpy._core`` in numpy 2; ``_frombuffer`` at protocol 5), taken from numpy's own
 #: ``__reduce__`` so no module is imported by name, and ``_codecs.encode``, with which Python 3 writes bytes
 #: at protocols 0-2.
-CIFAR_PICKLE_GLOBALS: dict[tuple[str, str], Any] = {
+CIFAR_PICKLE_GLOBALS = {
     **{(f"{package}.multiarray", "_reconstruct"): np.zeros(1).__reduce__()[0]
        for package in ("numpy.core", "numpy._core")},
     **{(f"{package}.numeric", "_frombuffer"): np.zeros(1).__reduce_ex__(5)[0]
@@ -57,7 +57,7 @@ class _CIFARUnpickler(pickle.Unpickler):
 
 def read_cifar_pickle(path: Path, title: str, remedy: str) -> Any:
     """The object pickled in ``path`` (Python 2's strings decoded as latin-1, as torchvision reads them), by
-    :class:`_CIFARUnpickler`; :class:`CifarFileError` naming the file when it refers to any other global or is
+    ``_CIFARUnpickler``; :class:`CifarFileError` naming the file when it refers to any other global or is
     damaged, saying how to get a good copy (``remedy``)."""
     try:
         with open(path, "rb") as f:

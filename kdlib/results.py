@@ -213,6 +213,7 @@ GROUPING_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "recipe_name": ("a string or null", _string_or_none),
     "student_weights": ("a string or null", _string_or_none),
 }
+#: The fields of a record's ``hardware`` that ``verify`` reads, as :data:`GROUPING_FIELDS` checks its own.
 HARDWARE_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "cpu": ("a string or null", _string_or_none),
     "cpu_flags": ("a list of strings or null",

@@ -39,6 +39,7 @@ NOTEBOOK_METHODS: dict[str, str | None] = {
     "05_iekd": "iekd",
     "06_head_to_head": None,
 }
+#: The notebooks, by name (``notebooks/<name>.ipynb``).
 NOTEBOOKS = tuple(NOTEBOOK_METHODS)
 #: The label of every notebook's default run.
 SMOKE_LABEL = "smoke (CI default)"
