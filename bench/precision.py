@@ -67,7 +67,8 @@ def _paired(rows: list[dict], comparison: str, a: pd.DataFrame, b: pd.DataFrame)
     for method in METHODS:
         if method not in a.index.get_level_values(0) or method not in b.index.get_level_values(0):
             continue
-        joined = a.loc[method].join(b.loc[method], lsuffix="_a", rsuffix="_b", how="inner")
+        joined = pd.merge(a.loc[method], b.loc[method], left_index=True, right_index=True,
+                          suffixes=("_a", "_b"))
         diff = (joined["top1_last_a"] - joined["top1_last_b"]).tolist()
         low, high = results.mean_interval(diff)
         _, p = stats.paired_test(diff)
@@ -84,10 +85,10 @@ def summary() -> pd.DataFrame:
     here = {p: _last_top1(PRECISION_DIR / p) for p in PRECISIONS}
     committed = _last_top1(staged.load_staged(PROFILE).results_dir / "final")
     rows: list[dict] = []
-    _paired(rows, "bf16 - fp32 (same CPU)", here["bf16"], here["fp32"])
-    _paired(rows, "fp32 - fp32 (another CPU)", here["fp32"], committed)
+    _paired(rows, "bf16 - fp32", here["bf16"], here["fp32"])  # the same CPU
+    _paired(rows, "fp32 - fp32", here["fp32"], committed)  # this CPU against study v2's
     table = pd.DataFrame(rows)
-    table.to_csv(PRECISION_CSV, index=False, float_format="%.4g")
+    table.to_csv(PRECISION_CSV, index=False, float_format="%.6g")
     return table
 
 

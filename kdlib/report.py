@@ -404,23 +404,52 @@ def precision(path: str | Path = PRECISION_CSV) -> pd.DataFrame:
         return pd.DataFrame()
     rows = pd.read_csv(path)
 
-    def verdict(low: float, high: float, n: int) -> str:
+    def verdict(low: float, high: float) -> str:
         if low > 0 or high < 0:
             return "higher" if low > 0 else "lower"
-        return f"no difference detected ({n} seeds)"
+        return "no difference detected"
+
+    def compared(comparison: str, a_cpu: str, b_cpu: str) -> str:
+        first, second = comparison.split(" - ")
+        a_cpu, b_cpu = (cpu.replace("(R)", "").replace(" Processor", "") for cpu in (a_cpu, b_cpu))
+        if a_cpu == b_cpu:
+            return f"{first} − {second} on {a_cpu}"
+        return f"{first} on {a_cpu} − {second} on {b_cpu}"
 
     return pd.DataFrame({
-        "comparison": rows["comparison"],
-        "CPUs": [a if a == b else f"{a}; {b}" for a, b in zip(rows["a_cpu"], rows["b_cpu"], strict=True)],
+        "runs compared": [compared(*row) for row in zip(rows["comparison"], rows["a_cpu"], rows["b_cpu"],
+                                                        strict=True)],
         "method": rows["method"],
-        "top-1 (first − second)": [f"{number(a)} − {number(b)}"
-                                   for a, b in zip(rows["a_mean"], rows["b_mean"], strict=True)],
+        "seeds": rows["seeds"],
+        "top-1": [f"{number(a)} − {number(b)}" for a, b in zip(rows["a_mean"], rows["b_mean"], strict=True)],
         "difference [95% CI]": [f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]" for d, lo, hi in
                                 zip(rows["mean_difference"], rows["ci_low"], rows["ci_high"], strict=True)],
         "p": [p_value(p) for p in rows["p"]],
-        "verdict": [verdict(lo, hi, n) for lo, hi, n in zip(rows["ci_low"], rows["ci_high"], rows["seeds"],
-                                                            strict=True)],
+        "verdict": [verdict(lo, hi) for lo, hi in zip(rows["ci_low"], rows["ci_high"], strict=True)],
     })
+
+
+def precision_answer(path: str | Path = PRECISION_CSV) -> str:
+    """What :func:`precision` shows, in words: whether bf16 moved any method's accuracy beyond the noise of
+    its seeds, how far its intervals reach, and for scale how far a change of CPU type moved fp32's."""
+    path = Path(path)
+    if not path.exists():
+        return "bf16 has not been measured against fp32 yet."
+    rows = pd.read_csv(path)
+    same, other = rows[rows["comparison"] == "bf16 - fp32"], rows[rows["comparison"] == "fp32 - fp32"]
+    each = "; ".join(f"{m.upper()} {d:+.2f} [{lo:+.2f}, {hi:+.2f}]" for m, d, lo, hi in zip(
+        same["method"], same["mean_difference"], same["ci_low"], same["ci_high"], strict=True))
+    moved = same[(same["ci_low"] > 0) | (same["ci_high"] < 0)]
+    found = (f"bf16 moved {', '.join(m.upper() for m in moved['method'])} beyond the noise of the seeds"
+             if len(moved) else "No difference between bf16 and fp32 was detected for any method")
+    worst = same.loc[same["ci_low"].idxmin()]
+    text = (f"{found} ({int(same['seeds'].min())} paired seeds; bf16 − fp32 in points of test top-1, with "
+            f"95% intervals: {each}). The intervals still allow bf16 to cost up to {-worst['ci_low']:.2f} "
+            f"points ({worst['method'].upper()}).")
+    if len(other):
+        text += (f" For scale, the same fp32 runs on another CPU type moved a method's mean by at most "
+                 f"{other['mean_difference'].abs().max():.2f} points.")
+    return text
 
 
 def hardware(records: pd.DataFrame) -> list[str]:

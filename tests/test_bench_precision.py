@@ -42,15 +42,16 @@ def test_each_seed_is_trained_in_both_precisions_as_study_v2_trained_it(precisio
 
 def test_the_book_table_says_what_each_interval_shows(tmp_path: Path) -> None:
     csv = tmp_path / "precision.csv"
+    xeon = "Intel(R) Xeon(R) Processor"
     csv.write_text(
         "comparison,method,seeds,a_mean,b_mean,mean_difference,ci_low,ci_high,p,a_cpu,b_cpu\n"
-        "bf16 - fp32 (same CPU),kd,5,80.1,80.6,-0.5,-0.9,-0.1,0.0004,Xeon,Xeon\n"
-        "bf16 - fp32 (same CPU),cd,5,84.7,84.6,0.1,-0.3,0.5,0.42,Xeon,Xeon\n"
-        "fp32 - fp32 (another CPU),kd,5,80.6,80.8,-0.2,-0.6,0.2,0.3,Xeon,EPYC\n")
+        f"bf16 - fp32,kd,5,80.1,80.6,-0.5,-0.9,-0.1,0.0004,{xeon},{xeon}\n"
+        f"bf16 - fp32,cd,5,84.7,84.6,0.1,-0.3,0.5,0.42,{xeon},{xeon}\n"
+        f"fp32 - fp32,kd,5,80.6,80.8,-0.2,-0.6,0.2,0.3,{xeon},AMD EPYC\n")
     table = report.precision(csv)
-    assert table["verdict"].tolist() == ["lower", "no difference detected (5 seeds)",
-                                         "no difference detected (5 seeds)"]
+    assert table["verdict"].tolist() == ["lower", "no difference detected", "no difference detected"]
     assert table["p"].tolist() == ["< 0.001", "0.420", "0.300"]
     assert table["difference [95% CI]"][0] == "-0.50 [-0.90, -0.10]"
-    assert table["CPUs"].tolist() == ["Xeon", "Xeon", "Xeon; EPYC"]
+    assert table["runs compared"].tolist() == ["bf16 − fp32 on Intel Xeon", "bf16 − fp32 on Intel Xeon",
+                                               "fp32 on Intel Xeon − fp32 on AMD EPYC"]
     assert report.precision(tmp_path / "none.csv").empty

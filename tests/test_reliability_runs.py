@@ -215,14 +215,16 @@ def test_a_failure_to_clean_up_never_hides_why_the_run_stopped(tmp_path: Path,
     assert record["status"] == "failed" and "cannot write 'last.pt'" in record["failure_reason"]
 
 
-def test_runs_side_by_side_never_oversubscribe_by_default(caplog: pytest.LogCaptureFixture) -> None:
+def test_runs_side_by_side_never_oversubscribe(caplog: pytest.LogCaptureFixture) -> None:
     assert grid.share_cores(2, None, cores=2) == (2, 1)
     assert grid.share_cores(1, None, cores=16) == (1, 16)
     assert grid.share_cores(4, None, cores=2) == (2, 1)  # more jobs than cores: as many at a time as cores
     assert "4 jobs on 2 cores: running 2 at a time" in caplog.text
     caplog.clear()
-    assert grid.share_cores(2, 2, cores=2) == (2, 2)  # asked for: kept, with a warning
-    assert "2 runs side by side with 2 threads each need 4 cores, this machine has 2" in caplog.text
+    assert grid.share_cores(2, 2, cores=2) == (1, 2)  # two 2-thread runs on 2 cores: one at a time
+    assert grid.share_cores(3, 1, cores=4) == (3, 1) and not caplog.records[1:]
+    assert grid.share_cores(1, 4, cores=2) == (1, 4)  # one run's threads: kept, with a warning
+    assert "4 threads on 2 cores" in caplog.text
 
 
 def test_a_figure_whose_run_failed_says_why(tmp_path: Path) -> None:

@@ -495,18 +495,19 @@ def test_reproduce_checks_every_notebook_before_running_any(tmp_path: Path,
     assert not (tmp_path / "executed").exists()
 
 
-@pytest.mark.parametrize("jobs, threads", [(1, 4), (2, 2), (8, 1)])
+@pytest.mark.parametrize("jobs, threads, ran", [(1, 4, 1), (2, 2, 2), (8, 1, 4)])
 def test_reproduce_uses_every_core(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, jobs: int,
-                                   threads: int) -> None:
+                                   threads: int, ran: int) -> None:
     """One run with every core's threads (JOBS=1), or the cores shared out between the jobs: on a 2-core CPU
-    both finish a grid in the same time (bench/parallel.csv), so no core is left idle."""
+    both finish a grid in the same time (bench/parallel.csv), so no core is left idle; more jobs than cores
+    run as many at a time as there are cores."""
     seen = {}
     monkeypatch.delenv("PYTHONPATH", raising=False)  # reproduce sets it for the kernels: restored after
     monkeypatch.setattr(papermill, "execute_notebook", lambda nb, out, parameters, **kw: seen.update(
         {Path(nb).stem: parameters}))
     monkeypatch.setattr(profiles.os, "cpu_count", lambda: 4)
     study.reproduce("proxy", jobs=jobs, out_dir=tmp_path / "executed")
-    assert seen and all((p["jobs"], p["threads"]) == (jobs, threads) for p in seen.values())
+    assert seen and all((p["jobs"], p["threads"]) == (ran, threads) for p in seen.values())
 
 
 def test_estimate_from_bench_rows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

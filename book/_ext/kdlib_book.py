@@ -13,7 +13,7 @@
   reported-vs-measured table shows its measured rows; the reported rows not measured yet are counted, and
   listed in a folded block.
 - ``kdlib-answer`` directive: the study's answer in words (:func:`kdlib.report.answer`; ``v2``:
-  :func:`kdlib.report_v2.answer`), from the records.
+  :func:`kdlib.report_v2.answer`; ``precision``: :func:`kdlib.report.precision_answer`), from the records.
 - ``kdlib-figure`` directive: the same for the figures of :data:`kdlib.report.FIGURES` (``ranking``), drawn
   at build time and inlined as SVG (no image files to keep in step with ``data/``).
 - ``kdlib-method-modules`` directive: the API reference (``automodule``) of every method module, in the order
@@ -128,17 +128,19 @@ def folded(table: Any) -> str:
 
 
 class KdlibAnswer(SphinxDirective):
-    """The study's answer in words, generated from the records: version 1's (:func:`kdlib.report.answer`), or
-    with the argument ``v2`` the second proxy study's (:func:`kdlib.report_v2.answer`)."""
+    """The study's answer in words, generated from the records: version 1's (:func:`kdlib.report.answer`),
+    with the argument ``v2`` the second proxy study's (:func:`kdlib.report_v2.answer`), with ``precision`` the
+    measurement of bf16 against fp32 (:func:`kdlib.report.precision_answer`)."""
 
     optional_arguments = 1
 
     def run(self) -> list[nodes.Node]:
         version = self.arguments[0] if self.arguments else "v1"
-        if version not in ("v1", "v2"):
-            raise self.error(f"unknown kdlib-answer '{version}'; choose v1 or v2")
+        answers = {"v1": report.answer, "v2": report_v2.answer, "precision": report.precision_answer}
+        if version not in answers:
+            raise self.error(f"unknown kdlib-answer '{version}'; choose one of: {', '.join(answers)}")
         self.env.note_dependency(str(report.RESULTS_DIR))
-        text = report_v2.answer() if version == "v2" else report.answer()
+        text = answers[version]()
         container = nodes.container(classes=["kdlib-answer"])
         self.state.nested_parse(StringList(text.splitlines(), source="kdlib-answer"), self.content_offset,
                                 container)

@@ -348,21 +348,21 @@ def run_grid(
 
 
 def share_cores(jobs: int, threads: int | None, cores: int | None = None) -> tuple[int, int]:
-    """``(jobs, threads)`` for ``jobs`` runs side by side on ``cores`` cores (default: this machine's), never
-    more threads than cores by default: ``threads`` None shares the cores out, and more jobs than cores run
-    as many at a time as there are cores. Threads asked for beyond the cores are kept, with a warning: torch
-    threads that outnumber the cores slow every run many times over (two 2-thread runs on 2 cores took
-    466 s an epoch instead of 5 s)."""
+    """``(jobs, threads)`` for ``jobs`` runs side by side on ``cores`` cores (default: this machine's) that
+    never oversubscribe the cores: ``threads`` None shares the cores out, and more jobs than the cores hold
+    (at ``threads`` each) run as many at a time as they hold, with a warning. Torch threads that outnumber the
+    cores slow every run many times over (two 2-thread runs on 2 cores took 466 s an epoch instead of 5 s);
+    one run with more threads than cores is the caller's choice, kept with a warning."""
     cores = cores or os.cpu_count() or 1
+    fit = cores if threads is None else max(1, cores // threads)
+    if jobs > fit:
+        log.warning("%d jobs on %d cores: running %d at a time", jobs, cores, fit)
+        jobs = fit
     if threads is None:
-        if jobs > cores:
-            log.warning("%d jobs on %d cores: running %d at a time, one thread each", jobs, cores, cores)
-            jobs = cores
         return jobs, max(1, cores // jobs)
-    if jobs * threads > cores:
-        log.warning("%d runs side by side with %d threads each need %d cores, this machine has %d: every run "
-                    "will slow down many times over; pass fewer jobs or threads", jobs, threads,
-                    jobs * threads, cores)
+    if threads > cores:
+        log.warning("%d threads on %d cores: the run will slow down many times over; pass fewer threads",
+                    threads, cores)
     return jobs, threads
 
 
