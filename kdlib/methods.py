@@ -1,9 +1,9 @@
 """The study's methods, written out as one table (mdistiller's ``distiller_dict``), and building one by name.
 
 :data:`METHODS` maps each method's name to its distiller class, in the order of the study's tables: the
-baselines (``ce``, ``kd`` and RepDistiller's feature baselines), then the papers' channel methods
-(:data:`CHANNEL_METHODS`). Every name the package, the command line, the study and the book accept comes from
-here. Adding a method: its module under ``kdlib/losses/``, and its row below.
+baselines (``ce``, ``kd``, the modern logit baseline ``dkd``, RepDistiller's feature baselines), then the
+papers' channel methods (:data:`CHANNEL_METHODS`). Every name the package, the command line, the study and
+the book accept comes from here. Adding a method: its module under ``kdlib/losses/``, and its row below.
 
 Imports go one way: this module imports the method modules, which import :mod:`kdlib.distill` (the base
 classes); neither imports this one.
@@ -20,12 +20,13 @@ from torch import nn
 
 from kdlib.distill import Distiller, MethodConfig
 from kdlib.fields import parse_field
-from kdlib.losses import baselines, ccs, cd, cwt, ickd, iekd, kd
+from kdlib.losses import baselines, ccs, cd, cwt, dkd, ickd, iekd, kd
 
 #: Distiller classes by method name, in the order of the study's tables.
 METHODS: dict[str, type[Distiller]] = {
     "ce": kd.CE,
     "kd": kd.KD,
+    "dkd": dkd.DKD,
     "fitnet": baselines.FitNet,
     "at": baselines.AT,
     "sp": baselines.SP,

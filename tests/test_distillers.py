@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from kdlib.distill import Distiller
+from kdlib.losses import dkd
 from kdlib.losses.baselines import ConvReg
-from kdlib.losses.functional import cd_loss, factor_distance, gkd_loss
+from kdlib.losses.functional import cd_loss, factor_distance, gkd_loss, kd_loss
 from kdlib.methods import (
     BASELINES,
     CHANNEL_METHODS,
@@ -24,6 +25,7 @@ from kdlib.methods import (
     get_method,
     make_config,
 )
+from kdlib.models import available as available_models
 from kdlib.models import create_model
 
 #: Every method, in the table's order (pinned by test_table_order).
@@ -52,6 +54,7 @@ SLOW_TEACHERS = {"ResNet50", "resnet110", "resnet152_cifar"}
 DEFAULT_TERMS = {
     "ce": {"ce"},
     "kd": {"ce", "kd"},
+    "dkd": {"ce", "tckd", "nckd"},
     "fitnet": {"ce", "fitnet"},
     "at": {"ce", "at"},
     "sp": {"ce", "sp"},
@@ -111,7 +114,7 @@ def method_parts(d: Distiller) -> list[nn.Parameter]:
 # --------------------------------------------------------------------------------------------- registry
 def test_table_order():
     """The table is in the study's order (the rows of its tables): the baselines, then the channel methods."""
-    assert BASELINES == ("ce", "kd", "fitnet", "at", "sp", "rkd", "pkt")
+    assert BASELINES == ("ce", "kd", "dkd", "fitnet", "at", "sp", "rkd", "pkt")
     assert CHANNEL_METHODS == ("ickd", "ccs", "cd", "cwt", "iekd")
     assert available_methods() == [*BASELINES, *CHANNEL_METHODS]
     assert all(cls.name == name for name, cls in METHODS.items())
@@ -138,6 +141,8 @@ def test_default_weights_follow_methods_md():
         "cwt": {"cwt_weight": 5e-3, "bn": False},
         "iekd": {"inh_weight": 1.0, "exp_weight": 1.0, "goal": "ce", "rec": "l1", "split": "natural",
                  "tap": "code"},
+        "dkd": {"ce_weight": 1.0, "kd_weight": 0.0, "tckd_weight": 1.0, "nckd_weight": 8.0, "T": 4.0,
+                "warmup": 20},
     }
     for method, fields in expected.items():
         config = make_config(method)
@@ -307,6 +312,8 @@ WEIGHTED = [
     ("iekd", "inh_weight", "inherit"),
     ("iekd", "exp_weight", "explore"),
     ("kd", "kd_weight", "kd"),
+    ("dkd", "tckd_weight", "tckd"),
+    ("dkd", "nckd_weight", "nckd"),
 ]
 
 
@@ -350,6 +357,8 @@ ZERO_CASES = [
     ("cd", {"edt": "off"}, "cd", "connectors"),
     ("cd", {"edt": "off"}, "gkd", "connectors"),
     ("cwt", {}, "cwt", "transform"),
+    ("dkd", {}, "tckd", None),
+    ("dkd", {}, "nckd", None),
 ]
 
 
@@ -648,3 +657,64 @@ def test_variants_one_step_on_mismatched_pair(method, overrides):
     assert torch.isfinite(total)
     total.backward()
     assert all(p.grad is not None for p in method_parts(d))
+
+
+# --------------------------------------------------------------------------------------------- DKD
+def _dkd_inputs() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(7)
+    s = torch.randn(4, 6, generator=g, dtype=torch.float64) * 3
+    t = torch.randn(4, 6, generator=g, dtype=torch.float64) * 3
+    return s, t, torch.tensor([0, 3, 5, 2])
+
+
+# mdistiller's dkd_loss (mdistiller/distillers/DKD.py @ a08d46f) run in float64 on _dkd_inputs(): it returns
+# α·TCKD + β·NCKD, so the golden values are sums (both parts: β = 0 and α = 0 pin each alone).
+DKD_GOLDEN = [
+    ((1.0, 8.0, 4.0), 67.52889508714767),  # CIFAR-100 defaults
+    ((1.0, 0.5, 1.0), 3.374089553034541),  # mdistiller's ImageNet config
+    ((2.0, 0.0, 2.0), 3.861204215983546),  # TCKD alone
+    ((0.0, 6.0, 4.0), 49.06376930335004),  # NCKD alone
+]
+
+
+@pytest.mark.parametrize("weights, expected", DKD_GOLDEN)
+def test_dkd_loss_matches_mdistiller_in_float64(weights, expected):
+    tckd, nckd = dkd.dkd_loss(*_dkd_inputs(), *weights)
+    assert tckd.dtype == torch.float64
+    assert (tckd + nckd).item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_dkd_parts_add_up_to_kd():
+    """DKD's decomposition [paper, eq. 1]: KD = TCKD + (1 − p_target^t)·NCKD, here per sample (batch of 1)."""
+    s, t, y = _dkd_inputs()
+    T = 4.0
+    for i in range(len(y)):
+        tckd, nckd = dkd.dkd_loss(s[i:i + 1], t[i:i + 1], y[i:i + 1], 1.0, 1.0, T)
+        p_target = torch.softmax(t[i] / T, dim=0)[y[i]]
+        kd = kd_loss(s[i:i + 1], t[i:i + 1], T).item()
+        assert (tckd + (1 - p_target) * nckd).item() == pytest.approx(kd, rel=1e-9)
+
+
+def test_dkd_warmup_scales_both_terms_per_epoch():
+    d = build("dkd", "wrn_16_2", "resnet8").eval()
+    x, y = batch(n=4)
+    factors = {}
+    for epoch in (1, 10, 20, 21, 240):
+        d.set_epoch(epoch)
+        with torch.no_grad():
+            _, losses = d(x, y)
+        factors[epoch] = (losses["tckd"].item(), losses["nckd"].item())
+    full_tckd, full_nckd = factors[20]
+    for epoch, (tckd, nckd) in factors.items():
+        w = min(epoch / 20, 1.0)
+        assert (tckd, nckd) == pytest.approx((w * full_tckd, w * full_nckd), rel=1e-6)
+    assert "warmup_factor" not in d.state_dict()  # a function of epoch and configuration, never saved
+    with pytest.raises(ValueError, match="warmup must be an integer >= 1"):
+        make_config("dkd", {"warmup": "0"})
+
+
+def test_dkd_beta_per_pair_follows_mdistiller_configs():
+    assert dkd.mdistiller_beta("resnet56", "resnet20") == 2.0
+    assert dkd.mdistiller_beta("wrn_40_2", "wrn_16_2") == 6.0
+    assert dkd.mdistiller_beta("resnet32x4", "resnet8x4") == 8.0  # no β in its config: CFG.DKD.BETA
+    assert all(t in available_models() and s in available_models() for t, s in dkd.MDISTILLER_CIFAR100_BETA)
