@@ -48,3 +48,20 @@ def relative(path: str | os.PathLike[str]) -> str:
         return str(path.relative_to(REPO.resolve()))
     except ValueError:
         return str(path)
+
+
+def profile_file(name: str, folder: Path) -> Path:
+    """``folder/<name>.json``, the file of profile ``name`` (the profiles are in :data:`PROFILES_DIR`). A
+    profile is named by a file name, never a path (a profile names the folders its runs write to, so one read
+    from elsewhere could make them write anywhere); anything else is a ``ValueError`` listing the profiles in
+    ``folder``."""
+    if isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name:
+        return folder / f"{name}.json"
+    raise ValueError(unknown_profile(name, folder))
+
+
+def unknown_profile(name: object, folder: Path) -> str:
+    """The message for a name that names no profile in ``folder``: the profiles there, and what a name is."""
+    found = sorted(p.stem for p in folder.glob("*.json"))
+    return (f"unknown profile '{name}'; choose one of: {', '.join(found)} (a profile is the name of a file "
+            f"in {relative(folder)}/, not a path)")

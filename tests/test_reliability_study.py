@@ -30,6 +30,7 @@ from helpers import write_cifar10, write_cifar100
 
 from kdlib import cli, results, study
 from kdlib.data import DataError, load_data
+from kdlib.study import staged
 
 
 # --- F6: CIFAR's pickles -------------------------------------------------------------------------
@@ -237,6 +238,9 @@ def test_a_profile_is_a_name_never_a_path(tmp_path: Path, monkeypatch: pytest.Mo
     for bad in (elsewhere, relative):
         with pytest.raises(ValueError, match="unknown profile"):
             study.profile_runs(bad)
+        for read in (staged.is_staged, staged.load_staged):  # the staged driver reads profiles itself
+            with pytest.raises(ValueError, match="not a path"):
+                read(bad)
     monkeypatch.setattr(papermill, "execute_notebook", _never)
     monkeypatch.setattr(study.cli, "reproduce_staged", _never)
     for argv in (["params", "--profile", elsewhere, "--notebook", "01_ickd"],

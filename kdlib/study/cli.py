@@ -30,7 +30,6 @@ from kdlib.study.grid import RECORD, Run, read_record, verify
 from kdlib.study.parameters import parse_pairs
 from kdlib.study.profiles import (
     bench_throughput,
-    check_profile_name,
     estimate,
     load_profile,
     notebook_parameters,
@@ -272,14 +271,11 @@ COMMANDS = {"reproduce": _reproduce, "refresh": _refresh, "verify": _verify, "pa
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``python -m kdlib.study``; exit status 2 (and one line on stderr) for a bad value: a bad argument
     raises ``SystemExit(2)`` (argparse), a bad value found later returns 2. A profile is the name of a file
-    in ``notebooks/profiles/``, never a path (:func:`~kdlib.study.profiles.check_profile_name`), checked
-    before any command reads it."""
+    in ``notebooks/profiles/``, never a path (:func:`~kdlib.paths.profile_file`)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                         datefmt="%H:%M:%S")
     try:
-        if getattr(args, "profile", None) is not None:
-            check_profile_name(args.profile)
         return COMMANDS[args.command](args)
     except ValueError as error:
         print(f"kdlib.study: error: {error}", file=sys.stderr)

@@ -28,8 +28,10 @@ from kdlib.paths import (
     REPO,
     REPRODUCE_DIR,
     RUNS_DIR,
+    profile_file,
     relative,
     repo_path,
+    unknown_profile,
 )
 from kdlib.recipes import RECIPES, get_recipe
 from kdlib.study import staged
@@ -55,28 +57,13 @@ DATASET_SIZES = {"cifar100": (50_000, 10_000), "cifar10": (50_000, 10_000), "fas
                  "imagenet": (1_281_167, 50_000)}
 
 
-def check_profile_name(name: str) -> str:
-    """``name`` when it can name a profile, the ``<name>`` of ``notebooks/profiles/<name>.json``: a file name,
-    never a path (a profile names the folders its runs write to, so one read from elsewhere could make them
-    write anywhere); else a ``ValueError`` listing the profiles."""
-    if isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name:
-        return name
-    raise ValueError(_unknown_profile(name))
-
-
 def profile_path(name: str) -> Path:
-    """The file of profile ``name`` (:func:`check_profile_name`), ``notebooks/profiles/<name>.json``; a
-    ``ValueError`` listing the profiles when there is none."""
-    path = PROFILES_DIR / f"{check_profile_name(name)}.json"
+    """The file of profile ``name`` (:func:`~kdlib.paths.profile_file`: a name, never a path),
+    ``notebooks/profiles/<name>.json``; a ``ValueError`` listing the profiles when there is none."""
+    path = profile_file(name, PROFILES_DIR)
     if not path.is_file():
-        raise ValueError(_unknown_profile(name))
+        raise ValueError(unknown_profile(name, PROFILES_DIR))
     return path
-
-
-def _unknown_profile(name: Any) -> str:
-    found = sorted(p.stem for p in PROFILES_DIR.glob("*.json"))
-    return (f"unknown profile '{name}'; choose one of: {', '.join(found)} (a profile is the name of a file "
-            f"in {relative(PROFILES_DIR)}/, not a path)")
 
 
 def load_profile(name: str) -> dict[str, Any]:
@@ -130,7 +117,6 @@ def profile_runs(profile: str, match: Sequence[str] = (), notebooks: Sequence[st
     holds one of the ``match`` paths as whole parts (``kd/default/seed0`` selects ``…/kd/default/seed0``, not
     ``…/iekd/default/seed0``); ``ValueError`` when ``match`` selects none, or for an unknown profile or
     notebook."""
-    check_profile_name(profile)
     check_notebooks(notebooks or [])
     planned: dict[str, Run] = {}
     if staged.is_staged(profile):
@@ -150,8 +136,7 @@ def profile_runs(profile: str, match: Sequence[str] = (), notebooks: Sequence[st
 
 
 def profile_results_dir(profile: str) -> Path:
-    """Where ``profile`` (:func:`check_profile_name`) commits its records (its ``results_dir``)."""
-    check_profile_name(profile)
+    """Where ``profile`` commits its records (its ``results_dir``)."""
     if staged.is_staged(profile):
         return staged.load_staged(profile).results_dir
     folder = load_profile(profile).get("common", {}).get("results_dir")

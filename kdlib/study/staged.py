@@ -25,7 +25,7 @@ from typing import Any
 
 from kdlib import comparison, results
 from kdlib.config import TrainConfig
-from kdlib.paths import PROFILES_DIR, relative, repo_path
+from kdlib.paths import PROFILES_DIR, profile_file, relative, repo_path
 from kdlib.record import config_id_of
 from kdlib.study.grid import RECORD, Outcome, Run, read_record, run_grid, run_key
 from kdlib.study.outcomes import install_teacher
@@ -71,8 +71,9 @@ class Staged:
 
 
 def is_staged(name: str) -> bool:
-    """Whether profile ``name`` is a staged protocol (has ``stages``)."""
-    path = PROFILES_DIR / f"{name}.json"
+    """Whether profile ``name`` is a staged protocol (has ``stages``); a name that is a path is a
+    ``ValueError`` (:func:`~kdlib.paths.profile_file`)."""
+    path = profile_file(name, PROFILES_DIR)
     try:
         return path.is_file() and "stages" in json.loads(path.read_text())
     except ValueError:
@@ -81,7 +82,7 @@ def is_staged(name: str) -> bool:
 
 def load_staged(name: str) -> Staged:
     """Profile ``name``'s stages, each checked for the fields :data:`REQUIRED` names."""
-    path = PROFILES_DIR / f"{name}.json"
+    path = profile_file(name, PROFILES_DIR)
     stages = json.loads(path.read_text()).get("stages") if path.is_file() else None
     if not isinstance(stages, dict):
         raise ValueError(f"profile '{name}' is not a staged protocol ({relative(path)} has no 'stages')")
