@@ -18,15 +18,13 @@ import logging
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, NoReturn
 
 import kdlib.study
 from kdlib.config import positive_int
 from kdlib.paths import RUNS_DIR, relative, repo_path
-from kdlib.results import record_problem
 from kdlib.study.executors import EXECUTORS, Resources, pending_runs, train_pending
-from kdlib.study.grid import RECORD, Run, read_record, verify
+from kdlib.study.grid import verify
 from kdlib.study.parameters import parse_pairs
 from kdlib.study.profiles import (
     bench_throughput,
@@ -217,27 +215,8 @@ def verify_line(row: dict, tolerance: float | None) -> str:
     return line
 
 
-def invalid_records(runs: Sequence[Run], results_dir: Path) -> list[str]:
-    """``<record>: <why>`` for each committed record of ``runs`` in ``results_dir`` that is not a JSON object
-    or is invalid (:func:`kdlib.results.record_problem`: e.g. ``hardware`` or its ``torch_threads`` of the
-    wrong type), which ``verify`` cannot retrain and compare."""
-    problems = []
-    for run in runs:
-        path = results_dir / run.key / RECORD
-        if path.is_file():
-            record = read_record(path)
-            problem = "not a JSON object" if record is None else record_problem(record)
-            if problem:
-                problems.append(f"{relative(path)}: {problem}")
-    return problems
-
-
 def _verify(args: argparse.Namespace) -> int:
     runs, results = profile_runs(args.profile, args.match), profile_results_dir(args.profile)
-    invalid = invalid_records(runs, results)
-    if invalid:
-        raise ValueError(f"invalid committed record {'; '.join(invalid)}; fix or delete it, then verify "
-                         "again")
     rows = verify(runs, results, repo_path(args.out), args.tolerance)
     for row in rows:
         print(verify_line(row, args.tolerance))

@@ -41,7 +41,7 @@ from kdlib.config import TrainConfig, to_argv
 from kdlib.files import atomic_write
 from kdlib.paths import REPO, relative, repo_path
 from kdlib.record import TrainingFailed, config_id_of, cpu_difference, hardware
-from kdlib.results import commit_label
+from kdlib.results import commit_label, record_problem
 from kdlib.runlock import FolderInUse, run_lock
 from kdlib.study.parameters import Pair, Parameters, Variant, bad_parameter
 
@@ -372,6 +372,21 @@ def share_cores(jobs: int, threads: int | None, cores: int | None = None) -> tup
 REPRODUCED = ("status", "pretrain_history", "history", "failure_reason")
 
 
+def invalid_records(runs: Sequence[Run], results_dir: Path) -> list[str]:
+    """``<record>: <why>`` for each committed record of ``runs`` in ``results_dir`` that is not a JSON object
+    or is invalid (:func:`kdlib.results.record_problem`: e.g. ``hardware`` or its ``torch_threads`` of the
+    wrong type), which :func:`verify` cannot retrain and compare."""
+    problems = []
+    for run in runs:
+        path = results_dir / run.key / RECORD
+        if path.is_file():
+            record = read_record(path)
+            problem = "not a JSON object" if record is None else record_problem(record)
+            if problem:
+                problems.append(f"{relative(path)}: {problem}")
+    return problems
+
+
 def verify(runs: Sequence[Run], results_dir: str | Path, out_dir: str | Path,
            tolerance: float | None = None) -> list[dict[str, Any]]:
     """Retrain every run of ``runs`` whose record is committed in ``results_dir`` (same ``config_id``) into a
@@ -387,8 +402,13 @@ def verify(runs: Sequence[Run], results_dir: str | Path, out_dir: str | Path,
     ``key``, the committed record's ``commit``, ``top1_last`` and ``cpu``, the new ``top1_last``,
     ``difference`` (new minus committed), ``same_cpu`` (this CPU's model is the record's),
     ``cpu_difference`` (:func:`~kdlib.record.cpu_difference`: model or flags, in words; None when they
-    agree), ``identical`` and ``passed``.
+    agree), ``identical`` and ``passed``. An invalid committed record (:func:`invalid_records`) is a
+    ``ValueError`` naming it, before anything retrains.
     """
+    invalid = invalid_records(runs, Path(results_dir))
+    if invalid:  # checked before anything retrains: one bad record would crash the comparison of all
+        raise ValueError(f"invalid committed record {'; '.join(invalid)}; fix or delete it, then verify "
+                         "again")
     rows = []
     here = hardware(torch.device("cpu"))
     for run in runs:
