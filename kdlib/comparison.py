@@ -136,7 +136,8 @@ def holm_comparisons(records: pd.DataFrame, baseline: str = "kd", alpha: float =
 
 def _named(rows: pd.DataFrame) -> str:
     def holm_p(p: float) -> str:
-        return "Holm p < 0.001" if p < 0.001 else f"Holm p = {p:.3f}"
+        text = stats.format_p(p)
+        return f"Holm p {text}" if text.startswith("<") else f"Holm p = {text}"
 
     return ", ".join(f"{m}/{v} ({d:+.2f}, {holm_p(p)})" for m, v, d, p in
                      zip(rows["method"], rows["variant"], rows["mean"], rows["p_holm"], strict=True))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from kdlib import plots, results
+from kdlib import plots, results, stats
 from kdlib.methods import CHANNEL_METHODS
 from kdlib.paths import BENCH_CSV, PRECISION_CSV, REPORTED_CSV, RESULTS_DIR, relative
 from kdlib.recipes import available_recipes, get_recipe
@@ -388,13 +388,6 @@ def bench(path: str | Path = BENCH_CSV) -> pd.DataFrame:
     })
 
 
-def p_value(p: float) -> str:
-    """A p-value as a reader compares it: three decimals, ``< 0.001`` below that, empty when untested."""
-    if p is None or math.isnan(p):
-        return ""
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
-
-
 def precision(path: str | Path = PRECISION_CSV) -> pd.DataFrame:
     """bf16 against fp32 (``bench/precision.py``): per method, the mean paired difference of the last epoch's
     test top-1 over the seeds, its 95% interval and paired t-test, and what it says at that n; and fp32 on
@@ -424,7 +417,7 @@ def precision(path: str | Path = PRECISION_CSV) -> pd.DataFrame:
         "top-1": [f"{number(a)} − {number(b)}" for a, b in zip(rows["a_mean"], rows["b_mean"], strict=True)],
         "difference [95% CI]": [f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]" for d, lo, hi in
                                 zip(rows["mean_difference"], rows["ci_low"], rows["ci_high"], strict=True)],
-        "p": [p_value(p) for p in rows["p"]],
+        "p": [stats.format_p(p) for p in rows["p"]],
         "verdict": [verdict(lo, hi) for lo, hi in zip(rows["ci_low"], rows["ci_high"], strict=True)],
     })
 

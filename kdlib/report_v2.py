@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from kdlib import comparison, report, results
+from kdlib import comparison, report, results, stats
 from kdlib.methods import make_config
 from kdlib.paths import PROFILES_DIR, RESULTS_DIR, relative
 from kdlib.study.staged import chosen_weights, load_staged, teacher_checkpoint
@@ -130,7 +130,7 @@ def comparisons(baseline: str = "kd", records: pd.DataFrame | None = None) -> pd
         "configuration": table["method"], "weight": table["variant"], "paired seeds": table["n"],
         f"minus {baseline}": [report.mean_ci(m, lo, hi, n) for m, lo, hi, n in
                               zip(table["mean"], table["lo"], table["hi"], table["n"], strict=True)],
-        "p": [f"{p:.3f}" for p in table["p"]], "Holm p": [f"{p:.3f}" for p in table["p_holm"]],
+        "p": [stats.format_p(p) for p in table["p"]], "Holm p": [stats.format_p(p) for p in table["p_holm"]],
         "verdict": table["verdict"],
     })
 

@@ -3,6 +3,7 @@
 - :func:`paired_test`: the two-sided one-sample t-test of paired differences (scipy's ``ttest_1samp``).
 - :func:`holm`: Holm's step-down adjustment of a family of p-values (Holm 1979), as statsmodels'
   ``multipletests(method="holm")`` computes it.
+- :func:`format_p`: a p-value as the book prints it (``< 0.001`` below that, never ``0.000``).
 - :func:`power` / :func:`detectable_difference` / :func:`seeds_needed`: the power of a two-sided paired
   t-test from the noncentral t distribution (scipy's ``nct``), as statsmodels' ``TTestPower`` computes it:
   with ``n`` paired seeds whose differences have standard deviation ``sd``, a true mean difference ``delta``
@@ -30,6 +31,13 @@ def paired_test(differences: Sequence[float]) -> tuple[float, float]:
         return math.nan, math.nan
     result = stats.ttest_1samp(d, 0.0)
     return float(result.statistic), float(result.pvalue)
+
+
+def format_p(p: float | None) -> str:
+    """A p-value as a reader compares it: three decimals, ``< 0.001`` below that, empty when untested."""
+    if p is None or math.isnan(p):
+        return ""
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

@@ -50,3 +50,9 @@ def test_paired_test_is_scipys_one_sample_t() -> None:
     assert t == pytest.approx(2 * math.sqrt(3)) and p == pytest.approx(0.07417990022744855, rel=1e-9)
     assert all(math.isnan(v) for v in stats.paired_test([1.0]))
     assert all(math.isnan(v) for v in stats.paired_test([0.5, 0.5]))
+
+
+def test_p_values_print_as_readers_compare_them() -> None:
+    printed = [stats.format_p(p) for p in (0.0004, 0.001, 0.0419, 0.62)]
+    assert printed == ["< 0.001", "0.001", "0.042", "0.620"]
+    assert stats.format_p(math.nan) == "" and stats.format_p(None) == ""
