@@ -46,10 +46,6 @@ from torch.nn.modules.batchnorm import _BatchNorm
 BN_MODES = ("batch", "sync", "frozen")
 
 
-#: What a launcher (torchrun, or the cluster executors from Slurm's variables) sets for each process.
-LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
-
-
 def _env_int(name: str, default: int, minimum: int) -> int:
     text = os.environ.get(name, "").strip()
     if not text:
@@ -70,7 +66,7 @@ def check_launcher_environment() -> None:
     ``MASTER_ADDR`` and ``MASTER_PORT`` set (a run never joins a group it cannot reach, nor trains unlocked
     as a rank of a run that does not exist)."""
     world, rank = env_world_size(), env_rank()
-    env_local_rank()
+    env_local_rank()  # read for its check only: an integer >= 0
     if rank >= world:
         raise ValueError(f"RANK={rank} in the environment is not below WORLD_SIZE={world}; launch several "
                          "processes with torchrun, or unset RANK")

@@ -131,10 +131,11 @@ def first_seed(params: Parameters) -> Callable[[Run], bool]:
 
 
 def find(outcomes: Sequence[Outcome], method: str, variant: str = "default", seed: int | None = None,
-         pair: Pair | None = None) -> Outcome | None:
-    """The first completed outcome of ``method/variant`` (and ``seed``, ``pair`` when given)."""
+         pair: Pair | None = None, ok: bool = True) -> Outcome | None:
+    """The first completed outcome of ``method/variant`` (and ``seed``, ``pair`` when given); with ``ok``
+    False, the first that did not complete."""
     for o in outcomes:
-        if not o.ok or o.run.variant.method != method or o.run.variant.variant != variant:
+        if o.ok != ok or o.run.variant.method != method or o.run.variant.variant != variant:
             continue
         if seed is not None and o.run.seed != seed:
             continue
@@ -152,11 +153,10 @@ def trained(outcomes: Sequence[Outcome], method: str, variant: str = "default",
     """The trained distiller of ``method/variant`` (first seed unless given) among ``outcomes``; raises
     ``LookupError`` naming what to add when the run is not there or failed."""
     found = find(outcomes, method, variant, seed)
-    failed = [o for o in outcomes if not o.ok and o.run.variant.method == method
-              and o.run.variant.variant == variant and seed in (None, o.run.seed)]
-    if found is None and failed:
-        raise LookupError(f"the run of {method}/{variant} did not complete ({failed[0].status}: "
-                          f"{failed[0].message}); run the notebook again once that is resolved")
+    failed = find(outcomes, method, variant, seed, ok=False) if found is None else None
+    if failed is not None:
+        raise LookupError(f"the run of {method}/{variant} did not complete ({failed.status}: "
+                          f"{failed.message}); run the notebook again once that is resolved")
     if found is None:
         raise LookupError(f"no completed run of {method}/{variant} among this notebook's runs: add "
                           f"'{method}' to baselines (or the variant to variants), or see the failures above")
