@@ -108,7 +108,7 @@ WAIT ?= 1
 ARGS ?=
 STUDY := $(PY) -m kdlib.study reproduce --profile $(PROFILE)
 reproduce: $(STAMP) data-offline
-	@test -n "$(PROFILE)" || { echo "usage: make reproduce PROFILE=proxy|proxy_v2|cifar100|imagenet|smoke [JOBS=N] [EXECUTOR=local|submitit-local|slurm]"; exit 2; }
+	@test -n "$(PROFILE)" || { echo "usage: make reproduce PROFILE=proxy|proxy_v2|proxy_v3|proxy_v3_resnet56|cifar100|imagenet|smoke [JOBS=N] [EXECUTOR=local|submitit-local|slurm]"; exit 2; }
 	$(STUDY) --jobs $(JOBS) --executor $(EXECUTOR) $(if $(filter 0,$(WAIT)),--no-wait) $(ARGS) 2>&1 \
 		| { grep --line-buffered -v "$(KERNEL_NOTE)" || true; }
 	$(if $(filter 0,$(WAIT)),@echo "submitted; when the jobs have ended: make reproduce PROFILE=$(PROFILE) EXECUTOR=$(EXECUTOR)",$(MAKE) --no-print-directory book-reproduced)

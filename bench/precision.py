@@ -45,7 +45,7 @@ OUT = Path("runs/precision")
 def planned() -> list[Run]:
     """Each (precision, method, seed) run: study v2's final run with ``precision`` set, in its own folder."""
     s = staged.load_staged(PROFILE)
-    finals = staged.final_runs(s, staged.teacher_checkpoint(s), staged.chosen_weights(s))
+    finals = staged.final_runs(s, staged.chosen_weights(s))
     runs = []
     for r in finals:
         for precision in PRECISIONS:

@@ -14,7 +14,7 @@ on the test set, the answer in words, and the power the first study's noise allo
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,9 +24,11 @@ from kdlib import results, stats
 from kdlib.methods import make_config, variant_string
 
 #: The main weight of each tuned method, as the option fields scaled together (defaults in
-#: :mod:`kdlib.methods`; CCS's two terms and IE-KD's two terms move as one knob).
+#: :mod:`kdlib.methods`; CCS's two terms and IE-KD's two terms move as one knob; DKD's is β, the weight of its
+#: non-target term, the one mdistiller sets per pair).
 MAIN_WEIGHTS: dict[str, tuple[str, ...]] = {
     "kd": ("kd_weight",),
+    "dkd": ("nckd_weight",),
     "ickd": ("ickd_weight",),
     "ccs": ("intra_weight", "inter_weight"),
     "cd": ("cd_weight",),
@@ -38,15 +40,18 @@ MAIN_WEIGHTS: dict[str, tuple[str, ...]] = {
 MULTIPLIERS = (0.25, 1.0, 4.0)
 
 
-def candidates(method: str, multipliers: Sequence[float] = MULTIPLIERS) -> list[dict[str, Any]]:
-    """One entry per multiplier: ``multiplier``, ``overrides`` (the method options) and ``variant`` (the
-    label its records carry: ``default`` at ×1)."""
+def candidates(method: str, multipliers: Sequence[float] = MULTIPLIERS,
+               fixed: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One entry per multiplier: ``multiplier``, ``overrides`` (the method options: the main weight scaled,
+    plus the ``fixed`` options every run of the method takes) and ``variant`` (the label its records carry:
+    ``default`` at ×1 without ``fixed``)."""
     default = make_config(method)
     out = []
     for multiplier in multipliers:
         overrides = {name: getattr(default, name) * multiplier for name in MAIN_WEIGHTS[method]}
         if multiplier == 1:
             overrides = {}
+        overrides = {**overrides, **(fixed or {})}
         out.append({"method": method, "multiplier": multiplier, "overrides": overrides,
                     "variant": variant_string(make_config(method, overrides))})
     return out
@@ -68,11 +73,14 @@ def _score(runs: pd.DataFrame, seeds: Sequence[int]) -> tuple[float, str]:
 
 
 def select_weights(records: pd.DataFrame, methods: Sequence[str], seeds: Sequence[int],
-                   multipliers: Sequence[float] = MULTIPLIERS) -> pd.DataFrame:
+                   multipliers: Sequence[float] | Mapping[str, Sequence[float]] = MULTIPLIERS,
+                   fixed: Mapping[str, Mapping[str, Any]] | None = None) -> pd.DataFrame:
     """Each method's main weight chosen on the validation set: the candidate (:func:`candidates`) with the
     highest mean ``val_top1_last`` over the tuning ``seeds``.
 
-    ``records``: a :func:`~kdlib.results.load_records` frame of completed and diverged runs. A candidate
+    ``records``: a :func:`~kdlib.results.load_records` frame of completed and diverged runs. ``multipliers``:
+    the same for every method, or each method's own (a bracketing tuning extends them per method);
+    ``fixed``: options every run of a method takes, by method (:func:`candidates`). A candidate
     that diverged on any tuning seed, or lacks a run or a validation number, cannot be chosen (its ``note``
     says why). Ties (equal means) go to the multiplier nearest the default (×1), then to the smaller weight.
     A method none of whose candidates can be chosen gets ``chosen`` None. The test-set columns are never
@@ -82,7 +90,8 @@ def select_weights(records: pd.DataFrame, methods: Sequence[str], seeds: Sequenc
     for method in methods:
         scored = []
         notes = []
-        for c in candidates(method, multipliers):
+        mine = multipliers[method] if isinstance(multipliers, Mapping) else multipliers
+        for c in candidates(method, mine, (fixed or {}).get(method)):
             runs = records[(records["method"] == method) & (records["variant"] == c["variant"])]
             score, why = _score(runs, seeds)
             scored.append((c, score))
@@ -98,6 +107,39 @@ def select_weights(records: pd.DataFrame, methods: Sequence[str], seeds: Sequenc
                      "scores": {c["multiplier"]: (None if math.isnan(s) else s) for c, s in scored},
                      "note": "; ".join(notes)})
     return pd.DataFrame(rows)
+
+
+#: Where a bracketing tuning of one method stands (:func:`bracket`).
+WAITING, INTERIOR, AT_LIMIT, ALL_DIVERGED = "waiting for runs", "interior", "at the limit", "all diverged"
+
+
+def bracket(records: pd.DataFrame, method: str, seeds: Sequence[int], multipliers: Sequence[float],
+            factor: float | None = None, limit: float | None = None,
+            fixed: Mapping[str, Any] | None = None) -> tuple[list[float], str]:
+    """The multipliers a bracketing tuning of ``method`` has reached, and where it stands.
+
+    The rule: start from ``multipliers``; once every candidate has a record on every tuning seed, choose
+    (:func:`select_weights`); while the chosen multiplier is the largest tried, add it times ``factor``, and
+    while it is the smallest, add it divided by ``factor``, unless that passes ``limit`` (or ``1 / limit``).
+    Without ``factor`` the grid is fixed, and its ends are its limits. Returns the multipliers in increasing
+    order, and where the tuning stands: :data:`WAITING` while a candidate lacks a record, :data:`INTERIOR`
+    once the chosen one has a tried neighbour on each side, :data:`AT_LIMIT` when it is an end at the
+    limit, :data:`ALL_DIVERGED` when none can be chosen."""
+    tried = sorted(multipliers)
+    while True:
+        row = select_weights(records, [method], seeds, {method: tried}, {method: fixed or {}}).iloc[0]
+        if "no run for" in row.note:
+            return tried, WAITING
+        if row.multiplier is None or pd.isna(row.multiplier):
+            return tried, ALL_DIVERGED
+        if row.multiplier not in (tried[0], tried[-1]):
+            return tried, INTERIOR
+        if factor is None or limit is None:
+            return tried, AT_LIMIT
+        step = row.multiplier * factor if row.multiplier == tried[-1] else row.multiplier / factor
+        if not 1 / limit <= step <= limit:
+            return tried, AT_LIMIT
+        tried = sorted([*tried, step])
 
 
 def baseline_variant(records: pd.DataFrame, method: str) -> str:
@@ -212,3 +254,25 @@ def power_statement(records: pd.DataFrame, seeds: int, comparisons: int, alpha: 
     return {"sd": sd, "df": df, "seeds": seeds, "comparisons": comparisons, "alpha": alpha, "power": target,
             "detectable": stats.detectable_difference(sd, seeds, alpha / comparisons, target),
             "detectable_uncorrected": stats.detectable_difference(sd, seeds, alpha, target)}
+
+
+def power_table(records: pd.DataFrame, design: Sequence[tuple[str, int, int]], alpha: float = 0.05,
+                inflation: float = 1.5, delta: float = 1.0, baseline: str = "kd") -> pd.DataFrame:
+    """A planned design's power from committed records' noise (:func:`pooled_paired_sd`), one row per
+    ``(family, comparisons, paired seeds)`` of ``design``: the smallest true difference detected with 80%
+    power at Holm's first step (``alpha / comparisons``), at the records' SD and at ``inflation`` times it
+    (noise a design adds, such as other teachers and training images), and the power to detect ``delta``
+    at each."""
+    sd, df = pooled_paired_sd(records, baseline)
+    rows = []
+    for family, comparisons, seeds in design:
+        level = alpha / comparisons
+        detectable = stats.detectable_difference(sd, seeds, level)
+        rows.append({"family": family, "comparisons": comparisons, "paired seeds": seeds,
+                     f"detectable, SD {sd:.2f} ({df} df)": f"{detectable:.2f}",
+                     f"detectable, SD {inflation * sd:.2f}":
+                         f"{stats.detectable_difference(inflation * sd, seeds, level):.2f}",
+                     f"power for {delta:g} point, SD {sd:.2f}": f"{stats.power(delta, sd, seeds, level):.0%}",
+                     f"power for {delta:g} point, SD {inflation * sd:.2f}":
+                         f"{stats.power(delta, inflation * sd, seeds, level):.0%}"})
+    return pd.DataFrame(rows)

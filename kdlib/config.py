@@ -103,6 +103,12 @@ class TrainConfig:
     val_subset: int | None = option(
         None, "hold N training images out for validation (class-balanced, deterministic, never trained on); "
         "each epoch records their top-1 beside the test set's", type=positive_int)
+    eval_every: int | None = option(
+        None, "evaluate the test (and validation) images every N epochs and after the last (default: every "
+        "epoch); training is the same either way", type=positive_int)
+    subset_seed: int = option(
+        0, "which class-balanced draw of --subset trains (default 0); the validation and test images do not "
+        "depend on it", type=seed_int)
     batch_size: int | None = option(None, "override the recipe's batch size", type=positive_int)
     seed: int = option(0, "the run's seed", type=seed_int)
     device: str = option("auto", "auto, cpu or cuda")
@@ -302,14 +308,16 @@ def _check_weights(config: TrainConfig, needs_teacher: bool) -> None:
 
 
 def _check_counts(config: TrainConfig) -> None:
-    for name in ("epochs", "subset", "eval_subset", "val_subset", "batch_size"):
+    for name in ("epochs", "subset", "eval_subset", "val_subset", "batch_size", "eval_every"):
         value = getattr(config, name)
         if value is not None and (not isinstance(value, int) or not 1 <= value <= MAX_COUNT):
             raise ValueError(f"{name} must be an integer >= 1 and <= {MAX_COUNT}, got {value!r}")
     if not isinstance(config.workers, int) or config.workers < 0:
         raise ValueError(f"workers must be an integer >= 0, got {config.workers!r}")
-    if not isinstance(config.seed, int) or not 0 <= config.seed <= MAX_SEED:
-        raise ValueError(f"seed must be an integer >= 0 and <= {MAX_SEED}, got {config.seed!r}")
+    for name in ("seed", "subset_seed"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+            raise ValueError(f"{name} must be an integer >= 0 and <= {MAX_SEED}, got {value!r}")
     if str(config.out).strip() == "":
         raise ValueError("--out is empty; name the run's output folder")
 

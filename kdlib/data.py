@@ -34,8 +34,9 @@ run's; with more than one process the last, partial global batch is dropped. The
 way without padding, so each test image is evaluated by exactly one process.
 
 The test set is full unless ``eval_subset`` is given; ``subset`` draws a class-balanced, deterministic subset
-of the training set, and ``val_subset`` holds a class-balanced validation set out of it (:mod:`kdlib.subsets`;
-both depend on ``subset_seed``, not on the run's seed, so runs with different seeds see the same images).
+of the training set, and ``val_subset`` holds a class-balanced validation set out of it (:mod:`kdlib.subsets`:
+neither depends on the run's seed, so runs with different seeds see the same images; ``subset_seed`` picks
+which class-balanced draw of the training images, and never changes the validation or test images).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ from torchvision import transforms as T
 
 from kdlib.cifar import CIFAR10, CIFAR100, CifarFileError, CIFARFiles
 from kdlib.idx import check_idx_split
-from kdlib.subsets import balanced_subset, split_indices, split_sha256
+from kdlib.subsets import TEST_SEED, balanced_subset, split_indices, split_sha256
 
 log = logging.getLogger(__name__)
 
@@ -501,7 +502,7 @@ def _split_sets(
         raise DataError(f"{spec.name}: {error}; pass a smaller --val-subset") from None
     test_indices = np.arange(len(raw_test))
     if eval_subset:
-        test_indices = balanced_subset(dataset_targets(raw_test), eval_subset, subset_seed)
+        test_indices = balanced_subset(dataset_targets(raw_test), eval_subset, TEST_SEED)
     train_set = SeededTransform(raw_train, train_indices, spec.make_transform(spec, True, pad_mode))
     evaluated = spec.make_transform(spec, False, pad_mode)
     shares = {  # each image in exactly one process's share, no padding

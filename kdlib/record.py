@@ -43,7 +43,7 @@ from kdlib.files import file_sha256, save_json
 from kdlib.loop import NonFiniteLoss
 from kdlib.methods import variant_string
 from kdlib.models import checkpoint_arch
-from kdlib.paths import REPO
+from kdlib.paths import REPO, relative
 from kdlib.recipes import recipe_identity
 
 log = logging.getLogger(__name__)
@@ -95,28 +95,36 @@ def settings(p: Plan, teacher: WeightsRef | None, student: WeightsRef | None) ->
         "variant": variant_string(p.method_config),
         "method_config": _jsonable(method_config),
         "teacher": teacher.arch if teacher else None,
-        "teacher_ckpt": teacher.text if teacher else None,
+        "teacher_ckpt": _shown(teacher.text) if teacher else None,
         "teacher_ckpt_sha256": teacher.sha256 if teacher else None,
         "student": c.student,
         "dataset": c.dataset,
         "subset": c.subset,
         "eval_subset": c.eval_subset,
         "val_subset": c.val_subset,
+        "subset_seed": c.subset_seed,
+        "eval_every": c.eval_every,
         "recipe_name": p.recipe.name,
         "recipe": p.recipe.as_dict(),
         "seed": c.seed,
         "epochs": p.recipe.epochs,
         "precision": p.precision,
-        "student_weights": student.text if student else None,
+        "student_weights": _shown(student.text) if student else None,
         "student_weights_sha256": student.sha256 if student else None,
         "bn": c.bn,
         "data_path": "fast" if p.fast else "dataloader",
     }
 
 
+def _shown(text: str) -> str:
+    """A weights file as a record names it: relative to the repository when inside it (no machine's paths;
+    the SHA-256 beside it says which file it was), else as given."""
+    return relative(text) if Path(text).is_file() else text
+
+
 def identity(record: Mapping[str, Any]) -> dict[str, Any]:
     """What determines a run's result, from its settings or its record. Options added after record version 1
-    (student weights, ``val_subset``, ``bn``, the fast path's ``data_path``, the recipe's
+    (student weights, ``val_subset``, ``subset_seed``, ``bn``, the fast path's ``data_path``, the recipe's
     :data:`~kdlib.recipes.LATER_FIELDS`) enter only when set, so runs without them keep their earlier
     ``config_id``. So does ICKD's and IE-KD's ``tap``: earlier runs read RepDistiller's ``feats[-2]``
     (``tap=repdistiller``), so ``tap`` enters only where it reads another map: ``tap=code`` on a pair with
@@ -134,6 +142,8 @@ def identity(record: Mapping[str, Any]) -> dict[str, Any]:
         identity["student_weights_sha256"] = record["student_weights_sha256"]
     if record.get("val_subset") is not None:  # held out of training: other training images
         identity["val_subset"] = record["val_subset"]
+    if record.get("subset_seed", 0):  # another draw of the training images
+        identity["subset_seed"] = record["subset_seed"]
     if record.get("bn", "batch") != "batch":
         identity["bn"] = record["bn"]
     if record.get("data_path", "dataloader") != "dataloader":  # other draws: resuming across paths is refused
@@ -297,9 +307,10 @@ def new_record(p: Plan, teacher: WeightsRef | None, student: WeightsRef | None) 
 
 
 def summarise_history(record: dict[str, Any]) -> None:
-    """Set the last and best (earliest among ties) top-1/top-5 and the best epoch from ``history``, and the
-    last epoch's validation top-1 (``val_top1_last``) where the run held a validation set out."""
-    history = record["history"]
+    """Set the last and best (earliest among ties) top-1/top-5 and the best epoch from the evaluated epochs of
+    ``history`` (``eval_every`` may skip some: their ``top1`` is None), and the last evaluated epoch's
+    validation top-1 (``val_top1_last``) where the run held a validation set out."""
+    history = [h for h in record["history"] if h.get("top1") is not None]
     if not history:
         return
     if "val_top1" in history[-1]:

@@ -29,8 +29,8 @@ SHOWN = ("completed", results.STATUS_DIVERGED)
 
 
 #: Folders of ``data/results/`` that the study's version-1 tables do not read: the smoke profile's records
-#: (git-ignored, a test of the pipeline) and the second proxy study's (its own pages, :mod:`kdlib.report_v2`).
-SEPARATE = ("smoke", "proxy_v2")
+#: (git-ignored, a test of the pipeline) and the second and third proxy studies' (their own pages).
+SEPARATE = ("smoke", "proxy_v2", "proxy_v3")
 
 
 def study_records(path: str | Path = RESULTS_DIR) -> pd.DataFrame:

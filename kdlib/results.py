@@ -47,6 +47,8 @@ RECORD_COLUMNS = (
     "val_subset",
     "recipe_name",
     "seed",
+    "subset_seed",
+    "teacher_ckpt_sha256",
     "epochs",
     "precision",
     "teacher_top1",

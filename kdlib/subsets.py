@@ -7,8 +7,10 @@
   students trained on a subset of them never see the same validation images.
 - :func:`split_sha256`: the SHA-256 of the images and labels a split uses (``data_sha256`` of a record).
 
-All of them depend on the labels and ``subset_seed`` only, never on the run's seed, so runs with different
-seeds see the same images.
+All of them depend on the labels only, never on the run's seed, so runs with different seeds see the same
+images; the training subset also depends on ``subset_seed`` (which class-balanced draw), the validation and
+test images never do, so runs of any ``subset_seed`` are validated and tested on the same images and a
+teacher trained outside the validation split never saw any run's validation images.
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from typing import Any
 
 import numpy as np
 
-#: The second part of the validation split's seed ``(subset_seed, VALIDATION_STREAM)``, a stream of its own
-#: so that the validation images are not the first images a ``subset`` of the same seed would take.
-VALIDATION_STREAM = 1
+#: Seed of the validation split, a stream of its own (not 0) so that the validation images are not the first
+#: images a ``subset`` of ``subset_seed`` 0 would take, and the same for every ``subset_seed``.
+VALIDATION_SEED = (0, 1)
+#: The seed of an ``eval_subset`` of the test set, the same for every ``subset_seed``.
+TEST_SEED = 0
 
 
 def balanced_subset(targets: Sequence[int] | np.ndarray, n: int,
@@ -52,10 +56,10 @@ def split_indices(targets: Sequence[int] | np.ndarray, subset: int | None = None
 
     Without ``val_subset`` the training indices are :func:`balanced_subset` ``(targets, subset, subset_seed)``
     (all images when ``subset`` is None), as they always were. With ``val_subset = N``: the validation
-    images are ``balanced_subset(targets, N, (subset_seed, VALIDATION_STREAM))`` of the whole set; the
-    training images are the others (``subset`` None) or a class-balanced ``subset`` of the others, drawn by
-    ``subset_seed``. The two are disjoint by construction, and the validation images do not depend on
-    ``subset``.
+    images are ``balanced_subset(targets, N, VALIDATION_SEED)`` of the whole set; the training images are
+    the others (``subset`` None) or a class-balanced ``subset`` of the others, drawn by ``subset_seed``. The
+    two are disjoint by construction, and the validation images depend on neither ``subset`` nor
+    ``subset_seed``.
     """
     targets = np.asarray(targets)
     if not val_subset:
@@ -64,7 +68,7 @@ def split_indices(targets: Sequence[int] | np.ndarray, subset: int | None = None
     if val_subset >= len(targets):
         raise ValueError(f"val_subset {val_subset} leaves none of the {len(targets)} training images to "
                          "train on")
-    val = balanced_subset(targets, val_subset, (subset_seed, VALIDATION_STREAM))
+    val = balanced_subset(targets, val_subset, VALIDATION_SEED)
     pool = np.setdiff1d(np.arange(len(targets)), val, assume_unique=True)
     if subset:
         pool = pool[balanced_subset(targets[pool], subset, subset_seed)]

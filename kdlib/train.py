@@ -163,7 +163,8 @@ class Run:
             initial = models.load_teacher(self.student_ref.file, config.student, num_classes=num_classes)
         self.data = load_data(
             config.dataset, config.data_root, batch_size=self.recipe.batch_size, subset=config.subset,
-            eval_subset=config.eval_subset, val_subset=config.val_subset, pad_mode=self.recipe.pad_mode,
+            eval_subset=config.eval_subset, val_subset=config.val_subset, subset_seed=config.subset_seed,
+            pad_mode=self.recipe.pad_mode,
             workers=config.workers, seed=config.seed, download=config.download,
             pin_memory=self.p.device.type == "cuda",
             image_size=self.recipe.image_size, rank=dist.rank, world_size=dist.world_size,
@@ -396,28 +397,39 @@ class Run:
         state["train_time_s"] += elapsed
         state["train_images"] += self.data.images_per_epoch
         self.scheduler.step()
-        metrics = evaluate(self.distiller.student, self.test_loader, self.rt)
-        record["test_images"] = metrics.pop("images")
-        if self.val_loader is not None:  # held out of training: weights are chosen on it, never on test
-            val = evaluate(self.distiller.student, self.val_loader, self.rt, desc="val")
-            record["val_images"] = val.pop("images")
-            metrics.update(val_top1=val["top1"], val_top5=val["top5"])
+        metrics = self._evaluate() if self._evaluated(epoch) else {"top1": None, "top5": None}
         record["history"].append({"epoch": epoch, "lr": lr, "losses": losses, "loss": sum(losses.values()),
                                   **metrics})
         record["epoch_times"].append(
             {"epoch": epoch, "data_s": timed.waited, "compute_s": elapsed - timed.waited})
         summarise_history(record)
         state["epoch"] = epoch
-        log.info("epoch %d/%d lr %.4g %s top1 %.2f top5 %.2f (data %.1fs, compute %.1fs)", epoch,
-                 self.recipe.epochs, lr, _fmt(losses), metrics["top1"], metrics["top5"], timed.waited,
-                 elapsed - timed.waited)
+        tested = "" if metrics["top1"] is None else f" top1 {metrics['top1']:.2f} top5 {metrics['top5']:.2f}"
+        log.info("epoch %d/%d lr %.4g %s%s (data %.1fs, compute %.1fs)", epoch, self.recipe.epochs, lr,
+                 _fmt(losses), tested, timed.waited, elapsed - timed.waited)
         if self.rt.curves is not None:
-            self.rt.curves.epoch({**losses, "loss": sum(losses.values()), **metrics, "lr": lr,
+            measured = {k: v for k, v in metrics.items() if v is not None}
+            self.rt.curves.epoch({**losses, "loss": sum(losses.values()), **measured, "lr": lr,
                                   "images_per_s": self.data.images_per_epoch / elapsed,
                                   "data_s": timed.waited, "compute_s": elapsed - timed.waited})
         if epoch == self.recipe.epochs:
             record["status"] = "completed"
         self.checkpoint()
+
+    def _evaluated(self, epoch: int) -> bool:
+        """Whether ``epoch`` evaluates: every epoch, or every ``eval_every``-th and the last."""
+        every = self.p.config.eval_every
+        return every is None or epoch % every == 0 or epoch == self.recipe.epochs
+
+    def _evaluate(self) -> dict[str, Any]:
+        """The student's top-1/top-5 on the test images, and on the validation images where there are."""
+        metrics = evaluate(self.distiller.student, self.test_loader, self.rt)
+        self.record["test_images"] = metrics.pop("images")
+        if self.val_loader is not None:  # held out of training: weights are chosen on it, never on test
+            val = evaluate(self.distiller.student, self.val_loader, self.rt, desc="val")
+            self.record["val_images"] = val.pop("images")
+            metrics.update(val_top1=val["top1"], val_top5=val["top5"])
+        return metrics
 
 
 #: What ``last.pt`` holds (:meth:`Run.checkpoint`); a file without these is not a resume state.

@@ -90,6 +90,8 @@ INVALID = {
     "set form": (["--set", "lr"], "invalid --set 'lr'; expected key=value"),
     "epochs": (["--epochs", "0"], "argument --epochs: must be an integer >= 1, got '0'"),
     "seed": (["--seed", "x"], "argument --seed: must be an integer >= 0"),
+    "subset seed": (["--subset-seed", "-1"], "argument --subset-seed: must be an integer >= 0"),
+    "eval every": (["--eval-every", "0"], "argument --eval-every: must be an integer >= 1, got '0'"),
     "teacher ckpt missing": (
         ["--teacher-ckpt", "/nonexistent/t.pt"],
         "teacher checkpoint '/nonexistent/t.pt' does not exist",

@@ -59,6 +59,55 @@ def test_weights_are_chosen_on_validation_with_divergence_missing_runs_and_ties_
     assert pd.isna(chosen.loc["iekd", "chosen"]) and math.isnan(chosen.loc["iekd", "val_top1"])
 
 
+def test_fixed_options_join_every_candidate_and_dkd_tunes_beta() -> None:
+    """DKD's main weight is β (``nckd_weight``); options every run takes (its warm-up) label every candidate,
+    the default included, so records of the fixed options are told from the plain defaults."""
+    low, default, high = comparison.candidates("dkd", fixed={"warmup": 1})
+    assert low["overrides"] == {"nckd_weight": 2.0, "warmup": 1} and default["overrides"] == {"warmup": 1}
+    assert (low["variant"], default["variant"], high["variant"]) == (
+        "nckd_weight=2.0,warmup=1", "warmup=1", "nckd_weight=32.0,warmup=1")
+
+
+def _val_curve(method: str, best: float, multipliers: list[float], seeds: tuple[int, ...] = (100, 101, 102),
+               fixed: dict | None = None) -> list[dict]:
+    """Tuning records whose validation top-1 peaks at multiplier ``best`` (80 minus its distance in ×4
+    steps)."""
+    return [_record(method, c["variant"], s, 0.0, 80 - abs(math.log(c["multiplier"] / best, 4)))
+            for c in comparison.candidates(method, multipliers, fixed) for s in seeds]
+
+
+@pytest.mark.parametrize(("best", "grid", "state"), [
+    (1.0, [0.25, 1, 4], comparison.INTERIOR),            # already interior: nothing added
+    (16.0, [0.25, 1, 4, 16, 64], comparison.INTERIOR),   # grown twice upwards, peak found inside
+    (64.0, [0.25, 1, 4, 16, 64], comparison.AT_LIMIT),   # grown to the limit ×64
+    (1 / 16, [1 / 16, 0.25, 1, 4], comparison.AT_LIMIT),  # the limit 1/16 reached downwards
+])
+def test_the_bracketing_rule_grows_a_grid_until_its_choice_is_interior_or_at_the_limit(
+        best: float, grid: list[float], state: str) -> None:
+    limit = 16.0 if best < 1 else 64.0
+    records = pd.DataFrame(_val_curve("cd", best, [4.0 ** k for k in range(-3, 4)]))
+    assert comparison.bracket(records, "cd", [100, 101, 102], [0.25, 1, 4], 4, limit) == (grid, state)
+
+
+def test_the_bracketing_rule_waits_for_every_seed_and_never_reads_the_test_set() -> None:
+    records = pd.DataFrame(_val_curve("kd", 4.0, [0.25, 1, 4]))
+    assert comparison.bracket(records, "kd", [100, 101, 102], [0.25, 1, 4], 4, 64) == (
+        [0.25, 1, 4, 16], comparison.WAITING)  # ×4 chosen: ×16 is next, and has no run yet
+    partial = pd.DataFrame(_val_curve("kd", 4.0, [16], seeds=(100,)))
+    grown = pd.concat([records, partial])
+    assert comparison.bracket(grown, "kd", [100, 101, 102], [0.25, 1, 4], 4, 64)[1] == comparison.WAITING
+    scrambled = records.assign(top1_last=range(len(records)), top1_best=range(len(records)))
+    assert comparison.bracket(scrambled, "kd", [100, 101, 102], [0.25, 1, 4], 4, 64) == (
+        [0.25, 1, 4, 16], comparison.WAITING)
+    # without a factor the grid is fixed: an end is its limit
+    assert comparison.bracket(records, "kd", [100, 101, 102], [0.25, 1, 4]) == ([0.25, 1, 4],
+                                                                                 comparison.AT_LIMIT)
+    diverged = pd.DataFrame([_record("kd", c["variant"], s, None, None, "diverged")
+                             for c in comparison.candidates("kd") for s in (100, 101, 102)])
+    assert comparison.bracket(diverged, "kd", [100, 101, 102], [0.25, 1, 4], 4, 64)[1] == (
+        comparison.ALL_DIVERGED)
+
+
 def _study(effects: dict[str, float], seeds: int = 10) -> pd.DataFrame:
     """Paired records: each method's top-1 = 80 + its effect + a seed effect shared by all + small noise."""
     rows = []

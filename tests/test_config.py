@@ -27,6 +27,8 @@ EVERY_FIELD_SET = {
     "subset": 100,
     "eval_subset": 50,
     "val_subset": 200,
+    "eval_every": 2,
+    "subset_seed": 3,
     "batch_size": 32,
     "seed": 7,
     "device": "cpu",

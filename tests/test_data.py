@@ -197,8 +197,9 @@ def test_real_fashion_mnist_from_the_debian_package(tmp_path: Path) -> None:
 
 def test_validation_split_is_disjoint_balanced_and_deterministic() -> None:
     """``val_subset``: held out of the whole training set first (so a teacher trained on every other image and
-    a student trained on a subset of them share it), class-balanced, a function of the labels and
-    ``subset_seed`` alone; without it the training subset is what it always was."""
+    a student trained on a subset of them share it), class-balanced, a function of the labels alone (the
+    same for every ``subset_seed``, which draws other training images); without it the training subset is
+    what it always was."""
     targets = np.repeat(np.arange(10), 60)
     np.random.default_rng(1).shuffle(targets)
     train, val = split_indices(targets, subset=200, val_subset=100)
@@ -210,7 +211,10 @@ def test_validation_split_is_disjoint_balanced_and_deterministic() -> None:
     everything_else, same_val = split_indices(targets, val_subset=100)  # a teacher: all but the validation
     assert np.array_equal(val, same_val) and len(everything_else) == 500
     assert set(train) <= set(everything_else)
-    assert not np.array_equal(val, split_indices(targets, val_subset=100, subset_seed=1)[1])
+    other_train, other_val = split_indices(targets, subset=200, val_subset=100, subset_seed=1)
+    assert np.array_equal(val, other_val) and not np.array_equal(train, other_train)
+    assert not set(other_train) & set(val) and set(other_train) <= set(everything_else)
+    assert np.bincount(targets[other_train], minlength=10).tolist() == [20] * 10
     assert not np.array_equal(val, balanced_subset(targets, 100))  # a stream of its own
     old, none = split_indices(targets, subset=200)
     assert none is None and np.array_equal(old, balanced_subset(targets, 200))

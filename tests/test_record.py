@@ -61,6 +61,11 @@ def test_settings_and_the_whole_record_give_one_identity(tmp_path: Path) -> None
     reseeded = TrainConfig("cd", "resnet8", "fashion_mnist", tmp_path / "o", teacher_ckpt=teacher,
                            recipe="smoke", variant={"edt": "off"}, bn="frozen", seed=1)
     assert run_record.config_id_of(reseeded) != record["config_id"]
+    # another draw of the training images is another run; the default draw adds nothing to the identity
+    redrawn = TrainConfig("cd", "resnet8", "fashion_mnist", tmp_path / "o", teacher_ckpt=teacher,
+                          recipe="smoke", variant={"edt": "off"}, bn="frozen", subset_seed=1)
+    assert run_record.config_id_of(redrawn) not in (record["config_id"], run_record.config_id_of(reseeded))
+    assert record["subset_seed"] == 0 and "subset_seed" not in run_record.identity(record)
 
 
 def test_the_fast_path_is_another_configuration(tmp_path: Path) -> None:

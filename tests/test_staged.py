@@ -3,11 +3,13 @@ profile of the same shape as proxy_v2."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
-from helpers import write_fashion_mnist
+from helpers import write_fashion_mnist, write_teacher
 
 from kdlib import study
 from kdlib.study import staged
@@ -51,7 +53,7 @@ def test_the_proxy_v2_plan() -> None:
     assert (teacher.method, teacher.student, teacher.subset, teacher.val_subset, teacher.epochs) == (
         "ce", "resnet32", None, 5000, 7)
     assert (teacher.precision, teacher.fast) == ("fp32", True)
-    runs = staged.tuning_runs(s, staged.teacher_checkpoint(s))  # the committed teacher
+    runs = staged.tuning_runs(s)  # with the committed teacher
     assert len(runs) == 42 and {r.seed for r in runs} == {100, 101}
     assert all(r.key.startswith("tuning/fashion_mnist/repdistiller/resnet32-resnet8/") for r in runs)
     kd = {r.config.variant.get("kd_weight") for r in runs if r.variant.method == "kd"}
@@ -59,6 +61,36 @@ def test_the_proxy_v2_plan() -> None:
     assert all(r.config.val_subset == 5000 and r.config.subset == 5000 for r in runs)
     with pytest.raises(ValueError, match="staged protocol"):
         study.load_profile("proxy_v2")
+    # its records decide the rest: every tuning record in place, 80 final runs, none missing
+    assert len(staged.planned_runs(s)) == 122 and not staged._missing(s, staged.planned_runs(s))
+
+
+@pytest.mark.parametrize(("profile", "teacher", "final"), [("proxy_v3", "resnet32", 11 * 15 + 5 * 5),
+                                                          ("proxy_v3_resnet56", "resnet56", 6 * 10)])
+def test_the_proxy_v3_plans(profile: str, teacher: str, final: int, tmp_path: Path) -> None:
+    """Version 3's profiles: two teachers each, a teacher and a draw of training images per seed, fp32 on the
+    fast path evaluated after the last epoch, a bracketing tuning on 3 seeds, final runs seed by seed."""
+    s = staged.load_staged(profile)
+    s = dataclasses.replace(s, teacher={**s.teacher, "teachers_dir": str(tmp_path)})  # stand-in teachers
+    for seed in (1, 2):
+        write_teacher(staged.teacher_checkpoint(s, seed), arch=teacher, num_classes=10, seed=seed)
+    teachers = [staged.teacher_run(s, seed).config for seed in (1, 2)]
+    assert [(t.student, t.seed, t.subset, t.val_subset, t.epochs) for t in teachers] == [
+        (teacher, 1, None, 5000, 7), (teacher, 2, None, 5000, 7)]
+    assert staged.teacher_checkpoint(s, 2).parts[-4:] == ("fashion_mnist", teacher, "seed2", "model.pt")
+    no_records = staged._tuning_records(s).iloc[:0]
+    tuning = staged.tuning_runs(s, no_records)
+    assert len(tuning) == 9 * len(s.tuning["methods"]) and {r.seed for r in tuning} == {100, 101, 102}
+    assert all((r.config.precision, r.config.fast, r.config.eval_every) == ("fp32", True, 7) for r in tuning)
+    assert {(r.seed, r.config.subset_seed, Path(r.config.teacher_ckpt).parent.name) for r in tuning} == {
+        (100, 100, "seed1"), (101, 101, "seed2"), (102, 102, "seed1")}
+    assert {r.config.variant.get("warmup") for r in tuning if r.variant.method == "dkd"} == {1}
+    chosen = pd.DataFrame([{"method": m, "overrides": {}} for m in s.tuning["methods"]])
+    runs = staged.final_runs(s, chosen)
+    assert len(runs) == final and len({r.key for r in runs}) == final
+    assert [r.seed for r in runs] == sorted(r.seed for r in runs)  # seed by seed
+    alone = [r for r in runs if r.variant.method == "cd" and r.config.variant.get("gkd_weight") == 0.0]
+    assert len(alone) == len({r.seed for r in runs if r.variant.method == "cd"})
 
 
 def test_stages_run_in_order_and_a_second_call_trains_nothing(profiles: Path,
@@ -100,3 +132,57 @@ def test_a_staged_profile_refuses_what_it_does_not_take(profiles: Path,
     (profiles / "profiles" / "bad.json").write_text(json.dumps({"stages": {"common": {}}}))
     with pytest.raises(ValueError, match=r"lack common\.dataset"):
         staged.load_staged("bad")
+
+
+@pytest.fixture(scope="module")
+def tiny_v3(tiny: Path) -> Path:
+    """The tiny profile grown into version 3's shape: two teachers, a teacher and a draw of the training
+    images per seed, a bracketing tuning with an option fixed, an ablation, and extra seeds for one."""
+    profile = json.loads((tiny / "profiles" / "tiny.json").read_text())
+    stages = profile["stages"]
+    stages["common"] = {**stages["common"], "vary": ["teacher", "subset"], "subset": 60,
+                        "out_dir": str(tiny / "runs_v3"), "results_dir": str(tiny / "results_v3")}
+    stages["teacher"] = {"method": "ce", "student": "resnet8", "subset": None, "seeds": [0, 1],
+                         "teachers_dir": str(tiny / "teachers_v3")}
+    stages["tuning"] = {"methods": ["kd"], "multipliers": [1, 4], "seeds": [100, 101],
+                        "extend": {"factor": 4, "limit": 4}, "fixed": {"kd": {"T": 2.0}}}
+    stages["final"] = {"configurations": ["ce", "kd", {"name": "kd without ce", "method": "kd",
+                                                       "set": {"ce_weight": 0.0}}],
+                       "seeds": [0, 1], "extra_seeds": {"seeds": [2], "configurations": ["kd"]},
+                       "baselines": ["kd", "ce"], "alpha": 0.05}
+    (tiny / "profiles" / "tiny_v3.json").write_text(json.dumps(profile))
+    return tiny
+
+
+def test_a_version_3_profile_varies_teacher_and_images_by_seed_and_brackets_its_tuning(
+        tiny_v3: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(staged, "PROFILES_DIR", tiny_v3 / "profiles")
+    assert study.main(["reproduce", "--profile", "tiny_v3"]) == 0
+    s = staged.load_staged("tiny_v3")
+    teachers = {seed: staged.teacher_checkpoint(s, seed) for seed in (0, 1)}
+    assert [p.parent.name for p in teachers.values()] == ["seed0", "seed1"]
+    sha = {seed: json.loads((p.parent / "record.json").read_text())["seed"] for seed, p in teachers.items()}
+    assert sha == {0: 0, 1: 1}
+    [state] = staged.chosen_weights(s).itertuples()
+    assert state.state in ("interior", "at the limit") and set(state.scores) <= {0.25, 1.0, 4.0}
+    tuning = _records(tiny_v3 / "results_v3" / "tuning")
+    assert len(tuning) == 2 * len(state.scores) and all("T=2.0" in r["variant"] for r in tuning.values())
+    final = _records(tiny_v3 / "results_v3" / "final")
+    by_key = {(r["method"], r["variant"], r["seed"]): r for r in final.values()}
+    kd_variant = f"{state.chosen}"
+    assert {k[2] for k in by_key if k[:2] == ("kd", kd_variant)} == {0, 1, 2}  # the extra seed
+    assert {k[2] for k in by_key if k[0] == "ce"} == {0, 1}
+    ablation = {k for k in by_key if k[0] == "kd" and k[1] != kd_variant}
+    assert {k[2] for k in ablation} == {0, 1} and all("ce_weight=0.0" in k[1] for k in ablation)
+    own_teacher = {seed: str(teachers[seed % 2]) for seed in (0, 1, 2)}
+    for (method, _, seed), r in by_key.items():
+        assert r["subset_seed"] == seed
+        if method != "ce":
+            assert r["teacher_ckpt"] == own_teacher[seed]
+    assert len({r["data_sha256"]["train"] for r in final.values()}) == 3  # one draw per seed
+    assert len({r["data_sha256"]["val"] for r in final.values()}) == 1  # one validation split
+    runs = staged.final_runs(s, staged.chosen_weights(s))
+    assert [r.seed for r in runs] == [0, 0, 0, 1, 1, 1, 2]  # seed by seed
+    capsys.readouterr()
+    assert study.main(["reproduce", "--profile", "tiny_v3"]) == 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].endswith("skipped")

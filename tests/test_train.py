@@ -188,6 +188,28 @@ def test_resume_matches_an_uninterrupted_run(
 
 
 @pytest.mark.parametrize("path", list(PATHS))
+def test_evaluating_fewer_epochs_trains_the_same_run(tiny: dict[str, Path], tmp_path: Path,
+                                                     path: str) -> None:
+    """``eval_every`` skips the evaluation of some epochs and nothing else: the weights, the last epoch's
+    numbers and the identity are those of a run evaluated every epoch (on one machine); the record says which
+    epochs were evaluated, and its best epoch is the best of those."""
+    kw = dict(epochs=3, val_subset=20, **PATHS[path])
+    every = train.train(smoke_config(tiny, tmp_path / "every", "kd", **kw))
+    fewer = train.train(smoke_config(tiny, tmp_path / "fewer", "kd", eval_every=2, **kw))
+    assert [h["top1"] is None for h in fewer["history"]] == [True, False, False]  # epochs 2 and 3 (last)
+    assert fewer["eval_every"] == 2 and every["eval_every"] is None
+    assert fewer["config_id"] == every["config_id"]
+    for key in ("top1_last", "top5_last", "val_top1_last"):
+        assert fewer[key] == every[key]
+    evaluated = [h for h in every["history"] if h["epoch"] > 1]
+    assert fewer["top1_best"] == max(h["top1"] for h in evaluated) and fewer["best_epoch"] > 1
+    assert [h["losses"] for h in fewer["history"]] == [h["losses"] for h in every["history"]]
+    a = torch.load(tmp_path / "every" / "model.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "fewer" / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("path", list(PATHS))
 def test_nonfinite_loss_stops_the_run(
     tiny: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
