@@ -306,3 +306,36 @@ def ranking(table: pd.DataFrame, value: str = "mean", lo: str = "lo", hi: str = 
         ax.set_title(title)
     fig.tight_layout()
     return _close(fig)
+
+
+def forest(table: pd.DataFrame, xlabel: str = "top-1 difference (points)") -> Figure:
+    """A forest plot, one panel per ``baseline`` of ``table`` (its columns ``label``, ``baseline``, ``mean``,
+    ``lo``, ``hi``, ``significant``): each configuration's difference with its interval, a filled marker where
+    ``significant``, the rows in the order of the first panel's differences. Text is 10 pt at the figure's
+    natural size (6.8 inches wide, the book's text column)."""
+    baselines = list(dict.fromkeys(table["baseline"]))
+    first = table[table["baseline"] == baselines[0]].sort_values("mean")
+    order = list(dict.fromkeys([*first["label"], *table["label"]]))
+    y = {label: i for i, label in enumerate(order)}
+    colour = sns.color_palette("colorblind")[0]
+    with plt.rc_context({"font.size": 10, "axes.labelsize": 10, "xtick.labelsize": 10, "ytick.labelsize": 10,
+                         "legend.fontsize": 10, "axes.titlesize": 10}):
+        fig, axes = plt.subplots(1, len(baselines), sharey=True, squeeze=False,
+                                 figsize=(6.8, 0.34 * len(order) + 1.5))
+        for ax, baseline in zip(axes[0], baselines, strict=True):
+            rows = table[table["baseline"] == baseline]
+            ys = [y[label] for label in rows["label"]]
+            ax.hlines(ys, rows["lo"], rows["hi"], color="grey", lw=1.5)
+            for significant, face in ((True, colour), (False, "white")):
+                chosen = rows["significant"] == significant
+                ax.plot(rows["mean"][chosen], [v for v, c in zip(ys, chosen, strict=True) if c], "o",
+                        color=colour, markerfacecolor=face, markersize=6)
+            ax.axvline(0, color="grey", lw=0.8, ls="--")
+            ax.set_title(f"minus {baseline}")
+        fig.supxlabel(xlabel, y=0.09)
+        axes[0][0].set_yticks(range(len(order)), order)
+        handles = [Line2D([0], [0], marker="o", ls="", color=colour, markerfacecolor=f, label=name)
+                   for f, name in ((colour, "Holm-significant"), ("white", "within the corrected noise"))]
+        fig.legend(handles=handles, loc="lower center", ncol=2, frameon=False, bbox_to_anchor=(0.5, 0))
+        fig.tight_layout(rect=(0, 0.1, 1, 1))
+    return _close(fig)

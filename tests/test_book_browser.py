@@ -163,3 +163,50 @@ def test_every_page_fits_the_column_and_speaks_to_readers(site: str, browser) ->
         problems += [f"{page}: says {m.group(0)!r}: ...{text[max(0, m.start() - 60):m.end() + 20]!r}"
                      for m in NOT_FOR_READERS.finditer(text)]
     assert not problems, "\n".join(problems)
+
+
+#: Per table cell (folded blocks opened first): each number, interval ("+1.47 ± 0.44",
+#: "+1.47 [+1.03, +1.91]"), p-value ("< 0.001"), date, commit or identifier with a digit ("resnet32") in its
+#: text whose characters do not all lie on one line, measured with Range.getClientRects over the characters;
+#: and the page's sideways scroll.
+_BROKEN_NUMBERS = r"""
+document.querySelectorAll('.toggle-hidden').forEach(e => e.classList.remove('toggle-hidden'));
+document.querySelectorAll('details').forEach(e => { e.open = true; });
+const signed = String.raw`[+\-−]?\d+(?:\.\d+)*`;
+const number = String.raw`[<>≤≥]?\s?[+\-−]?[A-Za-z_]*\d+(?:[.,]\d+)*(?:\s?%)?`
+    + String.raw`(?:\s?±\s?\d+(?:[.,]\d+)*|\s\[${signed}, ${signed}\])?`;
+const token = new RegExp(String.raw`\b(?=[0-9a-f]*[a-f])[0-9a-f]{7,40}\b|\d{4}-\d{2}-\d{2}|` + number, 'g');
+const broken = [];
+for (const cell of document.querySelectorAll('article table td, article table th')) {
+  if (!cell.getClientRects().length) continue;  // not displayed
+  const walker = document.createTreeWalker(cell, NodeFilter.SHOW_TEXT);
+  for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+    for (const m of node.data.matchAll(token)) {
+      const range = document.createRange();
+      range.setStart(node, m.index);
+      range.setEnd(node, m.index + m[0].length);
+      const tops = Array.from(range.getClientRects()).filter(r => r.width > 0).map(r => Math.round(r.top));
+      if (tops.length && Math.max(...tops) - Math.min(...tops) > 3) broken.push(m[0]);
+    }
+  }
+}
+return {broken: broken, scroll: document.scrollingElement.scrollWidth, width: window.innerWidth};
+"""
+
+
+@pytest.mark.parametrize("width", [1400, 800])
+def test_numbers_never_break_and_pages_never_scroll_sideways(site: str, browser, width: int) -> None:
+    """At 1,400 and 800 px: no table cell breaks a line inside a number, an interval, a p-value, a date, a
+    commit or an identifier like "resnet32", and no page is wider than the window (a wide table scrolls in its
+    own box)."""
+    browser.set_window_size(width, 900)
+    inner = browser.execute_script("return window.innerWidth")
+    problems = []
+    for page in _pages():
+        browser.get(urljoin(site, page))
+        seen = browser.execute_script(_BROKEN_NUMBERS)
+        problems += [f"{page}: a cell breaks inside {text!r}" for text in dict.fromkeys(seen["broken"])]
+        if seen["scroll"] > inner:
+            problems.append(f"{page}: the page is {seen['scroll']} px wide in a window of {inner} px")
+    browser.set_window_size(1400, 900)
+    assert not problems, f"at {width} px:\n" + "\n".join(problems)

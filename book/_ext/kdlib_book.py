@@ -14,26 +14,38 @@
   listed in a folded block.
 - ``kdlib-answer`` directive: the study's answer in words (:func:`kdlib.report.answer`; ``v2``:
   :func:`kdlib.report_v2.answer`; ``precision``: :func:`kdlib.report.precision_answer`), from the records.
-- ``kdlib-figure`` directive: the same for the figures of :data:`kdlib.report.FIGURES` (``ranking``), drawn
-  at build time and inlined as SVG (no image files to keep in step with ``data/``).
+- ``kdlib-figure`` directive: the same for the figures of :data:`FIGURES` (``ranking``, ``v2-forest``), drawn
+  at build time and inlined as SVG (no image files to keep in step with ``data/``); one with a caption
+  (:data:`FIGURE_TEXT`) is a numbered figure with alt text.
 - ``kdlib-method-modules`` directive: the API reference (``automodule``) of every method module, in the order
   of :data:`kdlib.methods.METHODS`, so the reference lists a new method without the page being edited.
-- ``html-page-context``: drop script tags that jupyter-book 1.0.4 registers twice (sphinx-thebe and
+- ``kdlib-cite`` directive: a BibTeX entry for the book, naming the commit it was built from
+  (:func:`build_stamp`); the same commit and date stand in every page's footer (``html-page-context``).
+- ``html-page-context``: table cells that read (:func:`readable_cells`: a number, an interval, a p-value or a
+  commit stays on one line; an identifier breaks only after ``,``, ``=`` or ``/``), and drop script tags
+  that jupyter-book 1.0.4 registers twice (sphinx-thebe and
   sphinx-togglebutton are set up once per read, which declares ``const THEBE_JS_URL`` twice and
   raises a console error in every page).
 """
 
 from __future__ import annotations
 
+import datetime
+import functools
+import html
 import io
+import os
+import re
+from pathlib import Path
 from typing import Any
 
+import yaml
 from docutils import nodes
 from docutils.parsers.rst import directives
 from docutils.statemachine import StringList
 from sphinx.util.docutils import SphinxDirective
 
-from kdlib import plots, report, report_v2, results
+from kdlib import plots, record, report, report_v2, results
 from kdlib.methods import METHODS
 
 #: Every table the ``kdlib-table`` directive renders, by name.
@@ -54,6 +66,8 @@ EMPTY = {
     "v2-vs-kd": "The comparisons are made once every final run is recorded, never from some of them.",
     "v2-vs-ce": "The comparisons are made once every final run is recorded, never from some of them.",
     "v2-cost": "No run of version 2 is recorded yet.",
+    "v2-forest": "The comparisons are drawn once every final run is recorded, never from some of them.",
+    "claims": "No channel method has a row yet.",
 }
 
 
@@ -129,14 +143,16 @@ def folded(table: Any) -> str:
 
 class KdlibAnswer(SphinxDirective):
     """The study's answer in words, generated from the records: version 1's (:func:`kdlib.report.answer`),
-    with the argument ``v2`` the second proxy study's (:func:`kdlib.report_v2.answer`), with ``precision`` the
+    with the argument ``v2`` the second proxy study's (:func:`kdlib.report_v2.answer`; ``headline``: in plain
+    words with its conditions, :func:`kdlib.report_v2.headline`), with ``precision`` the
     measurement of bf16 against fp32 (:func:`kdlib.report.precision_answer`)."""
 
     optional_arguments = 1
 
     def run(self) -> list[nodes.Node]:
         version = self.arguments[0] if self.arguments else "v1"
-        answers = {"v1": report.answer, "v2": report_v2.answer, "precision": report.precision_answer}
+        answers = {"v1": report.answer, "v2": report_v2.answer, "headline": report_v2.headline,
+                   "precision": report.precision_answer}
         if version not in answers:
             raise self.error(f"unknown kdlib-answer '{version}'; choose one of: {', '.join(answers)}")
         self.env.note_dependency(str(report.RESULTS_DIR))
@@ -147,27 +163,46 @@ class KdlibAnswer(SphinxDirective):
         return [container]
 
 
+#: Every figure the ``kdlib-figure`` directive draws, by name, and the captions and alt texts of those that
+#: have them (:data:`kdlib.report_v2.FIGURE_TEXT`).
+FIGURES = {**report.FIGURES, **report_v2.FIGURES}
+FIGURE_TEXT = report_v2.FIGURE_TEXT
+
+
 class KdlibFigure(SphinxDirective):
-    """Render the figures of ``kdlib.report.FIGURES[name]()`` inline, as SVG."""
+    """Render the figures of ``FIGURES[name]()`` inline, as SVG; a figure with a caption becomes a numbered
+    figure (``:name:`` its label for ``{numref}``) whose SVG carries the alt text."""
 
     required_arguments = 1
+    option_spec = {"name": directives.unchanged}
 
     def run(self) -> list[nodes.Node]:
         name = self.arguments[0]
-        if name not in report.FIGURES:
-            raise self.error(f"unknown kdlib-figure '{name}'; choose one of: {', '.join(report.FIGURES)}")
+        if name not in FIGURES:
+            raise self.error(f"unknown kdlib-figure '{name}'; choose one of: {', '.join(FIGURES)}")
         plots.setup()
-        figures = report.FIGURES[name]()
+        figures = FIGURES[name]()
         self.env.note_dependency(str(report.RESULTS_DIR))
         if not figures:
-            return [nodes.paragraph(text=EMPTY["measured"])]
+            return [nodes.paragraph(text=EMPTY.get(name, EMPTY["measured"]))]
+        text = FIGURE_TEXT[name]() if name in FIGURE_TEXT else {}
+        alt = html.escape(text.get("alt", ""), quote=True)
         container = nodes.container(classes=["kdlib-figure", f"kdlib-figure-{name}"])
         for figure in figures:
             svg = io.StringIO()
             figure.savefig(svg, format="svg", bbox_inches="tight")
             body = svg.getvalue()
-            container += nodes.raw("", body[body.index("<svg"):], format="html")
-        return [container]
+            body = body[body.index("<svg"):]
+            if alt:
+                body = body.replace("<svg", f'<svg role="img" aria-label="{alt}"', 1)
+            container += nodes.raw("", body, format="html")
+        if not text.get("caption"):
+            return [container]
+        figure_node = nodes.figure("", container, classes=["kdlib-numbered-figure"])
+        figure_node += nodes.caption(text["caption"], text["caption"])
+        self.options.setdefault("name", f"fig-{name}-{self.env.docname.replace('/', '-')}")
+        self.add_name(figure_node)
+        return [figure_node]
 
 
 class KdlibMethodModules(SphinxDirective):
@@ -181,6 +216,108 @@ class KdlibMethodModules(SphinxDirective):
         self.state.nested_parse(StringList(text.splitlines(), source="kdlib-method-modules"),
                                 self.content_offset, container)
         return container.children
+
+
+#: The text of a cell kept on one line: only numbers (a value, an interval such as ``+1.47 ± 0.44`` or
+#: ``[−0.30, +0.54]``, a p-value such as ``< 0.001``, a count), a date, a commit (hexadecimal with a digit,
+#: ``+dirty`` when the tree had changes) or a teacher → student pair.
+NUMERIC_CELL = re.compile(r"[\s+\-−–±<>≤≥×%.,:;\[\]()0-9]*[0-9][\s+\-−–±<>≤≥×%.,:;\[\]()0-9]*"
+                          r"|\d{4}-\d{2}-\d{2}|(?=[0-9a-f]*[0-9])[0-9a-f]{6,40}(\+dirty)?"
+                          r"|[\w.-]{1,24} → [\w.-]{1,24}")
+#: Where an identifier may break: after ``,``, ``=`` or ``/`` followed by more of it, but not between two
+#: digits (``10,000``, ``1/3``).
+BREAK_AFTER = re.compile(r"(?<![0-9])([,/])(?=\S|$)|([,/])(?=[^\s0-9]|$)|(=)(?=\S|$)")
+#: What a line never breaks inside, in any cell: a name whose hyphen stands before a digit (``CIFAR-100``,
+#: ``WRN-40-2``, ``top-1``), an interval (``+1.47 [+1.03, +1.91]``, ``1.29 ± 3.39``) or a p-value
+#: (``p < 0.001``).
+_SIGNED = r"[+\-−]?[0-9][0-9.]*"
+HYPHENATED = re.compile(rf"[\w.]*[A-Za-z]-[0-9][\w.-]*|{_SIGNED} \[{_SIGNED}, {_SIGNED}\]"
+                        rf"|{_SIGNED} ± {_SIGNED}|\bp (?:[<=]|&lt;) [0-9.]+")
+_CELL = re.compile(r"<(td|th)(\s[^>]*)?>(.*?)</\1>", re.DOTALL)
+_TAG = re.compile(r"(<[^>]+>)")
+
+
+def readable_cells(body: str) -> str:
+    """``body`` with each table cell marked for reading.
+
+    A data cell whose text is a :data:`NUMERIC_CELL` gets the class ``kdlib-nowrap`` (kept on one line by the
+    book's stylesheet), but for a list of numbers, which may break after its commas. In any other cell, a line
+    may break after the ``,``, ``=`` and ``/`` of an identifier (a ``<wbr>`` there), a :data:`HYPHENATED` name
+    is kept whole, and no word breaks elsewhere."""
+    def mark(cell: re.Match) -> str:
+        kind, attributes, content = cell.group(1), cell.group(2) or "", cell.group(3)
+        text = html.unescape(_TAG.sub("", content)).strip()
+        listing = ", " in text and not re.search(r"[\[(]", text)  # "30, 60, 90" may break after a comma
+        if kind == "td" and NUMERIC_CELL.fullmatch(text) and not listing:
+            if 'class="' in attributes:
+                attributes = attributes.replace('class="', 'class="kdlib-nowrap ', 1)
+            else:
+                attributes += ' class="kdlib-nowrap"'
+            return f"<td{attributes}>{content}</td>"
+        parts = _TAG.split(content)  # odd items are tags: the text between them is rewritten
+        parts[::2] = [HYPHENATED.sub(lambda m: f'<span class="kdlib-nowrap">{m.group(0)}</span>',
+                                     BREAK_AFTER.sub(lambda m: m.group(0) + "<wbr>", part))
+                      for part in parts[::2]]
+        return f"<{kind}{attributes}>{''.join(parts)}</{kind}>"
+
+    return _CELL.sub(mark, body)
+
+
+def _readable_tables(app: Any, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
+    if "body" in context:
+        context["body"] = readable_cells(context["body"])
+
+
+@functools.cache
+def build_stamp() -> dict[str, str]:
+    """The commit the book is built from (:func:`kdlib.results.commit_label`: its first 10 characters,
+    ``+dirty`` when tracked files have changes; ``unknown`` outside git) and the build's date (UTC, or
+    ``SOURCE_DATE_EPOCH``'s when set)."""
+    commit, dirty = record.git_info()
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    when = (datetime.datetime.fromtimestamp(int(epoch), datetime.UTC) if epoch
+            else datetime.datetime.now(datetime.UTC))
+    return {"commit": results.commit_label(commit, dirty) if commit else "unknown",
+            "date": when.date().isoformat()}
+
+
+def repository_url(srcdir: str | Path) -> str:
+    """The project's public repository, ``repository.url`` in the book's own ``_config.yml``; empty when it
+    names none (jupyter-book's default, its own repository, is not the project's)."""
+    path = Path(srcdir) / "_config.yml"
+    book = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    return str(((book or {}).get("repository") or {}).get("url") or "")
+
+
+def citation(config: Any, srcdir: str | Path) -> str:
+    """A BibTeX ``@misc`` entry for the book, with its title, authors and year, the commit as its version
+    and the repository's URL when one is named."""
+    stamp = build_stamp()
+    fields = {"title": f"{{{config.html_title or config.project}}}", "author": f"{{{{{config.author}}}}}",
+              "year": stamp["date"][:4], "version": f"{{commit {stamp['commit']}}}",
+              "note": f"{{Built on {stamp['date']}}}"}
+    if repository_url(srcdir):
+        fields["url"] = f"{{{repository_url(srcdir)}}}"
+    body = ",\n".join(f"  {name:<7} = {value}" for name, value in fields.items())
+    return f"@misc{{kdlib{stamp['date'][:4]},\n{body}\n}}"
+
+
+class KdlibCite(SphinxDirective):
+    """The book's :func:`citation`, as a BibTeX block."""
+
+    def run(self) -> list[nodes.Node]:
+        text = citation(self.config, self.env.srcdir)
+        block = nodes.literal_block(text, text, language="bibtex", classes=["kdlib-cite"])
+        return [block]
+
+
+def _footer(app: Any, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
+    """Every page's footer: the repository (if one is named), the commit and the date the book was built."""
+    stamp, url = build_stamp(), repository_url(app.srcdir)
+    source = f'Source: <a href="{html.escape(url)}">{html.escape(url)}</a>. ' if url else ""
+    commit = f'<code class="kdlib-commit">{stamp["commit"]}</code>'
+    context["theme_extra_footer"] = (f'<p class="kdlib-build">{source}Built from commit {commit} on '
+                                     f'<span class="kdlib-build-date">{stamp["date"]}</span>.</p>')
 
 
 def _dedupe_scripts(app: Any, pagename: str, templatename: str, context: dict, doctree: Any) -> None:
@@ -201,4 +338,7 @@ def setup(app: Any) -> dict[str, Any]:
     app.add_directive("kdlib-answer", KdlibAnswer)
     app.add_directive("kdlib-method-modules", KdlibMethodModules)
     app.connect("html-page-context", _dedupe_scripts, priority=900)
+    app.connect("html-page-context", _readable_tables)
+    app.connect("html-page-context", _footer)
+    app.add_directive("kdlib-cite", KdlibCite)
     return {"parallel_read_safe": True, "parallel_write_safe": True}

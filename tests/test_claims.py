@@ -1,0 +1,96 @@
+"""The landing page's answer, its claims-versus-evidence table and version 2's forest plot agree with the
+committed records and the reported numbers (:mod:`kdlib.report_v2`)."""
+
+from __future__ import annotations
+
+import re
+
+import matplotlib.colors as mcolors
+import pandas as pd
+import pytest
+from matplotlib.collections import LineCollection
+from matplotlib.text import Text
+
+from kdlib import comparison, report_v2
+from kdlib.paths import REPORTED_CSV
+from kdlib.study.staged import load_staged
+
+FINAL = report_v2.stage_records("final")
+DONE = len(report_v2.forest_data(FINAL)) > 0
+needs_final = pytest.mark.skipif(not DONE, reason="version 2's final runs are not all recorded")
+
+
+@needs_final
+def test_the_forest_plot_draws_the_records_numbers() -> None:
+    """Each panel's points and intervals are Holm's comparisons recomputed from the records, a filled marker
+    exactly where Holm's p is at most alpha, and no text under 9 pt."""
+    alpha = load_staged(report_v2.PROFILE).final["alpha"]
+    (figure,) = report_v2.forest(FINAL)
+    axes = [ax for ax in figure.axes if ax.get_title()]
+    labels = [t.get_text() for t in axes[0].get_yticklabels()]
+    for ax, baseline in zip(axes, ("kd", "ce"), strict=True):
+        expected = comparison.holm_comparisons(FINAL, baseline, alpha)
+        (segments,) = [c for c in ax.collections if isinstance(c, LineCollection)]
+        drawn = {labels[round(seg[0][1])]: (seg[0][0], seg[1][0]) for seg in segments.get_segments()}
+        points = {}
+        for line in ax.get_lines():
+            if line.get_marker() != "o":
+                continue
+            filled = mcolors.to_hex(line.get_markerfacecolor()) != "#ffffff"
+            for x, y in zip(line.get_xdata(), line.get_ydata(), strict=True):
+                points[labels[round(y)]] = (x, filled)
+        assert len(drawn) == len(points) == len(expected)
+        for row in expected.itertuples():
+            label = report_v2.configuration_label(row.method, row.variant)
+            assert drawn[label] == pytest.approx((row.lo, row.hi))
+            assert points[label][0] == pytest.approx(row.mean)
+            assert points[label][1] == (row.p_holm <= alpha)
+    sizes = [t.get_fontsize() for t in figure.findobj(Text) if t.get_text()]
+    assert min(sizes) >= 9
+
+
+@needs_final
+def test_the_caption_and_the_answer_say_what_the_records_say() -> None:
+    kd = comparison.holm_comparisons(FINAL, "kd")
+    above = kd[(kd["verdict"] == "above") & kd["method"].isin(report_v2.CHANNEL_METHODS)]
+    text = report_v2.headline(FINAL)
+    assert text.startswith(f"**{len(above)} of the 5 channel methods beat KD")
+    for row in above.itertuples():
+        assert f"{row.mean:+.2f} [{row.lo:+.2f}, {row.hi:+.2f}]" in text
+    tuning = report_v2.stage_records("tuning")
+    chosen = comparison.select_weights(tuning, load_staged(report_v2.PROFILE).tuning["methods"], (100, 101))
+    ends = sum(m in (min(scores), max(scores)) for m, scores in zip(chosen["multiplier"], chosen["scores"],
+                                                                    strict=True))
+    assert f"{ends} of the {len(chosen)} tuned weights sit at an end" in text
+    caption = report_v2.forest_text(FINAL)
+    assert f"mean over {int(kd['n'].min())} paired seeds" in caption["caption"]
+    names = [report_v2.configuration_label(m, v) for m, v in zip(kd["method"], kd["variant"], strict=True)]
+    assert all(name in caption["alt"] for name in names)
+
+
+def test_the_claims_table_has_one_row_per_channel_method_with_the_papers_gain() -> None:
+    table = report_v2.claims_table()
+    assert list(table["method"]) == ["ICKD", "CCS", "CD", "CWT", "IE-KD"]
+    reported = pd.read_csv(REPORTED_CSV, dtype=str, keep_default_na=False)
+    cd = reported[(reported["paper"] == "CD") & (reported["dataset"] == "CIFAR-100")
+                  & (reported["metric"] == "top1_err")]
+    kd_err = float(cd.loc[cd["method"] == "KD", "value"].iloc[0])
+    cd_err = float(cd.loc[cd["method"] == "CD+GKD+EDT(our)", "value"].iloc[0])
+    claim = table.set_index("method").loc["CD", "paper's gain over KD, CIFAR-100 (top-1 points)"]
+    assert claim.startswith(f"{kd_err - cd_err:+.2f} on ")
+    if DONE:
+        v2 = table.set_index("method")["version 2 minus KD [95% CI]"]
+        kd = comparison.holm_comparisons(FINAL, "kd").set_index("method")
+        for method, name in zip(report_v2.CHANNEL_METHODS, table["method"], strict=True):
+            r = kd.loc[method]
+            assert re.match(re.escape(f"{r['mean']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}]"), v2[name])
+
+
+@pytest.mark.parametrize(("method", "variant", "label"), [
+    ("cd", "cd_weight=24.0", "CD (cd_weight 24)"),
+    ("iekd", "exp_weight=0.25,inh_weight=0.25", "IE-KD (exp_weight 0.25, inh_weight 0.25)"),
+    ("kd", "default", "KD (default weights)"),
+    ("ce", "default", "ce (student alone)"),
+])
+def test_configurations_have_names_readers_know(method: str, variant: str, label: str) -> None:
+    assert report_v2.configuration_label(method, variant) == label
