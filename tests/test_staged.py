@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from helpers import write_fashion_mnist, write_teacher
 
-from kdlib import study
+from kdlib import staged_report, study
 from kdlib.study import staged
 
 
@@ -148,8 +148,10 @@ def tiny_v3(tiny: Path) -> Path:
                         "extend": {"factor": 4, "limit": 4}, "fixed": {"kd": {"T": 2.0}}}
     stages["final"] = {"configurations": ["ce", "kd", {"name": "kd without ce", "method": "kd",
                                                        "set": {"ce_weight": 0.0}}],
-                       "seeds": [0, 1], "extra_seeds": {"seeds": [2], "configurations": ["kd"]},
-                       "baselines": ["kd", "ce"], "alpha": 0.05}
+                       "seeds": [0, 1, 2], "extra_seeds": {"seeds": [3], "configurations": ["kd"]},
+                       "baselines": ["kd", "ce"], "alpha": 0.05,
+                       "comparisons": {"vs kd": {"baseline": "kd", "configurations": ["ce"]},
+                                       "ablations": {"pairs": [["kd", "kd without ce"]]}}}
     (tiny / "profiles" / "tiny_v3.json").write_text(json.dumps(profile))
     return tiny
 
@@ -170,19 +172,43 @@ def test_a_version_3_profile_varies_teacher_and_images_by_seed_and_brackets_its_
     final = _records(tiny_v3 / "results_v3" / "final")
     by_key = {(r["method"], r["variant"], r["seed"]): r for r in final.values()}
     kd_variant = f"{state.chosen}"
-    assert {k[2] for k in by_key if k[:2] == ("kd", kd_variant)} == {0, 1, 2}  # the extra seed
-    assert {k[2] for k in by_key if k[0] == "ce"} == {0, 1}
+    assert {k[2] for k in by_key if k[:2] == ("kd", kd_variant)} == {0, 1, 2, 3}  # the extra seed
+    assert {k[2] for k in by_key if k[0] == "ce"} == {0, 1, 2}
     ablation = {k for k in by_key if k[0] == "kd" and k[1] != kd_variant}
-    assert {k[2] for k in ablation} == {0, 1} and all("ce_weight=0.0" in k[1] for k in ablation)
-    own_teacher = {seed: str(teachers[seed % 2]) for seed in (0, 1, 2)}
+    assert {k[2] for k in ablation} == {0, 1, 2} and all("ce_weight=0.0" in k[1] for k in ablation)
+    own_teacher = {seed: str(teachers[seed % 2]) for seed in (0, 1, 2, 3)}
     for (method, _, seed), r in by_key.items():
         assert r["subset_seed"] == seed
         if method != "ce":
             assert r["teacher_ckpt"] == own_teacher[seed]
-    assert len({r["data_sha256"]["train"] for r in final.values()}) == 3  # one draw per seed
+    assert len({r["data_sha256"]["train"] for r in final.values()}) == 4  # one draw per seed
     assert len({r["data_sha256"]["val"] for r in final.values()}) == 1  # one validation split
     runs = staged.final_runs(s, staged.chosen_weights(s))
-    assert [r.seed for r in runs] == [0, 0, 0, 1, 1, 1, 2]  # seed by seed
+    assert [r.seed for r in runs] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]  # seed by seed
     capsys.readouterr()
     assert study.main(["reproduce", "--profile", "tiny_v3"]) == 0
     assert capsys.readouterr().out.strip().splitlines()[-1].endswith("skipped")
+
+
+def test_the_report_of_a_version_3_study(tiny_v3: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kdlib.staged_report over a finished tiny study of version 3's shape: where each stage stands, the
+    teachers, the tuning with where its choice fell, the final configurations by name, a family and the
+    ablation (paired on the seeds both have), and the noise split by teacher."""
+    monkeypatch.setattr(staged, "PROFILES_DIR", tiny_v3 / "profiles")
+    assert study.main(["reproduce", "--profile", "tiny_v3"]) == 0  # trained above, or now
+    assert staged_report.progress("tiny_v3") == {"teacher": (2, 2), "tuning": (len(
+        _records(tiny_v3 / "results_v3" / "tuning")),) * 2, "final": (10, 10)}
+    assert staged_report.teachers("tiny_v3")["seed"].tolist() == [0, 1]
+    [tuned] = staged_report.tuning("tiny_v3").itertuples()
+    assert tuned.where in ("interior", "at the limit") and tuned.runs == 2 * tuned._3.count("×")
+    final = staged_report.final("tiny_v3")
+    assert [c.split(" (")[0] for c in final["configuration"]] == ["ce", "kd", "kd without ce"]
+    assert final["runs"].tolist() == [3, 4, 3] and "kd without ce (" in final["configuration"].iloc[2]
+    [row] = staged_report.family_comparison("tiny_v3", "vs kd").itertuples()
+    assert row.configuration == "ce" and row._2 == 3  # kd's extra seed has no ce to pair with
+    [ablation] = staged_report.ablations("tiny_v3").itertuples()
+    assert ablation.comparison == "kd minus kd without ce" and ablation._2 == 3
+    assert ablation.verdict in ("positive", "negative", "within the corrected noise")
+    [noise] = staged_report.noise("tiny_v3").itertuples()
+    assert noise.baseline == "kd" and noise._2.endswith("(2 df)")
+    assert set(staged_report.cost("tiny_v3")["stage"]) == {"teacher", "tuning", "final"}

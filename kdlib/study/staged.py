@@ -235,10 +235,10 @@ def chosen_weights(s: Staged, records: Any = None) -> Any:
     return chosen.assign(state=[state[m][1] for m in chosen["method"]])
 
 
-def final_runs(s: Staged, chosen: Any) -> list[Run]:
-    """Every final run, seed by seed: each configuration at its method's chosen weight (``ce`` as it is, an
-    ablation with its ``set``) on the final seeds, then the ``extra_seeds`` configurations on theirs. A tuned
-    method none of whose weights could be chosen (all diverged) is left out, as the protocol says."""
+def final_variants(s: Staged, chosen: Any) -> list[tuple[str, Variant]]:
+    """Each final configuration's name and what it runs: its method at the chosen weight (``ce`` as it is)
+    with the profile's fixed options and the configuration's ``set``. A tuned method none of whose weights
+    could be chosen (all diverged) is left out, as the protocol says."""
     weights = {row.method: row.overrides for row in chosen.itertuples()}
     variants = []
     for c in s.configurations:
@@ -247,6 +247,13 @@ def final_runs(s: Staged, chosen: Any) -> list[Run]:
             continue
         options = {**s.fixed.get(c.method, {}), **(weights.get(c.method) or {}), **c.set}
         variants.append((c.name, Variant(c.method, tuple(sorted(options.items())))))
+    return variants
+
+
+def final_runs(s: Staged, chosen: Any) -> list[Run]:
+    """Every final run, seed by seed: each configuration (:func:`final_variants`) on the final seeds, then
+    the ``extra_seeds`` configurations on theirs."""
+    variants = final_variants(s, chosen)
     extra = s.final.get("extra_seeds", {})
     more = [v for name, v in variants if name in extra.get("configurations", [])]
     blocks = [(s.final["seeds"], [v for _, v in variants]), (extra.get("seeds", []), more)]

@@ -1,0 +1,280 @@
+"""A staged study's tables and answer, from its records, for any staged profile (``proxy_v2``, ``proxy_v3``,
+``proxy_v3_resnet56``): one report path parameterised by the study, which its pages name.
+
+- :func:`progress`: how many records each stage holds against what the protocol plans so far.
+- :func:`teachers`, :func:`tuning`, :func:`final`: the teachers, each tuned method's grid with where its
+  choice fell (:func:`kdlib.comparison.bracket`), each final configuration's mean test and validation top-1.
+- :func:`families`, :func:`family_comparison`, :func:`ablations`: the protocol's comparisons, each family
+  Holm-corrected on its own (a profile without ``comparisons`` compares every configuration with each
+  baseline, as version 2 did).
+- :func:`noise`: the SD of the paired differences to KD, and the part of it between teachers.
+- :func:`cost`: the wall time each stage has taken, by CPU kind.
+
+Nothing is compared until every final run of the study has its record, never from some of them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kdlib import comparison, report, results, stats
+from kdlib.study import staged
+
+
+def stage_records(profile: str, stage: str) -> pd.DataFrame:
+    """The completed and diverged records of one stage (``tuning``, ``final``) of ``profile``."""
+    return report.study_records(staged.load_staged(profile).results_dir / stage)
+
+
+def _teacher_records(s: staged.Staged) -> pd.DataFrame:
+    paths = [staged.teacher_checkpoint(s, seed).parent / "record.json" for seed in s.teacher_seeds]
+    return results.load_records([p for p in paths if p.is_file()], statuses=report.SHOWN)
+
+
+def progress(profile: str) -> dict[str, tuple[int, int]]:
+    """``{stage: (records in place, runs planned so far)}``: the final stage's plan is known once the tuning
+    is complete (until then its planned count is 0)."""
+    s = staged.load_staged(profile)
+    out = {"teacher": (len(_teacher_records(s)), len(s.teacher_seeds))}
+    if not all(staged.teacher_checkpoint(s, seed).is_file() for seed in s.teacher_seeds):
+        return {**out, "tuning": (0, 0), "final": (0, 0)}
+    tuning_runs = staged.tuning_runs(s)
+    missing = staged._missing(s, tuning_runs)
+    out["tuning"] = (len(tuning_runs) - len(missing), len(tuning_runs))
+    planned = 0 if missing else len(staged.final_runs(s, staged.chosen_weights(s)))
+    out["final"] = (len(stage_records(profile, "final")), planned)
+    return out
+
+
+def complete(profile: str) -> bool:
+    """Whether every final run the protocol plans has its record."""
+    done, planned = progress(profile)["final"]
+    return bool(planned) and done >= planned
+
+
+def names(profile: str) -> dict[tuple[str, str], str]:
+    """``{(method, variant): configuration name}`` of the final configurations (empty before the tuning
+    is complete)."""
+    s = staged.load_staged(profile)
+    if progress(profile)["final"][1] == 0:
+        return {}
+    return {(v.method, v.variant): name for name, v in staged.final_variants(s, staged.chosen_weights(s))}
+
+
+def label(name: str, variant: str) -> str:
+    """A configuration as readers name it: its name and its options in words (``cd without GKD
+    (cd_weight 24, gkd_weight 0)``)."""
+    if variant == "default":
+        return name
+    options = ", ".join(f"{k} {_number(v)}" for k, v in (part.split("=", 1) for part in variant.split(",")))
+    return f"{name} ({options})"
+
+
+def _number(value: str) -> str:
+    try:
+        return f"{float(value):g}"
+    except ValueError:
+        return value
+
+
+def teachers(profile: str) -> pd.DataFrame:
+    """One row per teacher, from the records installed beside the checkpoints."""
+    frame = _teacher_records(staged.load_staged(profile))
+    if not len(frame):
+        return pd.DataFrame()
+    return pd.DataFrame({
+        "teacher": frame["student"], "seed": frame["seed"],
+        "test top-1": [report.number(v) for v in frame["top1_last"]],
+        "validation top-1": [report.number(v) for v in frame["val_top1_last"]],
+        "hardware": report.hardware(frame),
+        "hours": [report.number(v / 3600) for v in frame["wall_time_s"]],
+        "commit": [results.commit_label(c, d) for c, d in zip(frame["git_commit"], frame["git_dirty"],
+                                                                strict=True)],
+    })
+
+
+def tuning(profile: str) -> pd.DataFrame:
+    """Each tuned method: the mean validation top-1 (last epoch, over the tuning seeds) at every multiple of
+    its main weight tried, the chosen one and where it fell (interior, at the limit, waiting for runs)."""
+    s = staged.load_staged(profile)
+    records = stage_records(profile, "tuning")
+    if not len(records):
+        return pd.DataFrame()
+    chosen = staged.chosen_weights(s, records)
+    rows = []
+    for row in chosen.itertuples():
+        tried = ", ".join(f"×{m:g} {'–' if v is None else report.number(v)}" for m, v in row.scores.items())
+        waiting = row.state == comparison.WAITING
+        rows.append({"method": row.method, "runs": int((records["method"] == row.method).sum()),
+                     "validation top-1 by multiple of the default": tried,
+                     "chosen": "–" if waiting or row.multiplier is None else f"×{row.multiplier:g}",
+                     "where": row.state})
+    return pd.DataFrame(rows)
+
+
+def _named(profile: str, records: pd.DataFrame) -> pd.DataFrame:
+    """``records`` with a ``configuration`` column (its final configuration's name; None for other runs)."""
+    known = names(profile)
+    return records.assign(configuration=[known.get((m, v)) for m, v in
+                                         zip(records["method"], records["variant"], strict=True)])
+
+
+def final(profile: str) -> pd.DataFrame:
+    """Each final configuration: its weight, runs (by CPU kind), and mean test and validation top-1 (last
+    epoch) with the 95% interval over its seeds."""
+    records = _named(profile, stage_records(profile, "final"))
+    if not len(records):
+        return pd.DataFrame()
+    order = {c.name: k for k, c in enumerate(staged.load_staged(profile).configurations)}
+    records = records.sort_values("configuration", key=lambda c: c.map(order), kind="stable")
+    rows = []
+    for (name, variant), group in records.groupby(["configuration", "variant"], sort=False):
+        done = group[group["status"] == "completed"]
+        cells = {}
+        for column, metric in (("test top-1", "top1_last"), ("validation top-1", "val_top1_last")):
+            values = done[metric].astype(float)
+            cells[column] = report.mean_ci(values.mean(), *results.mean_interval(values), len(done))
+        kinds = pd.Series(report.hardware(group)).value_counts()
+        rows.append({"configuration": label(name, variant), "runs": len(done),
+                     "diverged": int((group["status"] == results.STATUS_DIVERGED).sum()), **cells,
+                     "hardware": ", ".join(f"{kind} {n}" for kind, n in kinds.items())})
+    return pd.DataFrame(rows)
+
+
+def families(profile: str) -> dict[str, dict[str, Any]]:
+    """The protocol's families of comparisons with a baseline (``{name: {"baseline", "configurations"}}``):
+    the profile's ``comparisons``, or every configuration against each baseline."""
+    s = staged.load_staged(profile)
+    given = s.final.get("comparisons")
+    if given:
+        return {k: v for k, v in given.items() if "baseline" in v}
+    every = [c.name for c in s.configurations]
+    return {f"vs {b}": {"baseline": b, "configurations": [c for c in every if c != b]}
+            for b in s.final["baselines"]}
+
+
+def _with(records: pd.DataFrame, configurations: list[str]) -> pd.DataFrame:
+    return records[records["configuration"].isin(configurations)]
+
+
+def family_comparison(profile: str, family: str) -> pd.DataFrame:
+    """One family's configurations minus its baseline (test top-1 points, last epoch, paired seeds), with
+    the paired t-test's p-value and Holm's over the family; empty until every final run has its record."""
+    if not complete(profile):
+        return pd.DataFrame()
+    spec = families(profile)[family]
+    records = _named(profile, stage_records(profile, "final"))
+    members = _with(records, [spec["baseline"], *spec["configurations"]])
+    alpha = staged.load_staged(profile).final["alpha"]
+    table = comparison.holm_comparisons(members, spec["baseline"], alpha)
+    known = names(profile)
+    return pd.DataFrame({
+        "configuration": [label(known[(m, v)], v) for m, v in zip(table["method"], table["variant"],
+                                                                  strict=True)],
+        "paired seeds": table["n"],
+        f"minus {spec['baseline']}": [report.mean_ci(m, lo, hi, n) for m, lo, hi, n in
+                                      zip(table["mean"], table["lo"], table["hi"], table["n"], strict=True)],
+        "p": [stats.format_p(p) for p in table["p"]],
+        "Holm p": [stats.format_p(p) for p in table["p_holm"]],
+        "verdict": table["verdict"],
+    })
+
+
+def _differences(records: pd.DataFrame, a: str, b: str, metric: str = "top1_last") -> np.ndarray:
+    """Configuration ``a`` minus configuration ``b``, seed by seed (completed runs of both)."""
+    done = records[records["status"] == "completed"]
+    left = done[done["configuration"] == a].set_index("seed")[metric].astype(float)
+    right = done[done["configuration"] == b].set_index("seed")[metric].astype(float)
+    common = left.index.intersection(right.index)
+    return (left[common] - right[common]).to_numpy()
+
+
+def ablations(profile: str) -> pd.DataFrame:
+    """Each ablation pair of the protocol (``a`` minus ``b``, paired seeds), Holm-corrected over the pairs;
+    empty until every final run has its record, or when the protocol names none."""
+    pairs = staged.load_staged(profile).final.get("comparisons", {}).get("ablations", {}).get("pairs", [])
+    if not pairs or not complete(profile):
+        return pd.DataFrame()
+    records = _named(profile, stage_records(profile, "final"))
+    rows = []
+    for a, b in pairs:
+        d = _differences(records, a, b)
+        lo, hi = results.mean_interval(d)
+        rows.append({"comparison": f"{a} minus {b}", "paired seeds": len(d), "mean": float(d.mean()),
+                     "lo": lo, "hi": hi, "p": stats.paired_test(d)[1]})
+    table = pd.DataFrame(rows)
+    alpha = staged.load_staged(profile).final["alpha"]
+    holm = stats.holm(table["p"].tolist())
+    return pd.DataFrame({
+        "comparison": table["comparison"], "paired seeds": table["paired seeds"],
+        "difference": [report.mean_ci(m, lo, hi, n) for m, lo, hi, n in
+                       zip(table["mean"], table["lo"], table["hi"], table["paired seeds"], strict=True)],
+        "p": [stats.format_p(p) for p in table["p"]], "Holm p": [stats.format_p(p) for p in holm],
+        "verdict": [("positive" if m > 0 else "negative") if h <= alpha else "within the corrected noise"
+                    for m, h in zip(table["mean"], holm, strict=True)],
+    })
+
+
+def noise(profile: str, baseline: str = "kd") -> pd.DataFrame:
+    """The SD of the per-seed differences to ``baseline``, pooled over the configurations of its family, and
+    its part between teachers: a one-way analysis of each configuration's differences by teacher checkpoint,
+    ``σ²_between = max(0, (MS_between − MS_within) / n₀)``, pooled (with two teachers a rough estimate)."""
+    if not complete(profile):
+        return pd.DataFrame()
+    records = _named(profile, stage_records(profile, "final"))
+    spec = next(f for f in families(profile).values() if f["baseline"] == baseline)
+    total, within, between, df = [], [], [], 0
+    for name in spec["configurations"]:
+        d = _by_teacher(records, name, baseline)
+        if len(d) < 3:
+            continue
+        groups = [g.to_numpy() for _, g in d.groupby(level=0)]
+        n, k = len(d), len(groups)
+        total.append((n - 1, float(np.var(d.to_numpy(), ddof=1))))
+        if k > 1:
+            msw = sum(((g - g.mean()) ** 2).sum() for g in groups) / (n - k)
+            msb = sum(len(g) * (g.mean() - d.mean()) ** 2 for g in groups) / (k - 1)
+            n0 = (n - sum(len(g) ** 2 for g in groups) / n) / (k - 1)
+            within.append((n - k, msw))
+            between.append(max(0.0, (msb - msw) / n0))
+        df += n - 1
+    if not total:
+        return pd.DataFrame()
+    pooled = math.sqrt(sum(w * v for w, v in total) / sum(w for w, _ in total))
+    row = {"baseline": baseline, "SD of paired differences": f"{pooled:.2f} ({df} df)"}
+    if within:
+        pooled_within = sum(w * v for w, v in within) / sum(w for w, _ in within)
+        row["within a teacher"] = f"{math.sqrt(pooled_within):.2f}"
+        row["between teachers"] = f"{math.sqrt(float(np.mean(between))):.2f}"
+    return pd.DataFrame([row])
+
+
+def _by_teacher(records: pd.DataFrame, name: str, baseline: str) -> pd.Series:
+    """``name`` minus ``baseline`` seed by seed, indexed by the teacher checkpoint's SHA-256."""
+    done = records[records["status"] == "completed"]
+    mine = done[done["configuration"] == name].set_index("seed")
+    base = done[done["configuration"] == baseline].set_index("seed")["top1_last"].astype(float)
+    common = mine.index.intersection(base.index)
+    teacher = mine.loc[common, "teacher_ckpt_sha256"].fillna(
+        done[done["configuration"] == baseline].set_index("seed").loc[common, "teacher_ckpt_sha256"])
+    return pd.Series((mine.loc[common, "top1_last"].astype(float) - base[common]).to_numpy(),
+                     index=teacher.to_numpy())
+
+
+def cost(profile: str) -> pd.DataFrame:
+    """What each stage has cost so far, from its records' wall times (measured), by CPU kind."""
+    s = staged.load_staged(profile)
+    rows = []
+    for stage, frame in (("teacher", _teacher_records(s)), ("tuning", stage_records(profile, "tuning")),
+                         ("final", stage_records(profile, "final"))):
+        if not len(frame):
+            continue
+        for kind, group in frame.assign(kind=report.hardware(frame)).groupby("kind"):
+            rows.append({"stage": stage, "hardware": kind, "runs": len(group),
+                         "wall time, hours": report.number(group["wall_time_s"].sum() / 3600),
+                         "median minutes per run": report.number(group["wall_time_s"].median() / 60, 1)})
+    return pd.DataFrame(rows)
