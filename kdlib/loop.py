@@ -337,7 +337,12 @@ def compile_pays(device: torch.device, steps: int) -> bool:
 def prepare_fast(distiller: Distiller, rt: Runtime, *, compile: bool, batch_size: int) -> CompiledOrEager:
     """The fast path's forward: the teacher under ``inference_mode``; with ``compile``, ``torch.compile`` for
     ``batch_size`` batches (the smaller last batch of an epoch runs eagerly; CUDA graphs on CUDA), falling
-    back to eager execution where compilation is unavailable."""
+    back to eager execution where compilation is unavailable. One process only: its step updates this
+    process's distiller and averages no gradient across processes, so ``rt`` with several is refused here,
+    where the step is wired, whatever a caller let through."""
+    if rt.dist.world_size > 1:
+        raise ValueError(f"the fast path trains in one process, not {rt.dist.world_size}: its step averages "
+                         "no gradient across processes (pass --no-fast)")
     run_teacher_in_inference_mode(distiller)
     if rt.amp:  # every teacher call of the run is under autocast: its weights are cast once, here
         cast_teacher_weights(distiller, torch.bfloat16)

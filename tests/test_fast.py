@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib.util
 import math
 import os
@@ -20,7 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from kdlib import loop, models, train
+from kdlib import distributed, loop, models, train
 from kdlib.data import PAD_MODES, load_data
 from kdlib.fast import (
     CompiledOrEager,
@@ -411,6 +412,16 @@ def test_inference_mode_teacher_trains_like_no_grad(method: str) -> None:
 
 # --- the trainer's two paths ---------------------------------------------------------------------
 CPU_RUNTIME = loop.Runtime(torch.device("cpu"), amp=False, channels_last=False, progress=False)
+
+
+def test_the_fast_step_is_never_wired_to_several_processes() -> None:
+    """The fast step averages no gradient across processes: preparing it for a run of two is an error (the
+    plan refuses such runs first; this holds even if that check were relaxed)."""
+    distiller = build_distiller("kd", models.create_model("resnet8"), models.create_model("resnet14"))
+    two = dataclasses.replace(CPU_RUNTIME, dist=distributed.Dist(rank=0, world_size=2, backend="gloo"))
+    with pytest.raises(ValueError, match="fast path trains in one process, not 2: .* averages no gradient"):
+        loop.prepare_fast(distiller, two, compile=False, batch_size=8)
+    assert loop.prepare_fast(distiller, CPU_RUNTIME, compile=False, batch_size=8).describe() == "eager"
 
 
 @pytest.mark.parametrize("method, pad_mode", [("kd", "constant"), ("ickd", "reflect")])
