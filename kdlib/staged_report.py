@@ -278,3 +278,24 @@ def cost(profile: str) -> pd.DataFrame:
                          "wall time, hours": report.number(group["wall_time_s"].sum() / 3600),
                          "median minutes per run": report.number(group["wall_time_s"].median() / 60, 1)})
     return pd.DataFrame(rows)
+
+
+def progress_table(profile: str) -> pd.DataFrame:
+    """:func:`progress` as a table: one row per stage, its records and the runs the protocol plans so far."""
+    rows = []
+    for stage, (done, planned) in progress(profile).items():
+        if stage == "final" and not planned:
+            state = "planned once the tuning is complete"
+        else:
+            state = "complete" if planned and done >= planned else "under way" if done else "not started"
+        rows.append({"stage": stage, "records": done, "planned so far": planned or "", "state": state})
+    return pd.DataFrame(rows)
+
+
+#: The tables a staged study's pages render (the book's ``kdlib-table`` directive with ``:study:``), by
+#: name; each takes the study's profile (and ``family`` where it compares one).
+TABLES: dict[str, Any] = {
+    "study-progress": progress_table, "study-teachers": teachers, "study-tuning": tuning,
+    "study-final": final, "study-family": family_comparison, "study-ablations": ablations,
+    "study-noise": noise, "study-cost": cost,
+}
