@@ -161,27 +161,66 @@ def _with(records: pd.DataFrame, configurations: list[str]) -> pd.DataFrame:
     return records[records["configuration"].isin(configurations)]
 
 
+def _family(profile: str, family: str) -> pd.DataFrame:
+    """:func:`kdlib.comparison.holm_comparisons` over one family's records, with each row's ``label``."""
+    spec = families(profile)[family]
+    records = _named(profile, stage_records(profile, "final"))
+    members = _with(records, [spec["baseline"], *spec["configurations"]])
+    table = comparison.holm_comparisons(members, spec["baseline"], staged.load_staged(profile).final["alpha"])
+    known = names(profile)
+    return table.assign(label=[label(known[(m, v)], v) for m, v in zip(table["method"], table["variant"],
+                                                                       strict=True)])
+
+
 def family_comparison(profile: str, family: str) -> pd.DataFrame:
     """One family's configurations minus its baseline (test top-1 points, last epoch, paired seeds), with
     the paired t-test's p-value and Holm's over the family; empty until every final run has its record."""
     if not complete(profile):
         return pd.DataFrame()
-    spec = families(profile)[family]
-    records = _named(profile, stage_records(profile, "final"))
-    members = _with(records, [spec["baseline"], *spec["configurations"]])
-    alpha = staged.load_staged(profile).final["alpha"]
-    table = comparison.holm_comparisons(members, spec["baseline"], alpha)
-    known = names(profile)
+    table = _family(profile, family)
     return pd.DataFrame({
-        "configuration": [label(known[(m, v)], v) for m, v in zip(table["method"], table["variant"],
-                                                                  strict=True)],
-        "paired seeds": table["n"],
-        f"minus {spec['baseline']}": [report.mean_ci(m, lo, hi, n) for m, lo, hi, n in
-                                      zip(table["mean"], table["lo"], table["hi"], table["n"], strict=True)],
+        "configuration": table["label"], "paired seeds": table["n"],
+        f"minus {families(profile)[family]['baseline']}": [
+            report.mean_ci(m, lo, hi, n) for m, lo, hi, n in
+            zip(table["mean"], table["lo"], table["hi"], table["n"], strict=True)],
         "p": [stats.format_p(p) for p in table["p"]],
         "Holm p": [stats.format_p(p) for p in table["p_holm"]],
         "verdict": table["verdict"],
     })
+
+
+def answer(profile: str) -> str:
+    """The study's answer in words (Markdown) once every final run has its record: per family, the
+    configurations above and below its baseline after Holm's correction, with mean differences and 95%
+    intervals, and those it cannot tell apart; the tuned methods whose weight stopped at the limit. Until
+    then, where the study stands."""
+    stand = progress(profile)
+    if not complete(profile):
+        (teachers_done, teachers_planned), (tuned, planned) = stand["teacher"], stand["tuning"]
+        return (f"Under way: {teachers_done} of {teachers_planned} teachers, {tuned} of the {planned} tuning "
+                f"runs planned so far and {stand['final'][0]} final runs are recorded. The answer is written "
+                "here once every final run is, never from some of them.")
+    paragraphs = []
+    for family in families(profile):
+        table, baseline = _family(profile, family), families(profile)[family]["baseline"]
+        seeds = "–".join(str(n) for n in sorted({int(table["n"].min()), int(table["n"].max())}))
+        parts = []
+        for verdict, words in (("above", "above"), ("below", "below")):
+            rows = table[table["verdict"] == verdict]
+            if len(rows):
+                parts.append(f"{words} {baseline}: " + "; ".join(
+                    f"{r.label} {r.mean:+.2f} [{r.lo:+.2f}, {r.hi:+.2f}]" for r in rows.itertuples()))
+        noise = table[table["verdict"] == "within the corrected noise"]
+        if len(noise):
+            parts.append("within the corrected noise: " + ", ".join(noise["label"]))
+        paragraphs.append(f"**Against {baseline}** ({seeds} paired seeds, Holm over {len(table)}): "
+                          + ("; ".join(parts) or "no comparison") + ".")
+    tuned = tuning(profile)
+    at_limit = tuned[tuned["where"] == comparison.AT_LIMIT]["method"].tolist()
+    if at_limit:
+        paragraphs.append(f"Tuning stopped at the limit for {', '.join(at_limit)}: a weight beyond it was "
+                          "not tried.")
+    return "\n\n".join(paragraphs)
 
 
 def _differences(records: pd.DataFrame, a: str, b: str, metric: str = "top1_last") -> np.ndarray:

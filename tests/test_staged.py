@@ -212,3 +212,18 @@ def test_the_report_of_a_version_3_study(tiny_v3: Path, monkeypatch: pytest.Monk
     [noise] = staged_report.noise("tiny_v3").itertuples()
     assert noise.baseline == "kd" and noise._2.endswith("(2 df)")
     assert set(staged_report.cost("tiny_v3")["stage"]) == {"teacher", "tuning", "final"}
+    words = staged_report.answer("tiny_v3")
+    assert words.startswith("**Against kd** (3 paired seeds, Holm over 1): ")  # its only family
+    assert words.rstrip(".").endswith(": ce") or "kd: ce " in words
+
+
+def test_a_study_under_way_says_where_it_stands_and_compares_nothing(tiny_v3: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(staged, "PROFILES_DIR", tiny_v3 / "profiles")
+    profile = json.loads((tiny_v3 / "profiles" / "tiny_v3.json").read_text())
+    profile["stages"]["final"]["seeds"] = [0, 1, 2, 4]  # one more seed than the records hold
+    (tiny_v3 / "profiles" / "tiny_v3_more.json").write_text(json.dumps(profile))
+    assert staged_report.progress("tiny_v3_more")["final"] == (10, 13)
+    assert staged_report.family_comparison("tiny_v3_more", "vs kd").empty
+    assert staged_report.ablations("tiny_v3_more").empty and staged_report.noise("tiny_v3_more").empty
+    assert staged_report.answer("tiny_v3_more").startswith("Under way: 2 of 2 teachers")
