@@ -14,7 +14,7 @@ on the test set, the answer in words, and the power the first study's noise allo
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -176,52 +176,70 @@ def holm_comparisons(records: pd.DataFrame, baseline: str = "kd", alpha: float =
     return diffs.sort_values("mean", ascending=False).reset_index(drop=True)
 
 
-def _named(rows: pd.DataFrame) -> str:
+def _slash(method: str, variant: str) -> str:
+    return f"{method}/{variant}"
+
+
+def _difference(row: Any, intervals: bool) -> str:
+    """``+3.77`` (``+3.77 [+3.20, +4.35]`` with ``intervals``): a mean difference in points."""
+    return f"{row.mean:+.2f}" + (f" [{row.lo:+.2f}, {row.hi:+.2f}]" if intervals else "")
+
+
+def _named(rows: pd.DataFrame, label: Callable[[str, str], str] = _slash, intervals: bool = False) -> str:
     def holm_p(p: float) -> str:
         text = stats.format_p(p)
         return f"Holm p {text}" if text.startswith("<") else f"Holm p = {text}"
 
-    return ", ".join(f"{m}/{v} ({d:+.2f}, {holm_p(p)})" for m, v, d, p in
-                     zip(rows["method"], rows["variant"], rows["mean"], rows["p_holm"], strict=True))
+    if intervals:  # "CD (cd_weight 24) +3.77 [+3.20, +4.35] (Holm p < 0.001)"
+        return "; ".join(f"{label(r.method, r.variant)} {_difference(r, True)} ({holm_p(r.p_holm)})"
+                         for r in rows.itertuples())
+    return ", ".join(f"{label(r.method, r.variant)} ({_difference(r, False)}, {holm_p(r.p_holm)})"
+                     for r in rows.itertuples())
 
 
-def _sentence(table: pd.DataFrame, baseline: str, alpha: float) -> str:
+def _sentence(table: pd.DataFrame, baseline: str, alpha: float, label: Callable[[str, str], str] = _slash,
+              intervals: bool = False) -> str:
     above, below = table[table["verdict"] == "above"], table[table["verdict"] == "below"]
     noise = table[table["verdict"] == "within the corrected noise"]
     name = baseline.upper() if baseline == "kd" else baseline
     seeds = "/".join(str(n) for n in sorted(set(table["n"])))
     lead = (f"**{len(above)} of {len(table)} configurations beat {name} beyond the Holm-corrected noise**"
-            f" ({seeds} paired seeds, family-wise level {alpha:g}): {_named(above)}."
+            f" ({seeds} paired seeds, family-wise level {alpha:g}): {_named(above, label, intervals)}."
             if len(above) else
             f"**No configuration beats {name} beyond the Holm-corrected noise** ({seeds} paired seeds, "
             f"{len(table)} comparisons, family-wise level {alpha:g}).")
     parts = [lead]
     if len(below):
-        parts.append(f"{len(below)} fall below {name}: {_named(below)}.")
+        parts.append(f"{len(below)} fall below {name}: {_named(below, label, intervals)}.")
     if len(noise):
         parts.append(f"{len(noise)} cannot be told apart from {name}: "
-                     + ", ".join(f"{m}/{v} ({d:+.2f})" for m, v, d in
-                                 zip(noise["method"], noise["variant"], noise["mean"], strict=True)) + ".")
+                     + ("; " if intervals else ", ").join(
+                         f"{label(r.method, r.variant)} " + (_difference(r, True) if intervals else
+                                                              f"({_difference(r, False)})")
+                         for r in noise.itertuples()) + ".")
     return " ".join(parts)
 
 
 def answer(records: pd.DataFrame, baselines: Sequence[str] = ("kd", "ce"), alpha: float = 0.05,
-           detectable: float | None = None) -> str:
+           detectable: float | None = None, label: Callable[[str, str], str] = _slash,
+           intervals: bool = False) -> str:
     """The answer in words (Markdown), generated from ``records`` (one comparable group): per baseline, the
     configurations above and below it after Holm's correction and those that cannot be told apart, with
     mean top-1 differences (points, last epoch), then what the study cannot say. ``detectable``: the
-    smallest difference the design detects with 80% power (:func:`power_statement`), said once."""
+    smallest difference the design detects with 80% power (:func:`power_statement`), said once. ``label``:
+    how a configuration is named from its method and variant (default ``method/variant``); ``intervals``:
+    each difference with its 95% interval (uncorrected)."""
     paragraphs = []
     for baseline in baselines:
         table = holm_comparisons(records, baseline, alpha)
         if table.empty:
             paragraphs.append(f"No run of {baseline} to pair with: no comparison with {baseline} yet.")
             continue
-        paragraphs.append(_sentence(table, baseline, alpha))
+        paragraphs.append(_sentence(table, baseline, alpha, label, intervals))
     diverged = records[records["status"] == results.STATUS_DIVERGED]
     if len(diverged):
-        paragraphs.append("Diverged runs (no accuracy, left out of the comparisons): " + ", ".join(
-            sorted({f"{m}/{v}" for m, v in zip(diverged["method"], diverged["variant"], strict=True)})) + ".")
+        names = sorted({label(m, v) for m, v in zip(diverged["method"], diverged["variant"], strict=True)})
+        paragraphs.append(f"Diverged runs (no accuracy, left out of the comparisons): {', '.join(names)}.")
     cannot = ("What this cannot say: a difference smaller than the design detects is not evidence of no "
               "difference")
     cannot += f" (about {detectable:.2f} points here, with 80% power)" if detectable else ""

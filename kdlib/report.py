@@ -326,7 +326,8 @@ def recipes() -> pd.DataFrame:
     fields = [f.name for f in dataclasses.fields(get_recipe(available_recipes()[0]))]
     table = pd.DataFrame({"field": fields, **columns})
     table = table[table["field"] != "name"]
-    # a recipe's source names internal notes ("methods.md section N") readers do not have; the commit stays
+    # a recipe's source cites sections of the authors' working notes, which are not part of the repository
+    # ("methods.md section N"): they are left out of the book, the commit stays
     return table.replace(r"\s*\(methods\.md section \d+\)|methods\.md section \d+;\s*", "", regex=True
                          ).reset_index(drop=True)
 

@@ -166,7 +166,8 @@ def answer(records: pd.DataFrame | None = None) -> str:
                 "some of them.")
     detectable = comparison.power_statement(records, len(final["seeds"]), len(final["configurations"]) - 1,
                                             final["alpha"])["detectable"]
-    return comparison.answer(records, final["baselines"], final["alpha"], detectable=detectable)
+    return comparison.answer(records, final["baselines"], final["alpha"], detectable=detectable,
+                             label=configuration_label, intervals=True)
 
 
 #: Where each channel method's official code is, and at which commit (empty where none was released).
@@ -250,13 +251,14 @@ def forest_text(records: pd.DataFrame | None = None) -> dict[str, str]:
 
 def grid_ends(tuning: pd.DataFrame | None = None) -> pd.DataFrame:
     """The tuned methods whose chosen weight is the smallest or the largest multiple their tuning tried
-    (:func:`kdlib.study.staged.chosen_weights`): ``method``, ``multiplier``, ``end`` (True at an end) and
-    the multiples tried."""
+    (:func:`kdlib.study.staged.chosen_weights`): ``method``, ``multiplier``, ``end`` (True at an end), the
+    multiples ``tried`` and their mean validation top-1 (``scores``, multiple to mean or None)."""
     chosen = chosen_weights(load_staged(PROFILE), stage_records("tuning") if tuning is None else tuning)
     tried = [sorted(scores) for scores in chosen["scores"]]
     ends = [m in (t[0], t[-1]) for m, t in zip(chosen["multiplier"], tried, strict=True)]
     return pd.DataFrame({"method": chosen["method"], "multiplier": chosen["multiplier"], "tried": tried,
-                         "overrides": chosen["overrides"], "end": ends})
+                         "overrides": chosen["overrides"], "end": ends,
+                         "scores": chosen["scores"]})
 
 
 def _interval(row: pd.Series) -> str:

@@ -8,6 +8,7 @@ under ``CI=true``, where a skip would hide a broken book.
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import subprocess
@@ -87,3 +88,39 @@ def test_the_landing_page_cites_the_commit_of_its_footer() -> None:
     footer = re.search(r"Built from commit ([0-9a-f]{7,10}(?:\+dirty)?) on", text)
     assert "@misc{kdlib" in text and version and footer
     assert version.group(1) == footer.group(1)
+
+
+@pytest.mark.parametrize(("text", "linked"), [
+    ("github.com/ADLab-AutoDrive/ICKD@403b8d3 Cifar100/README.md",
+     "[github.com/ADLab-AutoDrive/ICKD@403b8d3 Cifar100/README.md]"
+     "(https://github.com/ADLab-AutoDrive/ICKD/blob/403b8d3/Cifar100/README.md)"),
+    ("source: github.com/zhouzaida/channel-distillation@2464d30, abstract",
+     "source: [github.com/zhouzaida/channel-distillation@2464d30]"
+     "(https://github.com/zhouzaida/channel-distillation/tree/2464d30), abstract"),
+    ("[yes, 403b8d3](https://github.com/ADLab-AutoDrive/ICKD/tree/403b8d3)",  # a link stays as it is
+     "[yes, 403b8d3](https://github.com/ADLab-AutoDrive/ICKD/tree/403b8d3)"),
+])
+def test_a_source_at_a_commit_becomes_a_link_to_that_commit(text: str, linked: str) -> None:
+    assert kdlib_book.linked_sources(text) == linked
+
+
+def test_no_link_of_the_built_book_is_malformed() -> None:
+    """Every external link names a real host: no ``http://README.md`` from a word that looks like a host name,
+    and no ``@commit`` inside a GitHub address (GitHub's form: ``/blob/<sha>/<path>``, ``/tree/<sha>``)."""
+    problems = []
+    for page in [*_built(), HTML / "index.html"]:
+        for href in re.findall(r'href="(https?://[^"]*)"', page.read_text()):
+            url = html.unescape(href)
+            host = re.match(r"https?://([^/?#]+)", url)
+            name = host.group(1).lower() if host else ""
+            if "." not in name or name.endswith((".md", ".py", ".ipynb")):
+                problems.append(f"{page.relative_to(HTML)}: {url} (not a host)")
+            elif "github.com" in host.group(1) and "@" in url:
+                problems.append(f"{page.relative_to(HTML)}: {url} (@ inside a GitHub address)")
+    assert not problems, "\n".join(problems)
+
+
+def test_a_span_of_dates_breaks_only_between_its_dates() -> None:
+    out = kdlib_book.readable_cells("<td>2026-11-30 to 2026-12-01</td>")
+    assert out == ('<td><span class="kdlib-nowrap">2026-11-30</span> to '
+                   '<span class="kdlib-nowrap">2026-12-01</span></td>')

@@ -94,3 +94,15 @@ def test_the_claims_table_has_one_row_per_channel_method_with_the_papers_gain() 
 ])
 def test_configurations_have_names_readers_know(method: str, variant: str, label: str) -> None:
     assert report_v2.configuration_label(method, variant) == label
+
+
+@needs_final
+def test_the_older_answer_names_configurations_as_readers_do() -> None:
+    """Version 2's answer paragraphs name each configuration by its label (``CD (cd_weight 24)``), never by a
+    config id (``cd/cd_weight=24.0``), each with its difference and 95% interval from the records."""
+    text = report_v2.answer(FINAL)
+    assert "=" not in text.replace("Holm p = ", "") and "/default" not in text
+    for baseline in ("kd", "ce"):
+        for row in comparison.holm_comparisons(FINAL, baseline).itertuples():
+            label = report_v2.configuration_label(row.method, row.variant)
+            assert f"{label} {row.mean:+.2f} [{row.lo:+.2f}, {row.hi:+.2f}]" in text

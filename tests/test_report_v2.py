@@ -67,7 +67,10 @@ def test_no_answer_from_part_of_the_final_runs() -> None:
     assert "72 of its 80 final runs are recorded" in report_v2.answer(partial)
     text = report_v2.answer(_final())
     assert "1 of 7 configurations beat KD beyond the Holm-corrected noise" in text
-    assert "ickd/default" in text and "cannot be told apart from KD" in text
+    assert "cannot be told apart from KD" in text and "/" not in text  # named as readers name them
+    ickd = comparison.holm_comparisons(_final(), "kd").set_index("method").loc["ickd"]
+    assert (f"ICKD (default weights) {ickd['mean']:+.2f} [{ickd['lo']:+.2f}, {ickd['hi']:+.2f}] (Holm p "
+            in text)
     assert "points here, with 80% power" in text  # the realised noise's detectable difference
     final = report_v2.final_table(_final()).set_index("configuration")
     assert final.loc["kd", "weight"] == "kd_weight=3.6" and set(final["runs"]) == {10}

@@ -13,7 +13,8 @@
   reported-vs-measured table shows its measured rows; the reported rows not measured yet are counted, and
   listed in a folded block.
 - ``kdlib-answer`` directive: the study's answer in words (:func:`kdlib.report.answer`; ``v2``:
-  :func:`kdlib.report_v2.answer`; ``precision``: :func:`kdlib.report.precision_answer`), from the records.
+  :func:`kdlib.report_v2.answer`; ``precision``: :func:`kdlib.report.precision_answer`; ``method`` with
+  ``:method: cd``: a method chapter's verdict, ``kdlib.report_methods.verdict``), from the records.
 - ``kdlib-figure`` directive: the same for the figures of :data:`FIGURES` (``ranking``, ``v2-forest``), drawn
   at build time and inlined as SVG (no image files to keep in step with ``data/``); one with a caption
   (:data:`FIGURE_TEXT`) is a numbered figure with alt text.
@@ -45,11 +46,11 @@ from docutils.parsers.rst import directives
 from docutils.statemachine import StringList
 from sphinx.util.docutils import SphinxDirective
 
-from kdlib import plots, record, report, report_v2, results
+from kdlib import plots, record, report, report_methods, report_studies, report_v2, results
 from kdlib.methods import METHODS
 
 #: Every table the ``kdlib-table`` directive renders, by name.
-TABLES = {**report.TABLES, **report_v2.TABLES}
+TABLES = {**report.TABLES, **report_v2.TABLES, **report_methods.TABLES, **report_studies.TABLES}
 
 EMPTY = {
     "measured": "No measured runs are committed yet.",
@@ -68,6 +69,12 @@ EMPTY = {
     "v2-cost": "No run of version 2 is recorded yet.",
     "v2-forest": "The comparisons are drawn once every final run is recorded, never from some of them.",
     "claims": "No channel method has a row yet.",
+    "v2-method-tuning": "No tuning run is recorded yet.",
+    "provenance-by-study": "No measured runs are committed yet.",
+    "provenance-v2": "No run of version 2 is recorded yet.",
+    "runs-by-study": "No measured runs are committed yet.",
+    "teachers-by-study": "No committed run has evaluated a teacher yet.",
+    "v2-method-final": "The comparisons are made once every final run is recorded, never from some of them.",
 }
 
 
@@ -97,6 +104,7 @@ class KdlibTable(SphinxDirective):
             text = EMPTY.get(name, f"No rows for {', '.join(kwargs.values()) or name}.")
         else:
             text = folded(table)
+        text = linked_sources(text)
         container = nodes.container(classes=["kdlib-table", f"kdlib-table-{name}"])
         self.state.nested_parse(StringList(text.splitlines(), source=f"kdlib-table {name}"),
                                 self.content_offset, container)
@@ -124,6 +132,23 @@ class KdlibTable(SphinxDirective):
         return "\n\n".join(parts)
 
 
+#: A source in a repository at a commit, as ``data/reported/`` writes it: ``github.com/<owner>/<repo>@<sha>``,
+#: optionally followed by a file (``Cifar100/README.md``) or a folder (ending in ``/``); not inside a URL.
+GITHUB_SOURCE = re.compile(r"(?<![\w/.\[])github\.com/([\w.-]+)/([\w.-]+)@([0-9a-f]{6,40})\b"
+                           r"(?: ((?:[\w.-]+/)*[\w-]+\.[A-Za-z]\w*|(?:[\w.-]+/)+))?")
+
+
+def linked_sources(text: str) -> str:
+    """``text`` (Markdown) with each :data:`GITHUB_SOURCE` written as a link to the file
+    (``https://github.com/<owner>/<repo>/blob/<sha>/<path>``) or the tree at that commit."""
+    def link(m: re.Match) -> str:
+        owner, repo, sha, path = m.groups()
+        where = f"blob/{sha}/{path}" if path and not path.endswith("/") else f"tree/{sha}/{path or ''}"
+        return f"[{m.group(0)}](https://github.com/{owner}/{repo}/{where.rstrip('/')})"
+
+    return GITHUB_SOURCE.sub(link, text)
+
+
 def numbered_sources(table: Any) -> str:
     """:func:`folded`, with each distinct ``source`` written once below the table and numbered in its rows."""
     sources = list(dict.fromkeys(table["source"]))
@@ -144,19 +169,23 @@ def folded(table: Any) -> str:
 class KdlibAnswer(SphinxDirective):
     """The study's answer in words, generated from the records: version 1's (:func:`kdlib.report.answer`),
     with the argument ``v2`` the second proxy study's (:func:`kdlib.report_v2.answer`; ``headline``: in plain
-    words with its conditions, :func:`kdlib.report_v2.headline`), with ``precision`` the
+    words with its conditions, :func:`kdlib.report_v2.headline`), with ``method`` and the option ``:method:``
+    one method's result in version 2 (``kdlib.report_methods.verdict``), with ``precision`` the
     measurement of bf16 against fp32 (:func:`kdlib.report.precision_answer`)."""
 
     optional_arguments = 1
+    option_spec = {"method": directives.unchanged}
 
     def run(self) -> list[nodes.Node]:
         version = self.arguments[0] if self.arguments else "v1"
         answers = {"v1": report.answer, "v2": report_v2.answer, "headline": report_v2.headline,
-                   "precision": report.precision_answer}
+                   "precision": report.precision_answer, "method": report_methods.verdict}
         if version not in answers:
             raise self.error(f"unknown kdlib-answer '{version}'; choose one of: {', '.join(answers)}")
+        if (version == "method") != ("method" in self.options):
+            raise self.error("kdlib-answer takes the option :method: with the argument 'method' only")
         self.env.note_dependency(str(report.RESULTS_DIR))
-        text = answers[version]()
+        text = answers[version](self.options["method"]) if version == "method" else answers[version]()
         container = nodes.container(classes=["kdlib-answer"])
         self.state.nested_parse(StringList(text.splitlines(), source="kdlib-answer"), self.content_offset,
                                 container)
@@ -228,11 +257,11 @@ NUMERIC_CELL = re.compile(r"[\s+\-−–±<>≤≥×%.,:;\[\]()0-9]*[0-9][\s+\-�
 #: digits (``10,000``, ``1/3``).
 BREAK_AFTER = re.compile(r"(?<![0-9])([,/])(?=\S|$)|([,/])(?=[^\s0-9]|$)|(=)(?=\S|$)")
 #: What a line never breaks inside, in any cell: a name whose hyphen stands before a digit (``CIFAR-100``,
-#: ``WRN-40-2``, ``top-1``), an interval (``+1.47 [+1.03, +1.91]``, ``1.29 ± 3.39``) or a p-value
-#: (``p < 0.001``).
+#: ``WRN-40-2``, ``top-1``), an interval (``+1.47 [+1.03, +1.91]``, ``1.29 ± 3.39``), a p-value
+#: (``p < 0.001``) or a date (``2026-11-30 to 2026-12-01`` breaks only between its dates).
 _SIGNED = r"[+\-−]?[0-9][0-9.]*"
 HYPHENATED = re.compile(rf"[\w.]*[A-Za-z]-[0-9][\w.-]*|{_SIGNED} \[{_SIGNED}, {_SIGNED}\]"
-                        rf"|{_SIGNED} ± {_SIGNED}|\bp (?:[<=]|&lt;) [0-9.]+")
+                        rf"|{_SIGNED} ± {_SIGNED}|\bp (?:[<=]|&lt;) [0-9.]+|\b\d{{4}}-\d{{2}}-\d{{2}}\b")
 _CELL = re.compile(r"<(td|th)(\s[^>]*)?>(.*?)</\1>", re.DOTALL)
 _TAG = re.compile(r"(<[^>]+>)")
 
