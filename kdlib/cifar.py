@@ -6,12 +6,17 @@ small test sets in the same format load through the real loader): a crafted file
 then run code. :func:`read_cifar_pickle` instead uses a restricted unpickler that rebuilds only what CIFAR's
 files hold, and checks each batch's shape and labels; anything else is a :class:`CifarFileError` naming the
 file and how to get a good copy (:mod:`kdlib.data` reports it as a ``DataError``).
+
+:func:`write_synthetic_cifar100` writes files of the same format with synthetic pixels, for tests and for
+benchmarks on a machine without the data (``bench/gpu_check.py``): their labels and pixel statistics are
+CIFAR-100's shape, never its content, so they measure speed and agreement, never accuracy.
 """
 
 from __future__ import annotations
 
 import codecs
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -158,3 +163,44 @@ class CIFAR100(CIFARFiles, tv_datasets.CIFAR100):
     train_list = [[name, None] for name, _ in tv_datasets.CIFAR100.train_list]
     test_list = [[name, None] for name, _ in tv_datasets.CIFAR100.test_list]
     meta = {**tv_datasets.CIFAR100.meta, "md5": None}
+
+
+# --- synthetic files in CIFAR-100's format ----------------------------------------------------------
+def synthetic_images(labels: np.ndarray, seed: int, num_classes: int,
+                     rows: int = 2048) -> Iterator[np.ndarray]:
+    """uint8 rows of ``3·32·32`` pixels whose mean grows with the label (``(label + 0.5) / num_classes · 200 +
+    20``) plus noise uniform on [-40, 40], clipped to 0..255: classes a tiny run can tell apart, nothing like
+    CIFAR's images. Yielded ``rows`` images at a time (50,000 at once would need 1.2 GB of float64 noise); the
+    pixels do not depend on ``rows`` (numpy's generator draws the same stream in pieces)."""
+    rng = np.random.default_rng(seed)
+    for start in range(0, len(labels), rows):
+        part = labels[start:start + rows].astype(np.float64)
+        noise = rng.uniform(-40, 40, size=(len(part), 3 * 32 * 32))
+        yield np.clip(((part + 0.5) / num_classes * 200)[:, None] + noise + 20, 0, 255).astype(np.uint8)
+
+
+def write_synthetic_cifar100(root: str | Path, train_per_class: int = 500, test_per_class: int = 100,
+                             rows: int = 2048) -> Path:
+    """Write ``root/cifar-100-python/{train,test,meta}`` in CIFAR-100's pickle format with **synthetic**
+    pixels (:func:`synthetic_images`): ``100·train_per_class`` training and ``100·test_per_class`` test
+    images (the defaults are CIFAR-100's 50,000 and 10,000), each class equally often in a seeded order
+    (seeds 1 and 2), coarse label ``fine // 5``. :class:`CIFAR100` and ``kdlib.data.load_data("cifar100",
+    root)`` read them as the real files. For speed and agreement checks only: a model trained on them says
+    nothing about CIFAR-100's accuracy. Returns ``root``."""
+    folder = Path(root) / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, per_class, seed in (("train", train_per_class, 1), ("test", test_per_class, 2)):
+        fine = np.random.default_rng(seed).permutation(np.repeat(np.arange(100), per_class))
+        entry = {
+            "batch_label": f"synthetic {split} batch",
+            "filenames": [f"{split}_{i}.png" for i in range(len(fine))],
+            "fine_labels": fine.tolist(),
+            "coarse_labels": (fine // 5).tolist(),
+            "data": np.concatenate([*synthetic_images(fine, seed, 100, rows), np.zeros((0, 3072), np.uint8)]),
+        }
+        with open(folder / split, "wb") as f:
+            pickle.dump(entry, f)
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": [f"class_{i}" for i in range(100)],
+                     "coarse_label_names": [f"super_{i}" for i in range(20)]}, f)
+    return Path(root)

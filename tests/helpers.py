@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from kdlib.cifar import write_synthetic_cifar100
+
 
 def class_images(labels: np.ndarray, shape: tuple[int, ...], seed: int, num_classes: int) -> np.ndarray:
     """uint8 images whose mean grows with the label, plus uniform noise."""
@@ -37,30 +39,10 @@ def _labels(num_classes: int, per_class: int, seed: int) -> np.ndarray:
 
 
 def write_cifar100(root: str | Path, train_per_class: int = 3, test_per_class: int = 2) -> Path:
-    """A CIFAR-100 with ``100·train_per_class`` training and ``100·test_per_class`` test images."""
-    folder = Path(root) / "cifar-100-python"
-    folder.mkdir(parents=True, exist_ok=True)
-    for split, per_class, seed in (("train", train_per_class, 1), ("test", test_per_class, 2)):
-        fine = _labels(100, per_class, seed)
-        data = class_images(fine, (3 * 32 * 32,), seed, 100)
-        entry = {
-            "batch_label": f"{split} batch",
-            "filenames": [f"{split}_{i}.png" for i in range(len(fine))],
-            "fine_labels": fine.tolist(),
-            "coarse_labels": (fine // 5).tolist(),
-            "data": data,
-        }
-        with open(folder / split, "wb") as f:
-            pickle.dump(entry, f)
-    with open(folder / "meta", "wb") as f:
-        pickle.dump(
-            {
-                "fine_label_names": [f"class_{i}" for i in range(100)],
-                "coarse_label_names": [f"super_{i}" for i in range(20)],
-            },
-            f,
-        )
-    return Path(root)
+    """A CIFAR-100 with ``100·train_per_class`` training and ``100·test_per_class`` test images: kdlib's own
+    synthetic writer (:func:`kdlib.cifar.write_synthetic_cifar100`), which draws the same pixels as
+    :func:`class_images` with seeds 1 and 2."""
+    return write_synthetic_cifar100(root, train_per_class, test_per_class)
 
 
 def write_cifar10(root: str | Path, train_per_class: int = 5, test_per_class: int = 3) -> Path:
