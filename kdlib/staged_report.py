@@ -197,9 +197,11 @@ def answer(profile: str) -> str:
     stand = progress(profile)
     if not complete(profile):
         (teachers_done, teachers_planned), (tuned, planned) = stand["teacher"], stand["tuning"]
-        return (f"Under way: {teachers_done} of {teachers_planned} teachers, {tuned} of the {planned} tuning "
-                f"runs planned so far and {stand['final'][0]} final runs are recorded. The answer is written "
-                "here once every final run is, never from some of them.")
+        tuning_words = (f"{tuned} of the {planned} tuning runs planned so far" if planned else
+                        "no tuning run (it starts once every teacher is)")
+        return (f"Under way: {teachers_done} of {teachers_planned} teachers, {tuning_words} and "
+                f"{stand['final'][0]} final runs are recorded. The answer is written here once every final "
+                "run is, never from some of them.")
     paragraphs = []
     for family in families(profile):
         table, baseline = _family(profile, family), families(profile)[family]["baseline"]

@@ -14,7 +14,10 @@
   listed in a folded block.
 - ``kdlib-answer`` directive: the study's answer in words (:func:`kdlib.report.answer`; ``v2``:
   :func:`kdlib.report_v2.answer`; ``precision``: :func:`kdlib.report.precision_answer`; ``method`` with
-  ``:method: cd``: a method chapter's verdict, ``kdlib.report_methods.verdict``), from the records.
+  ``:method: cd``: a method chapter's verdict, ``kdlib.report_methods.verdict``; ``study`` with ``:study:
+  proxy_v3``: a staged study's, :func:`kdlib.staged_report.answer`), from the records. The tables of
+  :data:`kdlib.staged_report.TABLES` take ``:study:`` (the staged profile) and, to compare one family,
+  ``:family:``.
 - ``kdlib-figure`` directive: the same for the figures of :data:`FIGURES` (``ranking``, ``v2-forest``), drawn
   at build time and inlined as SVG (no image files to keep in step with ``data/``); one with a caption
   (:data:`FIGURE_TEXT`) is a numbered figure with alt text.
@@ -46,11 +49,12 @@ from docutils.parsers.rst import directives
 from docutils.statemachine import StringList
 from sphinx.util.docutils import SphinxDirective
 
-from kdlib import plots, record, report, report_methods, report_studies, report_v2, results
+from kdlib import plots, record, report, report_methods, report_studies, report_v2, results, staged_report
 from kdlib.methods import METHODS
 
 #: Every table the ``kdlib-table`` directive renders, by name.
-TABLES = {**report.TABLES, **report_v2.TABLES, **report_methods.TABLES, **report_studies.TABLES}
+TABLES = {**report.TABLES, **report_v2.TABLES, **report_methods.TABLES, **report_studies.TABLES,
+          **staged_report.TABLES}
 
 EMPTY = {
     "measured": "No measured runs are committed yet.",
@@ -69,6 +73,13 @@ EMPTY = {
     "v2-cost": "No run of version 2 is recorded yet.",
     "v2-forest": "The comparisons are drawn once every final run is recorded, never from some of them.",
     "claims": "No channel method has a row yet.",
+    "study-teachers": "No teacher of this pair is recorded yet.",
+    "study-tuning": "No tuning run of this pair is recorded yet: the tuning starts once both teachers are.",
+    "study-final": "No final run of this pair is recorded yet: they start once its tuning is complete.",
+    "study-family": "Compared once every final run of this pair is recorded, never from some of them.",
+    "study-ablations": "Compared once every final run of this pair is recorded, never from some of them.",
+    "study-noise": "Measured once every final run of this pair is recorded.",
+    "study-cost": "Nothing of this pair has run yet.",
     "v2-method-tuning": "No tuning run is recorded yet.",
     "provenance-by-study": "No measured runs are committed yet.",
     "provenance-v2": "No run of version 2 is recorded yet.",
@@ -82,7 +93,8 @@ class KdlibTable(SphinxDirective):
     """Render ``TABLES[name](**options)`` as a table."""
 
     required_arguments = 1
-    option_spec = {"paper": directives.unchanged, "methods": directives.unchanged}
+    option_spec = {"paper": directives.unchanged, "methods": directives.unchanged,
+                   "study": directives.unchanged, "family": directives.unchanged}
     #: The columns of the folded list of reported rows that have no measurement yet.
     UNMEASURED = ["dataset", "pair", "method (as reported)", "metric", "reported", "ours: kdlib method",
                   "source"]
@@ -96,6 +108,13 @@ class KdlibTable(SphinxDirective):
             kwargs["paper"] = self.options["paper"]
         if "methods" in self.options:
             kwargs["methods"] = self.options["methods"].split()
+        if (name in staged_report.TABLES) != ("study" in self.options):
+            raise self.error(f"the option :study: (a staged profile) goes with the tables "
+                             f"{', '.join(staged_report.TABLES)}, and only with them")
+        if "study" in self.options:
+            kwargs["profile"] = self.options["study"]
+        if "family" in self.options:
+            kwargs["family"] = self.options["family"]
         table = TABLES[name](**kwargs)
         self.env.note_dependency(str(report.RESULTS_DIR))
         if name == "reported-vs-measured":
@@ -171,21 +190,27 @@ class KdlibAnswer(SphinxDirective):
     with the argument ``v2`` the second proxy study's (:func:`kdlib.report_v2.answer`; ``headline``: in plain
     words with its conditions, :func:`kdlib.report_v2.headline`), with ``method`` and the option ``:method:``
     one method's result in version 2 (``kdlib.report_methods.verdict``), with ``precision`` the
-    measurement of bf16 against fp32 (:func:`kdlib.report.precision_answer`)."""
+    measurement of bf16 against fp32 (:func:`kdlib.report.precision_answer`), with ``study`` and the option
+    ``:study:`` a staged study's (:func:`kdlib.staged_report.answer`)."""
 
     optional_arguments = 1
-    option_spec = {"method": directives.unchanged}
+    option_spec = {"method": directives.unchanged, "study": directives.unchanged}
+    #: The option each answer takes, if any.
+    OPTION = {"method": "method", "study": "study"}
 
     def run(self) -> list[nodes.Node]:
         version = self.arguments[0] if self.arguments else "v1"
         answers = {"v1": report.answer, "v2": report_v2.answer, "headline": report_v2.headline,
-                   "precision": report.precision_answer, "method": report_methods.verdict}
+                   "precision": report.precision_answer, "method": report_methods.verdict,
+                   "study": staged_report.answer}
         if version not in answers:
             raise self.error(f"unknown kdlib-answer '{version}'; choose one of: {', '.join(answers)}")
-        if (version == "method") != ("method" in self.options):
-            raise self.error("kdlib-answer takes the option :method: with the argument 'method' only")
+        option = self.OPTION.get(version)
+        if set(self.options) != ({option} if option else set()):
+            raise self.error("kdlib-answer takes :method: with 'method', :study: with 'study', and no other "
+                             "option")
         self.env.note_dependency(str(report.RESULTS_DIR))
-        text = answers[version](self.options["method"]) if version == "method" else answers[version]()
+        text = answers[version](self.options[option]) if option else answers[version]()
         container = nodes.container(classes=["kdlib-answer"])
         self.state.nested_parse(StringList(text.splitlines(), source="kdlib-answer"), self.content_offset,
                                 container)
