@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from kdlib import comparison, report, results, stats
+from kdlib.methods import make_config
 from kdlib.study import staged
 
 
@@ -68,10 +69,12 @@ def names(profile: str) -> dict[tuple[str, str], str]:
 def label(name: str, variant: str) -> str:
     """A configuration as readers name it: its name and its options in words (``cd without GKD
     (cd_weight 24, gkd_weight 0)``)."""
-    if variant == "default":
-        return name
-    options = ", ".join(f"{k} {_number(v)}" for k, v in (part.split("=", 1) for part in variant.split(",")))
-    return f"{name} ({options})"
+    return name if variant == "default" else f"{name} ({options_in_words(variant)})"
+
+
+def options_in_words(variant: str) -> str:
+    """``cd_weight 24`` for the variant ``cd_weight=24.0``."""
+    return ", ".join(f"{k} {_number(v)}" for k, v in (part.split("=", 1) for part in variant.split(",")))
 
 
 def _number(value: str) -> str:
@@ -98,21 +101,30 @@ def teachers(profile: str) -> pd.DataFrame:
 
 
 def tuning(profile: str) -> pd.DataFrame:
-    """Each tuned method: the mean validation top-1 (last epoch, over the tuning seeds) at every multiple of
-    its main weight tried, the chosen one and where it fell (interior, at the limit, waiting for runs)."""
+    """Each tuned method: its main weight, its runs, the mean validation top-1 (last epoch, over the tuning
+    seeds) at every multiple of the default tried (a column per multiple any method tried; ``–`` where this
+    one did not, or could not choose it), the chosen multiple and where it fell (interior, at the limit,
+    waiting for runs). The test set is not read."""
     s = staged.load_staged(profile)
     records = stage_records(profile, "tuning")
     if not len(records):
         return pd.DataFrame()
     chosen = staged.chosen_weights(s, records)
+    multiples = sorted({m for scores in chosen["scores"] for m in scores})
     rows = []
     for row in chosen.itertuples():
-        tried = ", ".join(f"×{m:g} {'–' if v is None else report.number(v)}" for m, v in row.scores.items())
-        waiting = row.state == comparison.WAITING
-        rows.append({"method": row.method, "runs": int((records["method"] == row.method).sum()),
-                     "validation top-1 by multiple of the default": tried,
-                     "chosen": "–" if waiting or row.multiplier is None else f"×{row.multiplier:g}",
-                     "where": row.state})
+        default = make_config(row.method)
+        cells = {"method": row.method, "runs": int((records["method"] == row.method).sum()),
+                 "main weight (default)": ", ".join(f"{name} = {getattr(default, name):g}"
+                                                    for name in comparison.MAIN_WEIGHTS[row.method])}
+        for m in multiples:
+            score = row.scores.get(m)
+            cells[f"×{m:g}"] = "–" if score is None else report.number(score)
+        waiting = row.state == comparison.WAITING or row.multiplier is None
+        cells["chosen"] = "–" if waiting else f"×{row.multiplier:g}"
+        fixed_grid = row.state == comparison.AT_LIMIT and not s.tuning.get("extend")
+        cells["where"] = "at an end of the fixed grid" if fixed_grid else row.state
+        rows.append(cells)
     return pd.DataFrame(rows)
 
 

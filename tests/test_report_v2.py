@@ -1,6 +1,6 @@
-"""The book's view of the second proxy study (kdlib.report_v2's tables and answer): its records stay out of
-version 1's tables, KD is compared at its chosen weight, and no answer is written from part of the final
-runs."""
+"""The book's view of the second proxy study (its tables through kdlib.staged_report, its answer through
+kdlib.report_v2): its records stay out of version 1's tables, KD is compared at its chosen weight, and no
+answer is written from part of the final runs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kdlib import comparison, report, report_v2, stats
+from kdlib import comparison, report, report_v2, staged_report, stats
 from kdlib.paths import RESULTS_DIR
 
 CONFIGURATIONS = ("ce", "kd", "ickd", "ccs", "cd", "cwt", "iekd", "pkt")
@@ -47,23 +47,34 @@ def test_v2_records_stay_out_of_version_1_tables(tmp_path: Path, monkeypatch: py
     assert len(report.study_records(tmp_path / "proxy_v2")) == 1  # read when named
 
 
-def test_configurations_are_compared_with_kd_at_its_chosen_weight() -> None:
+def test_kd_is_compared_at_its_chosen_weight() -> None:
+    """On synthetic final records with KD at a weight other than its default, KD is the baseline at that
+    weight: every other configuration is paired with it, and the verdicts follow Holm's p."""
     records = _final()
     assert comparison.baseline_variant(records, "kd") == "kd_weight=3.6"
-    table = report_v2.comparisons("kd", records).set_index("configuration")
-    assert len(table) == 7 and set(table["paired seeds"]) == {10}
-    assert table.loc["ickd", "verdict"] == "above" and table.loc["ce", "verdict"] == "below"
-    assert table.loc["ccs", "verdict"] == "within the corrected noise"
     raw = comparison.holm_comparisons(records, "kd").set_index("method")
+    assert len(raw) == 7 and set(raw["n"]) == {10}
+    assert raw.loc["ickd", "verdict"] == "above" and raw.loc["ce", "verdict"] == "below"
+    assert raw.loc["ccs", "verdict"] == "within the corrected noise"
     assert raw.loc["ickd", "p_holm"] >= raw.loc["ickd", "p"]
-    assert table.loc["ickd", "Holm p"] == stats.format_p(raw.loc["ickd", "p_holm"])  # "< 0.001", not "0.000"
-    vs_ce = report_v2.comparisons("ce", records).set_index("configuration")
-    assert "kd" in vs_ce.index and (vs_ce["verdict"] == "above").all()
+
+
+def test_the_v2_page_renders_its_records_through_the_staged_report() -> None:
+    """study_v2's tables come from kdlib.staged_report (one report path for every staged study): KD minus
+    nothing, each configuration paired on its 10 seeds, the numbers holm_comparisons gives, p as "< 0.001"."""
+    table = staged_report.family_comparison("proxy_v2", "vs kd").set_index("configuration")
+    raw = comparison.holm_comparisons(report_v2.stage_records("final"), "kd").set_index("method")
+    assert len(table) == 7 and set(table["paired seeds"]) == {10}
+    cd = table.loc["cd (cd_weight 24)"]
+    mean, lo, hi = raw.loc["cd", ["mean", "lo", "hi"]]
+    assert cd["minus kd"] == report.mean_ci(mean, lo, hi, 10)
+    assert cd["Holm p"] == stats.format_p(raw.loc["cd", "p_holm"]) == "< 0.001" and cd["verdict"] == "above"
+    final = staged_report.final("proxy_v2").set_index("configuration")
+    assert set(final["runs"]) == {10} and final.loc["kd", "hardware"] == "AMD EPYC 10"
 
 
 def test_no_answer_from_part_of_the_final_runs() -> None:
     partial = _final(range(9))
-    assert report_v2.comparisons("kd", partial).empty
     assert "72 of its 80 final runs are recorded" in report_v2.answer(partial)
     text = report_v2.answer(_final())
     assert "1 of 7 configurations beat KD beyond the Holm-corrected noise" in text
@@ -72,11 +83,10 @@ def test_no_answer_from_part_of_the_final_runs() -> None:
     assert (f"ICKD (default weights) {ickd['mean']:+.2f} [{ickd['lo']:+.2f}, {ickd['hi']:+.2f}] (Holm p "
             in text)
     assert "points here, with 80% power" in text  # the realised noise's detectable difference
-    final = report_v2.final_table(_final()).set_index("configuration")
-    assert final.loc["kd", "weight"] == "kd_weight=3.6" and set(final["runs"]) == {10}
 
 
 def test_the_cost_is_summed_from_the_records() -> None:
-    cost = report_v2.cost_table().set_index("stage")
+    cost = staged_report.cost("proxy_v2").set_index("stage")
     assert cost.loc["teacher", "runs"] == 1 and cost.loc["teacher", "hardware"] == "NVIDIA H200"
     assert float(cost.loc["teacher", "wall time, hours"]) > 0
+    assert cost.loc["final", "runs"] == 80 and cost.loc["final", "hardware"] == "AMD EPYC"
