@@ -233,3 +233,17 @@ def test_notebook_is_written_for_readers(name: str) -> None:
     assert "max_colwidth" not in text, "tables go through study.show, which cuts no cell"
     title = source(cells[0]).splitlines()[0]
     assert title.endswith(": the notebook") or name in ("00_teachers", "06_head_to_head"), title
+
+
+@pytest.mark.parametrize("name", METHOD_NOTEBOOKS)
+def test_a_method_notebooks_smoke_outputs_are_marked_and_folded(name: str) -> None:
+    """A method notebook's committed outputs are a smoke run's: a box says so before the first of them, names
+    the chapter where the measured results are, and every output of this execution's runs is folded."""
+    cells = load(name)["cells"]
+    box = next(i for i, c in enumerate(cells) if "A smoke run, not a result" in source(c))
+    assert cells[box]["cell_type"] == "markdown" and "../methods/" in source(cells[box])
+    runs = next(i for i, c in enumerate(cells) if "run_grid" in source(c))
+    assert box < runs
+    shown = [c for c in cells[runs:] if c["cell_type"] == "code" and c.get("outputs")
+             and not {"hide-output", "remove-cell", "remove-output"} & set(tags(c))]
+    assert not shown, [source(c)[:60] for c in shown]

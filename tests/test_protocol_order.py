@@ -37,7 +37,7 @@ def history() -> None:
 
 def first_commit(path: str) -> str | None:
     """The commit that first added ``path`` on the current history (None if it was never committed)."""
-    added = _git("log", "--diff-filter=A", "--format=%H", "--follow", "--", path).split()
+    added = _git("log", "--diff-filter=A", "--format=%H", "--", path).split()
     return added[-1] if added else None
 
 
