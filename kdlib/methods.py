@@ -88,6 +88,18 @@ def variant_string(config: MethodConfig) -> str:
     return ",".join(sorted(changed)) or "default"
 
 
+def options_in_words(variant: str) -> str:
+    """A :func:`variant_string` as readers read it: ``cd_weight 24, gkd_weight 0`` for
+    ``cd_weight=24.0,gkd_weight=0.0`` (numbers without trailing zeros)."""
+    def number(value: str) -> str:
+        try:
+            return f"{float(value):g}"
+        except ValueError:
+            return value
+
+    return ", ".join(f"{k} {number(v)}" for k, v in (part.split("=", 1) for part in variant.split(",")))
+
+
 def build_distiller(
     method: str,
     student: nn.Module,

@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from kdlib import plots, results, stats
-from kdlib.methods import CHANNEL_METHODS
+from kdlib.methods import CHANNEL_METHODS, options_in_words
 from kdlib.paths import BENCH_CSV, PRECISION_CSV, REPORTED_CSV, RESULTS_DIR, relative
 from kdlib.recipes import available_recipes, get_recipe
 
@@ -238,8 +238,10 @@ def findings(records: pd.DataFrame | None = None, baseline: str = "kd") -> pd.Da
 
 
 def _names(rows: pd.DataFrame, difference: str | None = None) -> str:
-    """``a/x (−1.95), b/y (−3.97)``: configurations, with their mean difference if ``difference`` is given."""
-    return ", ".join(f"{m}/{v}" + (f" ({d.split(' ±')[0]})" if difference else "")
+    """``ce (−1.95), iekd (exp_weight 50, inh_weight 50) (−3.97)``: configurations as readers name them
+    (:func:`kdlib.methods.options_in_words`), with their mean difference if ``difference`` is given."""
+    return ", ".join((m if v == "default" else f"{m} ({options_in_words(v)})")
+                     + (f" ({d.split(' ±')[0]})" if difference else "")
                      for m, v, d in zip(rows["method"], rows["variant"],
                                         rows[difference] if difference else rows["method"], strict=True))
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from kdlib import comparison, plots, report, results, staged_report, stats
-from kdlib.methods import CHANNEL_METHODS
+from kdlib import comparison, plots, report, results, stats
+from kdlib.methods import CHANNEL_METHODS, options_in_words
 from kdlib.paths import PROFILES_DIR, REPORTED_CSV, RESULTS_DIR
 from kdlib.study.staged import chosen_weights, load_staged
 
@@ -90,7 +90,7 @@ def configuration_label(method: str, variant: str) -> str:
     """A configuration as readers name it, e.g. ``CD (cd_weight 24)`` for ``cd``/``cd_weight=24.0``."""
     if variant == "default":
         return display_name(method) + ("" if method == "ce" else " (default weights)")
-    return f"{display_name(method)} ({staged_report.options_in_words(variant)})"
+    return f"{display_name(method)} ({options_in_words(variant)})"
 
 
 def forest_data(records: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -237,7 +237,7 @@ def _v1_cell(paired: pd.DataFrame, method: str) -> str:
     default = rows[rows["variant"] == "default"]
     row = default.iloc[0] if len(default) else rows.loc[rows["variant"].str.count(",").idxmin()]
     verdict = str(row["last epoch: verdict"]).replace(" kd", " KD")
-    named = "" if row["variant"] == "default" else f" ({staged_report.options_in_words(row['variant'])})"
+    named = "" if row["variant"] == "default" else f" ({options_in_words(row['variant'])})"
     return f"{row['top-1 minus kd, last epoch']}: {verdict}{named}"
 
 

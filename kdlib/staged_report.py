@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from kdlib import comparison, report, results, stats
-from kdlib.methods import make_config
+from kdlib.methods import make_config, options_in_words
 from kdlib.study import staged
 
 
@@ -70,18 +70,6 @@ def label(name: str, variant: str) -> str:
     """A configuration as readers name it: its name and its options in words (``cd without GKD
     (cd_weight 24, gkd_weight 0)``)."""
     return name if variant == "default" else f"{name} ({options_in_words(variant)})"
-
-
-def options_in_words(variant: str) -> str:
-    """``cd_weight 24`` for the variant ``cd_weight=24.0``."""
-    return ", ".join(f"{k} {_number(v)}" for k, v in (part.split("=", 1) for part in variant.split(",")))
-
-
-def _number(value: str) -> str:
-    try:
-        return f"{float(value):g}"
-    except ValueError:
-        return value
 
 
 def teachers(profile: str) -> pd.DataFrame:

@@ -139,8 +139,8 @@ def test_ranking_figures(study: pd.DataFrame) -> None:
 def test_answer_says_the_verdicts_in_words(study: pd.DataFrame) -> None:
     text = report.answer(study)
     assert text.startswith("**No method or variant beats KD beyond seed noise.**")
-    assert "1 are below it" in text and "ce/default (-2.00)" in text
-    assert "1 diverged on every seed: ickd/variant=paper" in text
+    assert "1 are below it" in text and "ce (-2.00)" in text and "/default" not in text  # as readers name it
+    assert "1 diverged on every seed: ickd (variant paper)" in text
     assert "No run at the papers' scale" not in text  # the fixture's runs are CIFAR-100 runs
     assert "no answer yet" in report.answer(results.load_records([]))
 
