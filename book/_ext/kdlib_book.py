@@ -49,12 +49,22 @@ from docutils.parsers.rst import directives
 from docutils.statemachine import StringList
 from sphinx.util.docutils import SphinxDirective
 
-from kdlib import plots, record, report, report_methods, report_studies, report_v2, results, staged_report
+from kdlib import (
+    plots,
+    record,
+    report,
+    report_methods,
+    report_papers,
+    report_studies,
+    report_v2,
+    results,
+    staged_report,
+)
 from kdlib.methods import METHODS
 
 #: Every table the ``kdlib-table`` directive renders, by name.
 TABLES = {**report.TABLES, **report_v2.TABLES, **report_methods.TABLES, **report_studies.TABLES,
-          **staged_report.TABLES}
+          **staged_report.TABLES, **report_papers.TABLES}
 
 EMPTY = {
     "measured": "No measured runs are committed yet.",
@@ -80,6 +90,8 @@ EMPTY = {
     "runs-by-study": "No measured runs are committed yet.",
     "teachers-by-study": "No committed run has evaluated a teacher yet.",
     "v2-method-final": "The comparisons are made once every final run is recorded, never from some of them.",
+    "paper-table": "The reported numbers hold no table of this paper.",
+    "paper-sources": "The reported numbers hold no table of this paper, so there is no source to name.",
 }
 
 
