@@ -65,16 +65,17 @@ def _palette(order: Sequence[str]) -> dict[str, Any]:
 def _legend(fig: Figure, palette: Mapping[str, Any], title: str | None = None) -> None:
     """One legend for the whole figure, right of the panels: true in every panel (colours are shared)."""
     handles = [Line2D([0], [0], color=c, marker="o", label=name) for name, c in palette.items()]
-    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize="small", title=title,
-               frameon=False)
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=9, title=title,
+               title_fontsize=9, frameon=False)
 
 
 def training_curves(records: Sequence[Mapping[str, Any]], title: str | None = None,
-                    label: str | None = None) -> Figure:
+                    label: str | None = None, legend_title: str | None = None) -> Figure:
     """Test top-1 and training loss per epoch, one line per run label (``method/variant``, or the record
     field ``label``; mean over seeds, band = 95% interval when several seeds); single epochs are points.
     The loss is each run's own objective (the sum of its weighted terms), so it compares epochs of one run,
-    not methods."""
+    not methods. ``legend_title``: what the labels are (default ``label``, else ``run``); a teacher's own
+    training record names its architecture in the field ``student``, so its curves say ``teacher``."""
     df = history_frame(records, label)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     if df.empty:
@@ -91,7 +92,7 @@ def training_curves(records: Sequence[Mapping[str, Any]], title: str | None = No
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    _legend(fig, palette, label or "run")
+    _legend(fig, palette, legend_title or label or "run")
     return _close(fig)
 
 

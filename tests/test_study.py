@@ -570,3 +570,6 @@ def test_every_figure_from_a_tiny_grid(tiny: dict[str, Path], tmp_path: Path) ->
         plots.training_curves([]),
     ]
     assert all(isinstance(f, Figure) and f.axes for f in figures)
+    teachers = plots.training_curves(study.records_of(outcomes), label="student", legend_title="teacher")
+    [legend] = teachers.legends
+    assert legend.get_title().get_text() == "teacher" and legend.get_texts()[0].get_fontsize() >= 9
