@@ -22,6 +22,8 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from kdlib.methods import options_in_words
+
 #: Colour maps, sequential for non-negative matrices and diverging for correlations in [-1, 1].
 SEQUENTIAL = "rocket_r"
 DIVERGING = "vlag"
@@ -291,7 +293,11 @@ def ranking(table: pd.DataFrame, value: str = "mean", lo: str = "lo", hi: str = 
     method minus the baseline on the same seeds) or :func:`kdlib.results.summarize` (``top1_last_mean``,
     ``top1_last_lo``, ``top1_last_hi``)."""
     df = table.copy()
-    df["label"] = ["/".join(str(r[c]) for c in label) for _, r in df.iterrows()]
+    if tuple(label) == ("method", "variant"):  # as readers name a configuration: "iekd (exp_weight 50)"
+        df["label"] = [m if v == "default" else f"{m} ({options_in_words(v)})"
+                       for m, v in zip(df["method"], df["variant"], strict=True)]
+    else:
+        df["label"] = ["/".join(str(r[c]) for c in label) for _, r in df.iterrows()]
     if "n" in df:
         df["label"] = [f"{name} (n={int(n)})" for name, n in zip(df["label"], df["n"], strict=True)]
     df = df.sort_values(value, ascending=True).reset_index(drop=True)

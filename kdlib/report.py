@@ -240,8 +240,7 @@ def findings(records: pd.DataFrame | None = None, baseline: str = "kd") -> pd.Da
 def _names(rows: pd.DataFrame, difference: str | None = None) -> str:
     """``ce (−1.95), iekd (exp_weight 50, inh_weight 50) (−3.97)``: configurations as readers name them
     (:func:`kdlib.methods.options_in_words`), with their mean difference if ``difference`` is given."""
-    return ", ".join((m if v == "default" else f"{m} ({options_in_words(v)})")
-                     + (f" ({d.split(' ±')[0]})" if difference else "")
+    return ", ".join(options_label(m, v) + (f" ({d.split(' ±')[0]})" if difference else "")
                      for m, v, d in zip(rows["method"], rows["variant"],
                                         rows[difference] if difference else rows["method"], strict=True))
 
@@ -288,8 +287,8 @@ def ranking(records: pd.DataFrame | None = None, baseline: str = "kd", absolute:
     for title, group in results.comparison_groups(_completed(records)):
         if ((group["method"] == baseline) & (group["variant"] == "default")).any():
             diffs = results.paired_differences(group, baseline=(baseline, "default"))
-            figures.append(plots.ranking(diffs, xlabel=f"top-1 (last epoch) minus {baseline}, same seeds",
-                                         title=title))
+            xlabel = f"top-1 (last epoch) minus {baseline.upper()}, same seeds"
+            figures.append(plots.ranking(diffs, xlabel=xlabel, title=title))
         if not absolute:
             continue
         summary = results.summarize(group)
@@ -490,11 +489,40 @@ TABLES: dict[str, Callable[..., pd.DataFrame]] = {
 }
 
 
+def difference_text(records: pd.DataFrame | None = None, baseline: str = "kd") -> dict[str, str]:
+    """The caption and alt text of the landing page's figure (:func:`ranking` without absolute top-1), from
+    the same records: what is drawn, over how many paired seeds, and how many intervals exclude zero."""
+    records = study_records() if records is None else records
+    groups = [(title, results.paired_differences(group, baseline=(baseline, "default")))
+              for title, group in results.comparison_groups(_completed(records))
+              if ((group["method"] == baseline) & (group["variant"] == "default")).any()]
+    if not groups:
+        return {"caption": "", "alt": ""}
+    title, diffs = groups[0]
+    clear = diffs[(diffs["lo"] > 0) | (diffs["hi"] < 0)]
+    seeds = "/".join(str(n) for n in sorted(set(diffs["n"])))
+    caption = (f"Version 1, the papers' weights ({title}): each configuration's test top-1 at the last epoch "
+               f"minus {baseline.upper()}'s on the same seeds, mean over {seeds} paired seeds with its 95% "
+               f"Student-t interval, uncorrected for the {len(diffs)} comparisons. {len(clear)} of the "
+               f"{len(diffs)} intervals exclude zero; the later versions tune the weights, use more seeds "
+               "and correct for the number of comparisons.")
+    rows = "; ".join(f"{options_label(r.method, r.variant)} {r.mean:+.2f} [{r.lo:+.2f}, {r.hi:+.2f}]"
+                     for r in diffs.sort_values("mean", ascending=False).itertuples())
+    return {"caption": caption, "alt": f"Interval plot of top-1 differences from {baseline.upper()}: {rows}."}
+
+
+def options_label(method: str, variant: str) -> str:
+    """``iekd (exp_weight 50, inh_weight 50)``: a configuration as readers name it."""
+    return method if variant == "default" else f"{method} ({options_in_words(variant)})"
+
+
 #: The figures of the book's ``kdlib-figure`` directive, by name (each returns a list of figures).
 FIGURES: dict[str, Callable[..., list[Figure]]] = {
     "ranking": ranking,
     "difference": lambda: ranking(absolute=False),  # the landing page's one figure
 }
+#: The captions and alt texts of the figures that have them, by name.
+FIGURE_TEXT: dict[str, Callable[..., dict[str, str]]] = {"difference": difference_text}
 
 
 def split_constant(table: pd.DataFrame, keep: tuple[str, ...] = ("method", "variant", "run")) -> tuple[

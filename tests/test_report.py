@@ -131,7 +131,7 @@ def test_ranking_figures(study: pd.DataFrame) -> None:
     figures = report.ranking(study)
     assert len(figures) == 2  # differences to kd, and absolute accuracy
     labels = [t.get_text() for t in figures[0].axes[0].get_yticklabels()]
-    assert labels == ["ce/default (n=3)", "ickd/default (n=2)"]
+    assert labels == ["ce (n=3)", "ickd (n=2)"]  # as readers name configurations
     assert report.ranking(results.load_records([])) == []
     assert len(report.ranking(study, absolute=False)) == 1  # the landing page's one figure
 
@@ -192,3 +192,17 @@ def test_bench_table_has_a_row_per_measured_pair() -> None:
     assert list(table.columns) == ["measured", "device", "pair", "our path", "reference ms", "ours ms",
                                    "bare ms", "speedup", "overhead vs bare %"]
     assert not table["our path"].str.contains("fused_sgd").any()
+
+
+def test_the_landing_figure_is_captioned_from_its_records() -> None:
+    """The v1 figure's caption counts what the records give (comparisons, paired seeds, intervals excluding
+    zero) and its alt text names every configuration with its interval."""
+    records = report.study_records()
+    text = report.difference_text(records)
+    [(_, group)] = [g for g in results.comparison_groups(records[records["status"] == "completed"])]
+    diffs = results.paired_differences(group, baseline=("kd", "default"))
+    clear = int(((diffs["lo"] > 0) | (diffs["hi"] < 0)).sum())
+    counted = f"uncorrected for the {len(diffs)} comparisons. {clear} of the {len(diffs)} intervals"
+    assert counted in text["caption"]
+    assert text["alt"].count("[") == len(diffs) and "/" not in text["alt"].split(":", 1)[1]
+    assert report.difference_text(results.load_records([])) == {"caption": "", "alt": ""}

@@ -224,9 +224,9 @@ class KdlibAnswer(SphinxDirective):
 
 
 #: Every figure the ``kdlib-figure`` directive draws, by name, and the captions and alt texts of those that
-#: have them (:data:`kdlib.report_v2.FIGURE_TEXT`).
+#: have them (:data:`kdlib.report.FIGURE_TEXT`, :data:`kdlib.report_v2.FIGURE_TEXT`).
 FIGURES = {**report.FIGURES, **report_v2.FIGURES}
-FIGURE_TEXT = report_v2.FIGURE_TEXT
+FIGURE_TEXT = {**report.FIGURE_TEXT, **report_v2.FIGURE_TEXT}
 
 
 class KdlibFigure(SphinxDirective):
