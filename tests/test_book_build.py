@@ -124,3 +124,21 @@ def test_a_span_of_dates_breaks_only_between_its_dates() -> None:
     out = kdlib_book.readable_cells("<td>2026-11-30 to 2026-12-01</td>")
     assert out == ('<td><span class="kdlib-nowrap">2026-11-30</span> to '
                    '<span class="kdlib-nowrap">2026-12-01</span></td>')
+
+
+def test_every_figure_of_the_book_stands_alone() -> None:
+    """Every image of a page's content (a notebook's PNG, a ``kdlib-figure``'s inline SVG) is a numbered
+    figure with a caption and alt text, so it says what it shows without the text around it."""
+    problems = []
+    indexes = ("genindex.html", "py-modindex.html", "search.html")  # Sphinx's own (a toggle icon)
+    for page in [p for p in [*_built(), HTML / "index.html"] if p.name not in indexes]:
+        text = page.read_text()
+        main = text[text.find("<main"):text.find("</main>")]
+        shown = len(re.findall(r"<img\b", main)) + len(re.findall(r'<svg\b[^>]*role="img"', main))
+        captioned = len(re.findall(r"<figcaption", main))
+        described = len(re.findall(r'<img\b[^>]*\balt="[^"]+"', main)) + len(
+            re.findall(r'<svg\b[^>]*aria-label="[^"]+"', main))
+        if shown > captioned or shown > described:
+            problems.append(f"{page.relative_to(HTML)}: {shown} images, {captioned} captions, "
+                            f"{described} alt texts")
+    assert not problems, "\n".join(problems)
