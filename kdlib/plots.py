@@ -110,15 +110,16 @@ def family_curves(records: Sequence[Mapping[str, Any]], title: str | None = None
     fig, axes = plt.subplots(nrows, ncols, figsize=(3.0 * ncols, 2.4 * nrows), sharex=True, sharey=True,
                              squeeze=False)
     base = df[df["run"] == f"{reference}/default"]
+    df["shown"] = [_in_words(run) for run in df["run"]]
     for ax, method in zip(axes.flat, methods, strict=False):
         part = df[df["method"] == method]
-        variants = list(dict.fromkeys(part["run"]))
+        variants = list(dict.fromkeys(part["shown"]))
         if len(base) and method != reference:
             sns.lineplot(data=base, x="epoch", y="top1", color="grey", ls="--", errorbar=None, ax=ax,
-                         label=f"{reference}/default")
-        sns.lineplot(data=part, x="epoch", y="top1", hue="run", hue_order=variants,
+                         label=reference.upper())
+        sns.lineplot(data=part, x="epoch", y="top1", hue="shown", hue_order=variants,
                      palette=_palette(variants), marker="o", errorbar=("ci", 95), ax=ax)
-        ax.legend(fontsize="x-small", loc="lower right", title=None)
+        ax.legend(fontsize="small", loc="lower right", title=None)
         ax.set_title(method)
         ax.set_ylabel("test top-1 (%)")
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -128,6 +129,12 @@ def family_curves(records: Sequence[Mapping[str, Any]], title: str | None = None
         fig.suptitle(title)
     fig.tight_layout()
     return _close(fig)
+
+
+def _in_words(run: str) -> str:
+    """``cd (edt paper)`` for the run label ``cd/edt=paper``, ``cd`` for ``cd/default``."""
+    method, variant = run.split("/", 1)
+    return method if variant == "default" else f"{method} ({options_in_words(variant)})"
 
 
 def loss_terms(records: Sequence[Mapping[str, Any]], title: str | None = None) -> Figure:
