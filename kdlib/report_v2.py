@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from kdlib import comparison, plots, report, results, stats
+from kdlib import comparison, plots, report, results, staged_report, stats
 from kdlib.methods import CHANNEL_METHODS, options_in_words
 from kdlib.paths import PROFILES_DIR, REPORTED_CSV, RESULTS_DIR
 from kdlib.study.staged import chosen_weights, load_staged
@@ -251,7 +251,8 @@ def claims_table(v1: pd.DataFrame | None = None, tuning: pd.DataFrame | None = N
                  final: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per channel method, what its paper claims beside what this study measured: public code, the paper's
     gain over KD on CIFAR-100, version 1's verdict at the paper's weights, version 2's tuned weight and its
-    difference from KD with Holm's verdict."""
+    difference from KD with Holm's verdict, and version 3's (its first pair) once complete: how each verdict
+    moved from version to version."""
     reported = results.map_reported(pd.read_csv(REPORTED_CSV, dtype=str, keep_default_na=False),
                                     results.load_method_map())
     code = pd.read_csv(OFFICIAL_CODE_CSV, dtype=str, keep_default_na=False).set_index("method")
@@ -259,6 +260,7 @@ def claims_table(v1: pd.DataFrame | None = None, tuning: pd.DataFrame | None = N
     ends = grid_ends(tuning).set_index("method")
     data = forest_data(final)
     kd = data[data["baseline"] == "kd"].set_index("method") if len(data) else pd.DataFrame()
+    v3 = _v3_table()
     rows = []
     for method in CHANNEL_METHODS:
         c = code.loc[method] if method in code.index else None
@@ -277,8 +279,33 @@ def claims_table(v1: pd.DataFrame | None = None, tuning: pd.DataFrame | None = N
         rows.append({"method": display_name(method), "public code": public,
                      "paper's gain over KD, CIFAR-100 (top-1 points)": _reported_claim(method, reported),
                      "version 1 minus KD (paper's weights, 3 seeds)": v1cell,
-                     "version 2 weight (tuned)": weight, "version 2 minus KD [95% CI]": v2cell})
+                     "version 2 weight (tuned)": weight, "version 2 minus KD [95% CI]": v2cell,
+                     "version 3 minus KD [95% CI]": _v3_cell(method, v3)})
     return pd.DataFrame(rows)
+
+
+#: Version 3's decisive stratum, whose verdict the claims table shows once it is complete.
+V3_PROFILE = "proxy_v3"
+
+
+def _v3_table() -> pd.DataFrame | None:
+    """Version 3's comparisons with KD (first pair), or None while it is under way."""
+    if not staged_report.complete(V3_PROFILE):
+        return None
+    return staged_report.family_table(V3_PROFILE, "vs kd").set_index("method")
+
+
+def _v3_cell(method: str, v3: pd.DataFrame | None) -> str:
+    """A channel method's version-3 difference from KD with Holm's verdict, or where version 3 stands."""
+    if v3 is None:
+        done, planned = staged_report.progress(V3_PROFILE)["final"]
+        return f"under way ({done} of {planned} final runs)" if planned else "under way (tuning)"
+    if method not in v3.index:
+        return "not in version 3"
+    r = v3.loc[method]
+    verdict = {"above": "above KD", "below": "below KD"}.get(r["verdict"], r["verdict"])
+    p = stats.format_p(r["p_holm"])
+    return f"{_interval(r)}, Holm p {p if p.startswith('<') else '= ' + p}: {verdict}"
 
 
 #: The second study's figures for the book's ``kdlib-figure`` directive, by name, and their caption and alt

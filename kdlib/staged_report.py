@@ -161,8 +161,9 @@ def _with(records: pd.DataFrame, configurations: list[str]) -> pd.DataFrame:
     return records[records["configuration"].isin(configurations)]
 
 
-def _family(profile: str, family: str) -> pd.DataFrame:
-    """:func:`kdlib.comparison.holm_comparisons` over one family's records, with each row's ``label``."""
+def family_table(profile: str, family: str) -> pd.DataFrame:
+    """:func:`kdlib.comparison.holm_comparisons` over one family's records (numbers, not text), with each
+    row's ``label``; call it once :func:`complete` is true."""
     spec = families(profile)[family]
     records = _named(profile, stage_records(profile, "final"))
     members = _with(records, [spec["baseline"], *spec["configurations"]])
@@ -177,7 +178,7 @@ def family_comparison(profile: str, family: str) -> pd.DataFrame:
     the paired t-test's p-value and Holm's over the family; empty until every final run has its record."""
     if not complete(profile):
         return pd.DataFrame()
-    table = _family(profile, family)
+    table = family_table(profile, family)
     return pd.DataFrame({
         "configuration": table["label"], "paired seeds": table["n"],
         f"minus {families(profile)[family]['baseline']}": [
@@ -204,7 +205,7 @@ def answer(profile: str) -> str:
                 "run is, never from some of them.")
     paragraphs = []
     for family in families(profile):
-        table, baseline = _family(profile, family), families(profile)[family]["baseline"]
+        table, baseline = family_table(profile, family), families(profile)[family]["baseline"]
         seeds = "–".join(str(n) for n in sorted({int(table["n"].min()), int(table["n"].max())}))
         parts = []
         for verdict, words in (("above", "above"), ("below", "below")):

@@ -11,7 +11,7 @@ import pytest
 from matplotlib.collections import LineCollection
 from matplotlib.text import Text
 
-from kdlib import comparison, report_v2
+from kdlib import comparison, report_v2, staged_report
 from kdlib.paths import REPORTED_CSV
 from kdlib.study.staged import load_staged
 
@@ -84,6 +84,14 @@ def test_the_claims_table_has_one_row_per_channel_method_with_the_papers_gain() 
         for method, name in zip(report_v2.CHANNEL_METHODS, table["method"], strict=True):
             r = kd.loc[method]
             assert re.match(re.escape(f"{r['mean']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}]"), v2[name])
+    v3 = table["version 3 minus KD [95% CI]"]
+    if staged_report.complete(report_v2.V3_PROFILE):
+        kd3 = staged_report.family_table(report_v2.V3_PROFILE, "vs kd").set_index("method")
+        for method, name in zip(report_v2.CHANNEL_METHODS, table["method"], strict=True):
+            r = kd3.loc[method]
+            assert v3.loc[table["method"] == name].iloc[0].startswith(f"{r['mean']:+.2f} [")
+    else:  # no verdict from part of its runs
+        assert v3.str.startswith("under way").all()
 
 
 @pytest.mark.parametrize(("method", "variant", "label"), [
