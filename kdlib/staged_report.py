@@ -98,7 +98,7 @@ def tuning(profile: str) -> pd.DataFrame:
     if not len(records):
         return pd.DataFrame()
     chosen = staged.chosen_weights(s, records)
-    multiples = sorted({m for scores in chosen["scores"] for m in scores})
+    multiples = sorted({m for scores in chosen["scores"] for m, v in scores.items() if v is not None})
     rows = []
     for row in chosen.itertuples():
         default = make_config(row.method)
@@ -107,13 +107,18 @@ def tuning(profile: str) -> pd.DataFrame:
                                                     for name in comparison.MAIN_WEIGHTS[row.method])}
         for m in multiples:
             score = row.scores.get(m)
-            cells[f"×{m:g}"] = "–" if score is None else report.number(score)
+            cells[_multiple(m)] = "–" if score is None else report.number(score)
         waiting = row.state == comparison.WAITING or row.multiplier is None
-        cells["chosen"] = "–" if waiting else f"×{row.multiplier:g}"
+        cells["chosen"] = "–" if waiting else _multiple(row.multiplier)
         fixed_grid = row.state == comparison.AT_LIMIT and not s.tuning.get("extend")
         cells["where"] = "at an end of the fixed grid" if fixed_grid else row.state
         rows.append(cells)
     return pd.DataFrame(rows)
+
+
+def _multiple(m: float) -> str:
+    """A multiple of a default weight as a reader writes it: ``×4``, ``×1``, ``×1/16``."""
+    return f"×{m:g}" if m >= 1 else f"×1/{round(1 / m):g}"
 
 
 def _named(profile: str, records: pd.DataFrame) -> pd.DataFrame:
