@@ -41,7 +41,7 @@ def progress(profile: str) -> dict[str, tuple[int, int]]:
     is complete (until then its planned count is 0)."""
     s = staged.load_staged(profile)
     out = {"teacher": (len(_teacher_records(s)), len(s.teacher_seeds))}
-    if not all(staged.teacher_checkpoint(s, seed).is_file() for seed in s.teacher_seeds):
+    if not staged._teachers_ready(s):
         return {**out, "tuning": (0, 0), "final": (0, 0)}
     tuning_runs = staged.tuning_runs(s)
     missing = staged._missing(s, tuning_runs)
@@ -53,7 +53,11 @@ def progress(profile: str) -> dict[str, tuple[int, int]]:
 
 def complete(profile: str) -> bool:
     """Whether every final run the protocol plans has its record."""
-    done, planned = progress(profile)["final"]
+    return _complete(progress(profile))
+
+
+def _complete(stand: dict[str, tuple[int, int]]) -> bool:
+    done, planned = stand["final"]
     return bool(planned) and done >= planned
 
 
@@ -61,7 +65,7 @@ def names(profile: str) -> dict[tuple[str, str], str]:
     """``{(method, variant): configuration name}`` of the final configurations (empty before the tuning
     is complete)."""
     s = staged.load_staged(profile)
-    if progress(profile)["final"][1] == 0:
+    if not staged._teachers_ready(s) or staged._missing(s, staged.tuning_runs(s)):
         return {}
     return {(v.method, v.variant): name for name, v in staged.final_variants(s, staged.chosen_weights(s))}
 
@@ -121,9 +125,9 @@ def _multiple(m: float) -> str:
     return f"×{m:g}" if m >= 1 else f"×1/{round(1 / m):g}"
 
 
-def _named(profile: str, records: pd.DataFrame) -> pd.DataFrame:
-    """``records`` with a ``configuration`` column (its final configuration's name; None for other runs)."""
-    known = names(profile)
+def _named(records: pd.DataFrame, known: dict[tuple[str, str], str]) -> pd.DataFrame:
+    """``records`` with a ``configuration`` column: its name in ``known`` (:func:`names`; None for other
+    runs)."""
     return records.assign(configuration=[known.get((m, v)) for m, v in
                                          zip(records["method"], records["variant"], strict=True)])
 
@@ -131,7 +135,7 @@ def _named(profile: str, records: pd.DataFrame) -> pd.DataFrame:
 def final(profile: str) -> pd.DataFrame:
     """Each final configuration: its weight, runs (by CPU kind), and mean test and validation top-1 (last
     epoch) with the 95% interval over its seeds."""
-    records = _named(profile, stage_records(profile, "final"))
+    records = _named(stage_records(profile, "final"), names(profile))
     if not len(records):
         return pd.DataFrame()
     order = {c.name: k for k, c in enumerate(staged.load_staged(profile).configurations)}
@@ -170,10 +174,10 @@ def family_table(profile: str, family: str) -> pd.DataFrame:
     """:func:`kdlib.comparison.holm_comparisons` over one family's records (numbers, not text), with each
     row's ``label``; call it once :func:`complete` is true."""
     spec = families(profile)[family]
-    records = _named(profile, stage_records(profile, "final"))
+    known = names(profile)
+    records = _named(stage_records(profile, "final"), known)
     members = _with(records, [spec["baseline"], *spec["configurations"]])
     table = comparison.holm_comparisons(members, spec["baseline"], staged.load_staged(profile).final["alpha"])
-    known = names(profile)
     return table.assign(label=[label(known[(m, v)], v) for m, v in zip(table["method"], table["variant"],
                                                                        strict=True)])
 
@@ -201,7 +205,7 @@ def answer(profile: str) -> str:
     intervals, and those it cannot tell apart; the tuned methods whose weight stopped at the limit. Until
     then, where the study stands."""
     stand = progress(profile)
-    if not complete(profile):
+    if not _complete(stand):
         (teachers_done, teachers_planned), (tuned, planned) = stand["teacher"], stand["tuning"]
         tuning_words = (f"{tuned} of the {planned} tuning runs planned so far" if planned else
                         "no tuning run (it starts once every teacher is)")
@@ -246,7 +250,7 @@ def ablations(profile: str) -> pd.DataFrame:
     pairs = staged.load_staged(profile).final.get("comparisons", {}).get("ablations", {}).get("pairs", [])
     if not pairs or not complete(profile):
         return pd.DataFrame()
-    records = _named(profile, stage_records(profile, "final"))
+    records = _named(stage_records(profile, "final"), names(profile))
     rows = []
     for a, b in pairs:
         d = _differences(records, a, b)
@@ -272,7 +276,7 @@ def noise(profile: str, baseline: str = "kd") -> pd.DataFrame:
     ``σ²_between = max(0, (MS_between − MS_within) / n₀)``, pooled (with two teachers a rough estimate)."""
     if not complete(profile):
         return pd.DataFrame()
-    records = _named(profile, stage_records(profile, "final"))
+    records = _named(stage_records(profile, "final"), names(profile))
     spec = next(f for f in families(profile).values() if f["baseline"] == baseline)
     total, within, between, df = [], [], [], 0
     for name in spec["configurations"]:
