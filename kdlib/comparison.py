@@ -186,14 +186,10 @@ def _difference(row: Any, intervals: bool) -> str:
 
 
 def _named(rows: pd.DataFrame, label: Callable[[str, str], str] = _slash, intervals: bool = False) -> str:
-    def holm_p(p: float) -> str:
-        text = stats.format_p(p)
-        return f"Holm p {text}" if text.startswith("<") else f"Holm p = {text}"
-
     if intervals:  # "CD (cd_weight 24) +3.77 [+3.20, +4.35] (Holm p < 0.001)"
-        return "; ".join(f"{label(r.method, r.variant)} {_difference(r, True)} ({holm_p(r.p_holm)})"
+        return "; ".join(f"{label(r.method, r.variant)} {_difference(r, True)} ({stats.p_phrase(r.p_holm)})"
                          for r in rows.itertuples())
-    return ", ".join(f"{label(r.method, r.variant)} ({_difference(r, False)}, {holm_p(r.p_holm)})"
+    return ", ".join(f"{label(r.method, r.variant)} ({_difference(r, False)}, {stats.p_phrase(r.p_holm)})"
                      for r in rows.itertuples())
 
 

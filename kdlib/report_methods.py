@@ -120,10 +120,9 @@ def verdict(method: str, final: pd.DataFrame | None = None, tuning: pd.DataFrame
     against = {"kd": kd, "ce": "ce, the student alone"}
     parts = []
     for r in mine.itertuples():
-        p = stats.format_p(r.p_holm)
         unit = "" if parts else " points of test top-1"
         parts.append(f"{r.mean:+.2f} [{r.lo:+.2f}, {r.hi:+.2f}]{unit} against "
-                     f"{against.get(r.baseline, r.baseline)} (Holm p {p if p.startswith('<') else '= ' + p}):"
+                     f"{against.get(r.baseline, r.baseline)} ({stats.p_phrase(r.p_holm)}):"
                      f" **{_verdict(r.verdict, r.baseline)}**")
     label = configuration_label(method, mine["variant"].iloc[0])
     return (f"{chosen} At that weight, over {int(mine['n'].min())} paired seeds, {label} scores "

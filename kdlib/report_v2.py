@@ -270,10 +270,7 @@ def claims_table(v1: pd.DataFrame | None = None, tuning: pd.DataFrame | None = N
         v1cell = _v1_cell(paired, method)
         weight = "not tuned" if method not in ends.index else _weight(ends.loc[method])
         if method in kd.index:
-            r = kd.loc[method]
-            verdict = {"above": "above KD", "below": "below KD"}.get(r["verdict"], r["verdict"])
-            p = stats.format_p(r["p_holm"])
-            v2cell = f"{_interval(r)}, Holm p {p if p.startswith('<') else '= ' + p}: {verdict}"
+            v2cell = _kd_cell(kd.loc[method])
         else:
             v2cell = "waiting for the final runs" if data.empty else "not in the final comparison"
         rows.append({"method": display_name(method), "public code": public,
@@ -302,10 +299,14 @@ def _v3_cell(method: str, v3: pd.DataFrame | None) -> str:
         return f"under way ({done} of {planned} final runs)" if planned else "under way (tuning)"
     if method not in v3.index:
         return "not in version 3"
-    r = v3.loc[method]
-    verdict = {"above": "above KD", "below": "below KD"}.get(r["verdict"], r["verdict"])
-    p = stats.format_p(r["p_holm"])
-    return f"{_interval(r)}, Holm p {p if p.startswith('<') else '= ' + p}: {verdict}"
+    return _kd_cell(v3.loc[method])
+
+
+def _kd_cell(row: pd.Series) -> str:
+    """A row of :func:`kdlib.comparison.holm_comparisons` against KD as the claims table shows it:
+    ``-1.05 [-1.87, -0.23], Holm p = 0.017: below KD``."""
+    verdict = {"above": "above KD", "below": "below KD"}.get(row["verdict"], row["verdict"])
+    return f"{_interval(row)}, {stats.p_phrase(row['p_holm'])}: {verdict}"
 
 
 #: The second study's figures for the book's ``kdlib-figure`` directive, by name, and their caption and alt

@@ -40,6 +40,12 @@ def format_p(p: float | None) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def p_phrase(p: float, name: str = "Holm p") -> str:
+    """A p-value in a sentence: ``Holm p = 0.017``, or ``Holm p < 0.001`` (:func:`format_p`)."""
+    text = format_p(p)
+    return f"{name} {text}" if text.startswith("<") else f"{name} = {text}"
+
+
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm's adjusted p-values, in the order given: sorted ascending, the k-th smallest (0-based) times
     ``m − k``, made non-decreasing, capped at 1. A comparison is significant at family-wise level α when its

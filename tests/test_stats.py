@@ -56,3 +56,5 @@ def test_p_values_print_as_readers_compare_them() -> None:
     printed = [stats.format_p(p) for p in (0.0004, 0.001, 0.0419, 0.62)]
     assert printed == ["< 0.001", "0.001", "0.042", "0.620"]
     assert stats.format_p(math.nan) == "" and stats.format_p(None) == ""
+    assert stats.p_phrase(0.0004) == "Holm p < 0.001" and stats.p_phrase(0.0169) == "Holm p = 0.017"
+    assert stats.p_phrase(0.2, name="p") == "p = 0.200"
