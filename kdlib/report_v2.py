@@ -260,7 +260,7 @@ def claims_table(v1: pd.DataFrame | None = None, tuning: pd.DataFrame | None = N
     ends = grid_ends(tuning).set_index("method")
     data = forest_data(final)
     kd = data[data["baseline"] == "kd"].set_index("method") if len(data) else pd.DataFrame()
-    v3 = _v3_table()
+    v3 = _v3_cells()
     rows = []
     for method in CHANNEL_METHODS:
         c = code.loc[method] if method in code.index else None
@@ -277,7 +277,7 @@ def claims_table(v1: pd.DataFrame | None = None, tuning: pd.DataFrame | None = N
                      "paper's gain over KD, CIFAR-100 (top-1 points)": _reported_claim(method, reported),
                      "version 1 minus KD (paper's weights, 3 seeds)": v1cell,
                      "version 2 weight (tuned)": weight, "version 2 minus KD [95% CI]": v2cell,
-                     "version 3 minus KD [95% CI]": _v3_cell(method, v3)})
+                     "version 3 minus KD [95% CI]": v3[method]})
     return pd.DataFrame(rows)
 
 
@@ -285,21 +285,15 @@ def claims_table(v1: pd.DataFrame | None = None, tuning: pd.DataFrame | None = N
 V3_PROFILE = "proxy_v3"
 
 
-def _v3_table() -> pd.DataFrame | None:
-    """Version 3's comparisons with KD (first pair), or None while it is under way."""
+def _v3_cells() -> dict[str, str]:
+    """Each channel method's version-3 difference from KD with Holm's verdict, or where version 3 stands
+    while it is under way (the same words for every method)."""
     if not staged_report.complete(V3_PROFILE):
-        return None
-    return staged_report.family_table(V3_PROFILE, "vs kd").set_index("method")
-
-
-def _v3_cell(method: str, v3: pd.DataFrame | None) -> str:
-    """A channel method's version-3 difference from KD with Holm's verdict, or where version 3 stands."""
-    if v3 is None:
         done, planned = staged_report.progress(V3_PROFILE)["final"]
-        return f"under way ({done} of {planned} final runs)" if planned else "under way (tuning)"
-    if method not in v3.index:
-        return "not in version 3"
-    return _kd_cell(v3.loc[method])
+        waiting = f"under way ({done} of {planned} final runs)" if planned else "under way (tuning)"
+        return dict.fromkeys(CHANNEL_METHODS, waiting)
+    v3 = staged_report.family_table(V3_PROFILE, "vs kd").set_index("method")
+    return {m: _kd_cell(v3.loc[m]) if m in v3.index else "not in version 3" for m in CHANNEL_METHODS}
 
 
 def _kd_cell(row: pd.Series) -> str:
