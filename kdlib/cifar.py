@@ -166,17 +166,19 @@ class CIFAR100(CIFARFiles, tv_datasets.CIFAR100):
 
 
 # --- synthetic files in CIFAR-100's format ----------------------------------------------------------
-def synthetic_images(labels: np.ndarray, seed: int, num_classes: int,
-                     rows: int = 2048) -> Iterator[np.ndarray]:
-    """uint8 rows of ``3·32·32`` pixels whose mean grows with the label (``(label + 0.5) / num_classes · 200 +
-    20``) plus noise uniform on [-40, 40], clipped to 0..255: classes a tiny run can tell apart, nothing like
-    CIFAR's images. Yielded ``rows`` images at a time (50,000 at once would need 1.2 GB of float64 noise); the
-    pixels do not depend on ``rows`` (numpy's generator draws the same stream in pieces)."""
+def synthetic_images(labels: np.ndarray, seed: int, num_classes: int, rows: int = 2048,
+                     shape: tuple[int, ...] = (3 * 32 * 32,)) -> Iterator[np.ndarray]:
+    """uint8 images of ``shape`` (default: CIFAR's rows of ``3·32·32`` pixels) whose mean grows with the label
+    (``(label + 0.5) / num_classes · 200 + 20``) plus noise uniform on [-40, 40], clipped to 0..255: classes
+    a tiny run can tell apart, nothing like real images. Yielded ``rows`` images at a time (50,000 at once
+    would need 1.2 GB of float64 noise); the pixels do not depend on ``rows`` (numpy's generator draws the
+    same stream in pieces)."""
     rng = np.random.default_rng(seed)
     for start in range(0, len(labels), rows):
         part = labels[start:start + rows].astype(np.float64)
-        noise = rng.uniform(-40, 40, size=(len(part), 3 * 32 * 32))
-        yield np.clip(((part + 0.5) / num_classes * 200)[:, None] + noise + 20, 0, 255).astype(np.uint8)
+        noise = rng.uniform(-40, 40, size=(len(part), *shape))
+        base = ((part + 0.5) / num_classes * 200).reshape(-1, *([1] * len(shape)))
+        yield np.clip(base + noise + 20, 0, 255).astype(np.uint8)
 
 
 def write_synthetic_cifar100(root: str | Path, train_per_class: int = 500, test_per_class: int = 100,

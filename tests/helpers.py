@@ -22,15 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdlib.cifar import write_synthetic_cifar100
+from kdlib.cifar import synthetic_images, write_synthetic_cifar100
 
 
 def class_images(labels: np.ndarray, shape: tuple[int, ...], seed: int, num_classes: int) -> np.ndarray:
-    """uint8 images whose mean grows with the label, plus uniform noise."""
-    rng = np.random.default_rng(seed)
-    base = (labels.astype(np.float64) + 0.5) / num_classes * 200
-    noise = rng.uniform(-40, 40, size=(len(labels), *shape))
-    return np.clip(base.reshape(-1, *([1] * len(shape))) + noise + 20, 0, 255).astype(np.uint8)
+    """uint8 images whose mean grows with the label, plus uniform noise (:func:`kdlib.cifar.synthetic_images`,
+    all at once)."""
+    parts = synthetic_images(labels, seed, num_classes, rows=max(1, len(labels)), shape=shape)
+    return np.concatenate([*parts, np.zeros((0, *shape), np.uint8)])
 
 
 def _labels(num_classes: int, per_class: int, seed: int) -> np.ndarray:
