@@ -350,6 +350,9 @@ def plan(config: TrainConfig, world_size: int | None = None) -> Plan:
     check_model(config.student, "student")
     if config.teacher is not None:
         check_model(config.teacher, "teacher")
+    # an option a rule sets per pair (DKD's nckd_weight=mdistiller) takes the pair's value here: the run
+    # trains with it and its record holds it (MethodConfig.for_pair)
+    method_config = method_config.for_pair(config.teacher, config.student)
     spec = get_dataset_spec(config.dataset)
     _check_weights(config, method.needs_teacher)
     if config.bn not in distributed.BN_MODES:

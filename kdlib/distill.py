@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -57,6 +57,12 @@ class MethodConfig:
 
     Subclasses list allowed values of their string options in ``CHOICES``; ``__post_init__`` checks them,
     so a bad variant fails when the configuration is made, before anything is loaded or trained.
+
+    A numeric option listed in ``RULES`` also takes the name of a rule that gives its value per teacher →
+    student pair (DKD's ``nckd_weight="mdistiller"``): ``{option: {rule name: function(teacher, student) ->
+    value}}``. The name is what a study's variant says (its label and run folder); :meth:`for_pair` replaces
+    it by the pair's value where the pair is known (:func:`kdlib.config.plan`), so the run trains with the
+    number and its record (``method_config``, ``variant``, ``config_id``) holds the number.
     """
 
     ce_weight: float = 1.0
@@ -64,6 +70,7 @@ class MethodConfig:
     T: float = 4.0
 
     CHOICES: ClassVar[dict[str, tuple[Any, ...]]] = {}
+    RULES: ClassVar[dict[str, dict[str, Callable[[str, str], Any]]]] = {}
 
     def __post_init__(self) -> None:
         for name, allowed in self.CHOICES.items():
@@ -71,14 +78,39 @@ class MethodConfig:
             if value not in allowed:
                 choices = ", ".join(map(str, allowed))
                 raise ValueError(f"invalid {name} {value!r}; choose one of: {choices}")
+        for name, rules in self.RULES.items():
+            value = getattr(self, name)
+            if isinstance(value, str) and value not in rules:
+                raise ValueError(f"invalid {name} {value!r}; a number or one of: {', '.join(rules)}")
+        named = self.rules_named()
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
+            if field.name in named:  # a rule's name, checked above; its value comes with the pair
+                continue
             if isinstance(value, float) and not math.isfinite(value):  # nan would train, then 'diverge'
                 raise ValueError(f"{field.name} must be a finite number, got {value!r}")
             if field.name.endswith("weight") and not (isinstance(value, int | float) and value >= 0):
                 raise ValueError(f"{field.name} must be a number >= 0, got {value!r}")
         if not self.T > 0:
             raise ValueError(f"T must be > 0, got {self.T!r}")
+
+    def rules_named(self) -> dict[str, str]:
+        """``{option: rule name}`` of the options that hold the name of a rule (``RULES``), not a value."""
+        return {name: value for name in self.RULES if isinstance(value := getattr(self, name), str)}
+
+    def for_pair(self, teacher: str | None, student: str) -> MethodConfig:
+        """This configuration with each rule's name replaced by the rule's value for ``teacher → student``
+        (architecture names); itself when it names no rule. A rule needs the teacher: None is a
+        ``ValueError``, and so is a pair the rule does not apply to (the rule's own message)."""
+        named = self.rules_named()
+        if not named:
+            return self
+        if teacher is None:
+            option, rule = next(iter(named.items()))
+            raise ValueError(f"{option} {rule!r} is set per teacher → student pair: name the teacher's "
+                             "architecture (--teacher)")
+        return dataclasses.replace(self, **{option: self.RULES[option][rule](teacher, student)
+                                            for option, rule in named.items()})
 
 
 @contextmanager
@@ -153,6 +185,10 @@ class Distiller(nn.Module):
         self.config = config if config is not None else self.config_class()
         if not isinstance(self.config, self.config_class):
             raise TypeError(f"method '{self.name}' takes a {self.config_class.__name__}")
+        named = ", ".join(f"{k}={v}" for k, v in self.config.rules_named().items())
+        if named:  # a rule's name is no weight: the pair's value must replace it first
+            raise ValueError(f"method '{self.name}': {named} names a rule set per teacher → student pair; "
+                             "resolve it first with config.for_pair(teacher, student)")
         self.student = student
         self.teacher = teacher
         if teacher is not None:

@@ -6,6 +6,8 @@ One parser serves method configurations (:func:`kdlib.methods.make_config`) and 
 - ``bool``: true/false, 1/0, yes/no; ``int`` and ``float`` as Python writes them (an ``int`` given to a
   ``float`` field becomes a float, so ``1`` and ``1.0`` make one configuration and one ``config_id``);
 - ``X | None``: ``none`` or an empty string for None;
+- ``float | str``: a number where the text reads as one, else the text (a name, which the configuration
+  checks: DKD's ``nckd_weight=mdistiller``, the ``RULES`` of :class:`kdlib.distill.MethodConfig`);
 - tuples of ints: separated by ``,``, ``/`` or ``x`` (``150,180,210``; a grid ``2x2``);
 - tuples of strings: separated by ``,``.
 
@@ -29,6 +31,12 @@ def parse_field(raw: Any, kind: Any, what: str) -> Any:
         if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("none", "")):
             return None
         kind = next(k for k in typing.get_args(kind) if k is not type(None))
+    if typing.get_origin(kind) in (typing.Union, type(int | None)) and str in typing.get_args(kind):
+        number = next(k for k in typing.get_args(kind) if k is not str)
+        try:
+            return parse_field(raw, number, what)
+        except ValueError:
+            return raw.strip() if isinstance(raw, str) else raw
     if not isinstance(raw, str):
         if typing.get_origin(kind) is tuple:
             return tuple(raw)

@@ -8,10 +8,12 @@ from __future__ import annotations
 import copy
 import functools
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
+from kdlib import results
 from kdlib.distill import Distiller
 from kdlib.losses import dkd
 from kdlib.losses.baselines import ConvReg
@@ -24,6 +26,7 @@ from kdlib.methods import (
     build_distiller,
     get_method,
     make_config,
+    variant_string,
 )
 from kdlib.models import available as available_models
 from kdlib.models import create_model
@@ -718,3 +721,46 @@ def test_dkd_beta_per_pair_follows_mdistiller_configs():
     assert dkd.mdistiller_beta("wrn_40_2", "wrn_16_2") == 6.0
     assert dkd.mdistiller_beta("resnet32x4", "resnet8x4") == 8.0  # no β in its config: CFG.DKD.BETA
     assert all(t in available_models() and s in available_models() for t, s in dkd.MDISTILLER_CIFAR100_BETA)
+
+
+@pytest.mark.parametrize("teacher, student, beta", [
+    ("resnet56", "resnet20", 2.0), ("wrn_40_2", "wrn_16_2", 6.0), ("resnet32x4", "resnet8x4", 8.0)])
+def test_dkd_named_beta_takes_each_pairs_value(teacher: str, student: str, beta: float) -> None:
+    """``nckd_weight="mdistiller"`` is one variant for every pair; for a pair it becomes mdistiller's β, the
+    configuration that ``nckd_weight=<β>`` makes (what the run trains with and its record holds)."""
+    named = make_config("dkd", {"nckd_weight": "mdistiller"})
+    assert variant_string(named) == "nckd_weight=mdistiller"
+    resolved = named.for_pair(teacher, student)
+    assert resolved.nckd_weight == beta and resolved == make_config("dkd", {"nckd_weight": beta})
+    assert resolved.for_pair("resnet110", "resnet32") == resolved  # a number stays the number
+
+
+def test_dkd_named_beta_is_refused_where_it_names_nothing() -> None:
+    with pytest.raises(ValueError, match="invalid nckd_weight 'mdistiller_imagenet'; a number or one of: "
+                                         "mdistiller$"):
+        make_config("dkd", {"nckd_weight": "mdistiller_imagenet"})
+    with pytest.raises(ValueError, match="invalid value 'mdistiller' for tckd_weight"):  # β only
+        make_config("dkd", {"tckd_weight": "mdistiller"})
+    named = make_config("dkd", {"nckd_weight": "mdistiller"})
+    with pytest.raises(ValueError, match=r"nckd_weight 'mdistiller' is set per teacher → student pair: "
+                                         r"name the teacher's architecture \(--teacher\)"):
+        named.for_pair(None, "resnet20")
+    with pytest.raises(ValueError, match="does not apply to the ImageNet model 'resnet34'"):
+        named.for_pair("resnet34", "resnet18")
+    with pytest.raises(ValueError, match="nckd_weight=mdistiller names a rule set per teacher → student"):
+        build("dkd", "resnet8", "resnet8", nckd_weight="mdistiller")  # never trains with a name for a weight
+    assert make_config("dkd", {"nckd_weight": "2"}).nckd_weight == 2.0  # numbers read as before
+
+
+def test_dkd_named_beta_lands_on_the_rows_mdistiller_reports() -> None:
+    """Each CIFAR-100 DKD number mdistiller reports is mapped (``method_map.json``) to the variant that the
+    record of an ``nckd_weight=mdistiller`` run of its pair carries (its β as a number), so the
+    reported-vs-measured tables put the two side by side."""
+    reported = pd.read_csv(results.REPORTED_CSV, dtype=str, keep_default_na=False, na_values=[""])
+    mapped = results.map_reported(reported, results.load_method_map())
+    rows = mapped[(mapped["paper"] == "mdistiller (DKD)") & (mapped["dataset"] == "CIFAR-100")
+                  & (mapped["method_id"] == "dkd")]
+    named = make_config("dkd", {"nckd_weight": "mdistiller"})
+    assert len(rows) == 11 and {"nckd_weight=2.0", "nckd_weight=6.0", "default"} == set(rows["variant"])
+    for row in rows.itertuples():
+        assert variant_string(named.for_pair(row.teacher_id, row.student_id)) == row.variant, row.method

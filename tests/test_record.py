@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 from pathlib import Path
@@ -10,7 +11,8 @@ import pytest
 from helpers import write_teacher
 
 from kdlib import record as run_record
-from kdlib.config import TrainConfig, plan
+from kdlib.cli import build_parser
+from kdlib.config import TrainConfig, from_args, plan, to_argv
 
 REPO = Path(__file__).resolve().parents[1]
 COMMITTED = sorted((REPO / "data").rglob("record.json"))
@@ -150,3 +152,27 @@ def test_a_validation_split_is_recorded_per_epoch_and_enters_the_identity_only_w
     assert run_record.config_id(record) == record["config_id"] != run_record.config_id_of(config("plain"))
     plain = run_record.new_record(plan(config("plain")), *run_record.resolve_refs(config("plain"), True))
     assert "val_subset" not in run_record.identity(plain) and plain["val_subset"] is None
+
+
+def test_a_rule_named_for_the_pair_puts_its_value_in_the_record(tmp_path: Path) -> None:
+    """DKD's ``nckd_weight=mdistiller`` takes the pair's β in the run's plan: the record's settings hold the
+    number, and the run is the one ``nckd_weight=2`` makes (same ``config_id``); the command line a study's
+    subprocess gets carries the name and plans the same run."""
+    teacher = tmp_path / "t.pth"
+    teacher.write_bytes(b"a teacher")  # hashed into the identity; the plan loads nothing
+
+    def config(**variant: object) -> TrainConfig:
+        return TrainConfig("dkd", "resnet20", "cifar100", tmp_path / "o", teacher="resnet56",
+                           teacher_ckpt=teacher, variant=dict(variant))
+
+    named = config(nckd_weight="mdistiller")
+    p = plan(named)
+    settings = run_record.settings(p, *run_record.resolve_refs(named, p.needs_teacher))
+    assert settings["method_config"]["nckd_weight"] == 2.0 and settings["variant"] == "nckd_weight=2.0"
+    assert run_record.config_id(settings) == run_record.config_id_of(config(nckd_weight=2))
+    assert run_record.config_id_of(config()) != run_record.config_id_of(named)  # β 8 is another run
+    parsed = from_args(build_parser().parse_args(["train", *to_argv(named)]))
+    assert parsed.variant == {"nckd_weight": "mdistiller"}
+    assert run_record.config_id_of(parsed) == run_record.config_id(settings)
+    with pytest.raises(ValueError, match="nckd_weight 'mdistiller' is set per teacher → student pair"):
+        plan(dataclasses.replace(named, teacher=None))

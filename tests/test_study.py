@@ -14,7 +14,8 @@ import torch
 from helpers import write_fashion_mnist, write_teacher
 
 from kdlib import cli, results, study, train
-from kdlib.config import from_args
+from kdlib.config import from_args, plan
+from kdlib.losses import dkd
 from kdlib.record import config_id_of
 from kdlib.runlock import run_lock
 from kdlib.study import profiles
@@ -471,6 +472,28 @@ def test_proxy_profile_follows_the_protocol() -> None:
         for notebook in study.NOTEBOOKS:
             params = {**study.parameter_defaults(notebook), **study.notebook_parameters("proxy", notebook)}
             study.check_notebook_parameters(notebook, params)
+
+
+def test_cifar100_head_to_head_runs_dkd_with_mdistillers_beta_for_each_pair(tmp_path: Path) -> None:
+    """DKD stands beside KD in the CIFAR-100 head-to-head: one variant, ``dkd/nckd_weight=mdistiller``, on
+    every pair and seed, each run with the β of mdistiller's config for its pair (2, 6 or 8), read from
+    :data:`kdlib.losses.dkd.MDISTILLER_CIFAR100_BETA` rather than written in the profile."""
+    common = study.load_profile("cifar100")["common"]
+    pairs = study.parse_pairs(common["pairs"])
+    for teacher in {pair.teacher for pair in pairs}:  # RepDistiller's layout; planning hashes, never loads
+        ckpt = tmp_path / "cifar100" / f"{teacher}_vanilla" / "ckpt_epoch_240.pth"
+        ckpt.parent.mkdir(parents=True)
+        ckpt.write_bytes(teacher.encode())
+    runs = study.profile_runs("cifar100", ["dkd"], ["06_head_to_head"], teachers_dir=str(tmp_path),
+                              device="cpu")
+    assert {run.label for run in runs} == {"dkd/nckd_weight=mdistiller"}
+    beta = {(run.pair.teacher, run.pair.student, run.seed): plan(run.config).method_config.nckd_weight
+            for run in runs}
+    assert beta == {(pair.teacher, pair.student, seed): dkd.mdistiller_beta(pair.teacher, pair.student)
+                    for pair in pairs for seed in common["seeds"]}
+    assert (beta["resnet56", "resnet20", 0], beta["wrn_40_2", "wrn_16_2", 1],
+            beta["resnet32x4", "resnet8x4", 2]) == (2.0, 6.0, 8.0)
+    assert study.notebook_parameters("cifar100", "06_head_to_head")["baseline"] == "kd"
 
 
 def test_profile_errors() -> None:

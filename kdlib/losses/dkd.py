@@ -14,8 +14,15 @@ averaged over the batch. Everything here follows mdistiller's ``mdistiller/disti
   (``CFG.DKD``); no classical KD term (``kd_weight`` 0);
 - **β per CIFAR-100 pair**: mdistiller's configs set β = 2 for resnet56 → resnet20 and resnet110 → resnet32,
   β = 6 for vgg13 → vgg8, vgg13 → MobileNetV2 and both WRN-40-2 pairs, β = 8 elsewhere
-  (:data:`MDISTILLER_CIFAR100_BETA`, :func:`mdistiller_beta`); ImageNet (ResNet34 → ResNet18):
-  ``ce_weight`` 1, β = 0.5, T = 1, ``warmup`` 1 (α stays 1), i.e. ``--variant nckd_weight=0.5,T=1,warmup=1``;
+  (:data:`MDISTILLER_CIFAR100_BETA`, :func:`mdistiller_beta`). ``nckd_weight="mdistiller"`` (``--variant
+  nckd_weight=mdistiller``; a study variant ``{"method": "dkd", "nckd_weight": "mdistiller"}``) names that
+  rule: one variant for every pair, whose run folders and label say ``nckd_weight=mdistiller``; the run's
+  plan (:func:`kdlib.config.plan`, which knows the pair) puts the pair's β in its place
+  (:meth:`~kdlib.distill.MethodConfig.for_pair`), so the run trains with the number and its record holds it
+  (``method_config``, ``variant`` ``nckd_weight=2.0`` or ``default``, and the ``config_id`` of that number,
+  the same as ``--variant nckd_weight=2``). The rule needs ``--teacher`` and refuses ImageNet models;
+  ImageNet (ResNet34 → ResNet18): ``ce_weight`` 1, β = 0.5, T = 1, ``warmup`` 1 (α stays 1), i.e.
+  ``--variant nckd_weight=0.5,T=1,warmup=1``;
 - **warm-up**: the DKD term is multiplied by ``w(e) = min(e / warmup, 1)`` in (1-indexed) epoch ``e``,
   the same for every step of the epoch (``min(kwargs["epoch"] / self.warmup, 1.0)``) [code]. On a schedule
   much shorter than 240 epochs a 20-epoch warm-up keeps DKD below full weight for most of the run: pass
@@ -32,7 +39,9 @@ quotes, the last. kdlib records both (``top1_best``, ``top1_last``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -40,6 +49,7 @@ from torch import Tensor
 
 from kdlib.distill import Distiller, Losses, MethodConfig
 from kdlib.losses.functional import float32_loss
+from kdlib.models import CIFAR_CLASSES, model_spec
 
 #: β of mdistiller's CIFAR-100 configs (``configs/cifar100/dkd/*.yaml``), by (teacher, student) in kdlib's
 #: architecture names; a pair not listed uses the default 8 (``CFG.DKD.BETA``).
@@ -54,7 +64,12 @@ MDISTILLER_CIFAR100_BETA: dict[tuple[str, str], float] = {
 
 
 def mdistiller_beta(teacher: str, student: str) -> float:
-    """β that mdistiller's CIFAR-100 config uses for ``teacher → student`` (8 where it sets none)."""
+    """β that mdistiller's CIFAR-100 config uses for ``teacher → student`` (8 where it sets none); a
+    ``ValueError`` for an ImageNet model, whose β mdistiller's ImageNet config sets (0.5, with T = 1)."""
+    imagenet = [arch for arch in (teacher, student) if model_spec(arch).num_classes != CIFAR_CLASSES]
+    if imagenet:
+        raise ValueError(f"mdistiller's CIFAR-100 β does not apply to the ImageNet model '{imagenet[0]}' "
+                         "(mdistiller's ImageNet config: --variant nckd_weight=0.5,T=1,warmup=1)")
     return MDISTILLER_CIFAR100_BETA.get((teacher, student), 8.0)
 
 
@@ -83,11 +98,15 @@ def dkd_loss(logits_s: Tensor, logits_t: Tensor, labels: Tensor, alpha: float, b
 @dataclass
 class DKDConfig(MethodConfig):
     """mdistiller's defaults (module docstring): ``ce_weight`` 1, α = ``tckd_weight`` 1, β = ``nckd_weight``
-    8 (:func:`mdistiller_beta` per CIFAR-100 pair), T = 4, ``warmup`` 20 epochs."""
+    8, T = 4, ``warmup`` 20 epochs. ``nckd_weight`` is a number, or ``"mdistiller"``: :func:`mdistiller_beta`
+    of the run's pair, put in its place by :meth:`~kdlib.distill.MethodConfig.for_pair`."""
 
     tckd_weight: float = 1.0
-    nckd_weight: float = 8.0
+    nckd_weight: float | str = 8.0
     warmup: int = 20
+
+    RULES: ClassVar[dict[str, dict[str, Callable[[str, str], Any]]]] = {
+        "nckd_weight": {"mdistiller": mdistiller_beta}}
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -179,7 +179,7 @@ def load_distiller(run: Run | Outcome, device: str = "cpu") -> Any:
     if c.teacher_ckpt:
         teacher = models.load_teacher(c.teacher_ckpt, c.teacher, num_classes=spec.num_classes)
     student = models.create_model(c.student, num_classes=spec.num_classes)
-    config = make_config(c.method, c.variant)
+    config = make_config(c.method, c.variant).for_pair(c.teacher, c.student)  # as the run's plan did
     distiller = build_distiller(c.method, student, teacher, config, input_shape=spec.input_shape)
     state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     missing, unexpected = distiller.load_state_dict(state["distiller"], strict=False)
