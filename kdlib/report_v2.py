@@ -178,15 +178,7 @@ def headline(records: pd.DataFrame | None = None, tuning: pd.DataFrame | None = 
     parts = [f"{', '.join(display_name(m) for m in below['method'])} fall below it"] * bool(len(below)) + [
         f"{noise} {'is' if noise == 1 else 'are'} within the noise"] * bool(noise)
     lead += f"{' and '.join(parts) or 'none is below it'}, after Holm's correction."
-    distilled = records[records["teacher"].notna()]
-    teachers = distilled["teacher_ckpt_sha256"].nunique()
-    subsets = len(records[["subset", "subset_seed"]].astype(str).drop_duplicates())
-    pairs = distilled.groupby(["teacher", "student"]).ngroups
-    first = distilled.iloc[0]
-    conditions = (f"It holds under narrow conditions: {_count(teachers, 'teacher')} ({first['teacher']}), "
-                  f"{_count(subsets, 'training subset')} of {int(first['subset']):,} Fashion-MNIST "
-                  f"images, {_count(pairs, 'pair')} ({first['teacher']} → {first['student']}), "
-                  f"{int(first['epochs'])} epochs.")
+    conditions = staged_report.conditions(records)
     ends = grid_ends(tuning)
     at_end = ends[ends["end"]]
     grid = "/".join(f"×{m:g}" for m in ends["tried"].iloc[0]).replace("×0.25", "×¼")
@@ -196,9 +188,10 @@ def headline(records: pd.DataFrame | None = None, tuning: pd.DataFrame | None = 
     return f"{lead}\n\n{conditions} {caveat}".strip()
 
 
-def _count(n: int, noun: str) -> str:
-    words = {1: "one", 2: "two", 3: "three"}
-    return f"{words.get(n, n)} {noun}{'' if n == 1 else 's'}"
+def landing(v3: str = "proxy_v3") -> str:
+    """The landing page's answer in plain words: version 3's (:func:`kdlib.staged_report.headline`) once every
+    one of its final runs is recorded, version 2's (:func:`headline`) until then."""
+    return staged_report.headline(v3) if staged_report.complete(v3) else headline()
 
 
 def _reported_claim(method: str, reported: pd.DataFrame) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from kdlib import comparison, report, results, stats
-from kdlib.methods import make_config, options_in_words
+from kdlib.methods import CHANNEL_METHODS, make_config, options_in_words
 from kdlib.study import staged
 
 
@@ -233,6 +233,60 @@ def answer(profile: str) -> str:
         paragraphs.append(f"Tuning stopped at the limit for {', '.join(at_limit)}: a weight beyond it was "
                           "not tried.")
     return "\n\n".join(paragraphs)
+
+
+def conditions(records: pd.DataFrame) -> str:
+    """The conditions a study's answer holds under, counted from its final records: teachers (distinct
+    checkpoints), draws of the training images, pairs and epochs."""
+    distilled = records[records["teacher"].notna()]
+    teachers = distilled["teacher_ckpt_sha256"].nunique()
+    subsets = len(records[["subset", "subset_seed"]].astype(str).drop_duplicates())
+    pairs = distilled.groupby(["teacher", "student"]).ngroups
+    first = distilled.iloc[0]
+    return (f"It holds under narrow conditions: {_count(teachers, 'teacher')} ({first['teacher']}), "
+            f"{_count(subsets, 'training subset')} of {int(first['subset']):,} Fashion-MNIST "
+            f"images, {_count(pairs, 'pair')} ({first['teacher']} → {first['student']}), "
+            f"{int(first['epochs'])} epochs.")
+
+
+def _count(n: int, noun: str) -> str:
+    words = {1: "one", 2: "two", 3: "three"}
+    return f"{words.get(n, n)} {noun}{'' if n == 1 else 's'}"
+
+
+def beats(table: pd.DataFrame, baseline: str) -> str:
+    """One sentence: how many of the channel methods in ``table`` (one family's
+    :func:`family_table`) are above ``baseline`` after Holm's correction, by how much (mean and 95%
+    interval over the paired seeds), which fall below it and how many are within the noise."""
+    channel = table[table["method"].isin(CHANNEL_METHODS)]
+    above = channel[channel["verdict"] == "above"]
+    below = channel[channel["verdict"] == "below"]
+    seeds = "–".join(str(n) for n in sorted({int(channel["n"].min()), int(channel["n"].max())}))
+    named = "; ".join(f"{r.label} {r.mean:+.2f} [{r.lo:+.2f}, {r.hi:+.2f}]" for r in above.itertuples())
+    lead = (f"**{len(above)} of the {len(channel)} channel methods beat {baseline} at this scale**: {named} "
+            f"points of test top-1 (mean and 95% interval over {seeds} paired seeds); " if len(above) else
+            f"**None of the {len(channel)} channel methods beats {baseline} at this scale**; ")
+    noise = len(channel) - len(above) - len(below)
+    parts = [f"{', '.join(below['label'])} fall below it"] * bool(len(below)) + [
+        f"{noise} {'is' if noise == 1 else 'are'} within the noise"] * bool(noise)
+    return lead + f"{' and '.join(parts) or 'none is below it'}, after Holm's correction."
+
+
+def headline(profile: str) -> str:
+    """The study's answer in plain words for the landing page, once every final run is recorded (where it
+    stands before, :func:`answer`): :func:`beats` for each family whose baseline is not ``ce``, the
+    :func:`conditions`, and the tuned methods whose weight stopped at the limit."""
+    if not complete(profile):
+        return answer(profile)
+    tables = {spec["baseline"]: family_table(profile, family) for family, spec in families(profile).items()
+              if spec["baseline"] != "ce"}
+    sentences = [beats(table, baseline.upper()) for baseline, table in tables.items()
+                 if table["method"].isin(CHANNEL_METHODS).any()]
+    tuned = tuning(profile)
+    at_limit = tuned[tuned["where"] == comparison.AT_LIMIT]["method"].tolist()
+    limit = (f" Tuning stopped at the limit for {', '.join(at_limit)}: a weight beyond it was not tried."
+             if at_limit else "")
+    return "\n\n".join(sentences + [conditions(stage_records(profile, "final")) + limit])
 
 
 def _differences(records: pd.DataFrame, a: str, b: str, metric: str = "top1_last") -> np.ndarray:

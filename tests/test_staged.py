@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from helpers import write_fashion_mnist, write_teacher
 
-from kdlib import staged_report, study
+from kdlib import report_v2, staged_report, study
 from kdlib.study import staged
 
 
@@ -217,6 +217,36 @@ def test_the_report_of_a_version_3_study(tiny_v3: Path, monkeypatch: pytest.Monk
     words = staged_report.answer("tiny_v3")
     assert words.startswith("**Against kd** (3 paired seeds, Holm over 1): ")  # its only family
     assert words.rstrip(".").endswith(": ce") or "kd: ce " in words
+    # no channel method to name: the headline gives the conditions, counted from the final records
+    assert staged_report.headline("tiny_v3").startswith(
+        "It holds under narrow conditions: two teachers (resnet8), 4 training subsets of 60 Fashion-MNIST "
+        "images, one pair (resnet8 → ")
+
+
+def test_the_headline_names_the_channel_methods_above_below_and_within_the_noise() -> None:
+    table = pd.DataFrame({
+        "method": ["ce", "cd", "cwt", "ickd", "ccs", "iekd"],
+        "label": ["ce", "CD (×4)", "CWT (×¼)", "ICKD (×16)", "CCS", "IE-KD"],
+        "verdict": ["below", "above", "above", "below", "within the corrected noise", "below"],
+        "mean": [-5.0, 3.77, 1.47, -1.05, 0.2, -2.52], "lo": [-6.0, 3.19, 1.03, -1.5, -0.4, -3.0],
+        "hi": [-4.0, 4.35, 1.91, -0.6, 0.8, -2.0], "n": [15, 20, 20, 15, 15, 15]})
+    assert staged_report.beats(table, "DKD") == (
+        "**2 of the 5 channel methods beat DKD at this scale**: CD (×4) +3.77 [+3.19, +4.35]; CWT (×¼) "
+        "+1.47 [+1.03, +1.91] points of test top-1 (mean and 95% interval over 15–20 paired seeds); ICKD "
+        "(×16), IE-KD fall below it and 1 is within the noise, after Holm's correction.")
+    none = table.assign(verdict="within the corrected noise")
+    assert staged_report.beats(none, "KD") == (
+        "**None of the 5 channel methods beats KD at this scale**; 5 are within the noise, after Holm's "
+        "correction.")
+
+
+def test_the_landing_answer_is_version_3_once_complete(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(report_v2, "headline", lambda: "version 2")
+    monkeypatch.setattr(staged_report, "headline", lambda profile: f"{profile} complete")
+    monkeypatch.setattr(staged_report, "complete", lambda profile: False)
+    assert report_v2.landing() == "version 2"
+    monkeypatch.setattr(staged_report, "complete", lambda profile: profile == "proxy_v3")
+    assert report_v2.landing() == "proxy_v3 complete"
 
 
 def test_a_study_under_way_says_where_it_stands_and_compares_nothing(tiny_v3: Path,

@@ -193,11 +193,12 @@ def folded(table: Any) -> str:
 
 class KdlibAnswer(SphinxDirective):
     """The study's answer in words, generated from the records: version 1's (:func:`kdlib.report.answer`),
-    with the argument ``v2`` the second proxy study's (:func:`kdlib.report_v2.answer`; ``headline``: in plain
-    words with its conditions, :func:`kdlib.report_v2.headline`), with ``method`` and the option ``:method:``
-    one method's result in version 2 (``kdlib.report_methods.verdict``), with ``precision`` the
-    measurement of bf16 against fp32 (:func:`kdlib.report.precision_answer`), with ``study`` and the option
-    ``:study:`` a staged study's (:func:`kdlib.staged_report.answer`)."""
+    with the argument ``v2`` the second proxy study's (:func:`kdlib.report_v2.answer`; ``headline``: the
+    newest complete study's in plain words with its conditions, :func:`kdlib.report_v2.landing`), with
+    ``method`` and the option ``:method:`` one method's result in version 2
+    (``kdlib.report_methods.verdict``), with ``precision`` the measurement of bf16 against fp32
+    (:func:`kdlib.report.precision_answer`), with ``study`` and the option ``:study:`` a staged study's
+    (:func:`kdlib.staged_report.answer`)."""
 
     optional_arguments = 1
     option_spec = {"method": directives.unchanged, "study": directives.unchanged}
@@ -206,7 +207,7 @@ class KdlibAnswer(SphinxDirective):
 
     def run(self) -> list[nodes.Node]:
         version = self.arguments[0] if self.arguments else "v1"
-        answers = {"v1": report.answer, "v2": report_v2.answer, "headline": report_v2.headline,
+        answers = {"v1": report.answer, "v2": report_v2.answer, "headline": report_v2.landing,
                    "precision": report.precision_answer, "method": report_methods.verdict,
                    "study": staged_report.answer}
         if version not in answers:
