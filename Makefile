@@ -22,7 +22,7 @@ KERNEL_NOTE := Kernel is running over TCP without encryption
 help:
 	@echo "make book   execute the notebooks and build the HTML book (book/_build/html/index.html)"
 	@echo "make test   the whole test-suite (pytest, ruff, nbval, book build with warnings as errors)"
-	@echo "make reproduce PROFILE=proxy|proxy_v2|cifar100|imagenet|smoke [JOBS=N] [EXECUTOR=local|submitit-local|slurm]"
+	@echo "make reproduce PROFILE=proxy|proxy_v2|cifar100|imagenet|smoke [JOBS=N | RUNS_PER_GPU=N] [EXECUTOR=local|submitit-local|slurm]"
 	@echo "            the study at full scale (README); make book-from-records PROFILE=P: the book from its records"
 	@echo "make bench / make bench-gpu [RECORD=1]   speed of the trainer beside a conventional loop (RECORD=1: for the book)"
 	@echo "make clean  build outputs and the notebooks' scratch runs (keeps runs/teachers and runs/reproduce)"
@@ -99,17 +99,20 @@ bench-gpu: bench-clean-tree
 # (notebooks/profiles/PROFILE.json: proxy = the CPU study, cifar100 and imagenet need a GPU, smoke = the whole
 # pipeline in minutes); executed copies in runs/reproduce/PROFILE/, run records in data/results/PROFILE/, then the
 # book from the executed copies. Runs whose completed record exists are skipped, so an interrupted call continues;
-# JOBS=N trains N runs side by side. EXECUTOR=slurm submits the pending runs as a Slurm job array through submitit
+# JOBS=N trains N runs side by side; RUNS_PER_GPU=N, N runs on each visible GPU (CUDA MPS where it starts; with a
+# submitit executor, N runs per job). EXECUTOR=slurm submits the pending runs as a Slurm job array through submitit
 # (ARGS="--partition gpu --time-min 600 ..." overrides the profile's 'cluster' object; WAIT=0 returns after the
 # submission, without the book); EXECUTOR=submitit-local runs the same jobs on this machine.
 JOBS ?= 1
 EXECUTOR ?= local
 WAIT ?= 1
 ARGS ?=
+RUNS_PER_GPU ?=
 STUDY := $(PY) -m kdlib.study reproduce --profile $(PROFILE)
 reproduce: $(STAMP) data-offline
-	@test -n "$(PROFILE)" || { echo "usage: make reproduce PROFILE=proxy|proxy_v2|proxy_v3|proxy_v3_resnet56|cifar100|imagenet|smoke [JOBS=N] [EXECUTOR=local|submitit-local|slurm]"; exit 2; }
-	$(STUDY) --jobs $(JOBS) --executor $(EXECUTOR) $(if $(filter 0,$(WAIT)),--no-wait) $(ARGS) 2>&1 \
+	@test -n "$(PROFILE)" || { echo "usage: make reproduce PROFILE=proxy|proxy_v2|proxy_v3|proxy_v3_resnet56|cifar100|imagenet|smoke [JOBS=N | RUNS_PER_GPU=N] [EXECUTOR=local|submitit-local|slurm]"; exit 2; }
+	$(STUDY) $(if $(RUNS_PER_GPU),--runs-per-gpu $(RUNS_PER_GPU),--jobs $(JOBS)) --executor $(EXECUTOR) \
+		$(if $(filter 0,$(WAIT)),--no-wait) $(ARGS) 2>&1 \
 		| { grep --line-buffered -v "$(KERNEL_NOTE)" || true; }
 	$(if $(filter 0,$(WAIT)),@echo "submitted; when the jobs have ended: make reproduce PROFILE=$(PROFILE) EXECUTOR=$(EXECUTOR)",$(MAKE) --no-print-directory book-reproduced)
 

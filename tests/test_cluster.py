@@ -116,10 +116,38 @@ def test_slurm_submits_one_job_array_of_the_pending_runs(tiny: dict[str, Path], 
     # each array task unpickles one TrainJob: the run, its threads, and resume on preemption
     job = submitit.SlurmJob(tmp_path / "submitit", "4242_2")
     delayed = submitit.helpers.DelayedSubmission.load(job.paths.submitted_pickle)
-    assert isinstance(delayed.function, TrainJob) and delayed.function.run.key == runs[2].key
+    assert isinstance(delayed.function, TrainJob) and [r.key for r in delayed.function.runs] == [runs[2].key]
     assert delayed.function.threads == 8  # cpus_per_task
     requeued = delayed.function.checkpoint()
     assert requeued.function is delayed.function  # the same run, which resumes from its last.pt
+
+
+def test_runs_per_gpu_packs_the_pending_runs_into_fewer_jobs(tiny: dict[str, Path], tmp_path: Path,
+                                                             fake_slurm: Path) -> None:
+    """Five runs at three per GPU: an array of two jobs, the first with three runs and the second with two,
+    in the planned order; each job's 6 CPUs are shared out among its runs by the job itself."""
+    runs = plan(tiny, tmp_path / "runs", seeds=[0, 1, 2, 3, 4], baselines=[])
+    assert len(runs) == 5
+    resources = Resources(gpus_per_node=1, cpus_per_task=6, runs_per_gpu=3)
+    _, ids = executors.train_pending(runs, tmp_path / "results", "slurm", resources, "test-pack", block=False,
+                                     folder=tmp_path / "submitit")
+    assert ids == ["4242_0", "4242_1"]
+    (script,) = fake_slurm.iterdir()
+    assert "#SBATCH --array=0-1%2" in script.read_text().splitlines()
+    jobs = [submitit.helpers.DelayedSubmission.load(submitit.SlurmJob(tmp_path / "submitit", i)
+                                                    .paths.submitted_pickle).function for i in ids]
+    keys = [r.key for r in runs]
+    assert [[r.key for r in job.runs] for job in jobs] == [keys[:3], keys[3:]]
+    assert {job.threads for job in jobs} == {6}
+
+
+def test_runs_per_gpu_is_for_one_process_runs() -> None:
+    with pytest.raises(ValueError, match="runs_per_gpu 2 packs one-process runs onto one GPU; these jobs run "
+                                         "each run as 8 DDP processes"):
+        Resources.of({"cluster": {"gpus_per_node": 8, "runs_per_gpu": 2}})
+    with pytest.raises(ValueError, match="runs_per_gpu must be an integer >= 1, got 0"):
+        Resources.of({}, runs_per_gpu=0)
+    assert Resources.of({"cluster": {"gpus_per_node": 1}}, runs_per_gpu=4).runs_per_gpu == 4
 
 
 def test_distributed_environment_from_slurm(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -157,6 +185,22 @@ def test_submitit_local_runs_ddp_tasks_with_gloo(tiny: dict[str, Path], tmp_path
     assert (results / run.key / "record.json").is_file()
 
 
+@pytest.mark.slow
+def test_a_job_of_two_runs_trains_both_side_by_side(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """runs_per_gpu 2 on submitit-local: one job, two runs in their own processes; each record is the one
+    the study planned, and a second call finds nothing pending."""
+    runs = plan(tiny, tmp_path / "runs", method="kd", variants=["default"], baselines=[], seeds=[0, 1])
+    results, packed = tmp_path / "results", Resources(time_min=10, runs_per_gpu=2)
+    again = dict(threads=2, folder=tmp_path / "submitit")
+    outcomes, _ = executors.train_pending(runs, results, "submitit-local", packed, "test-pack", **again)
+    assert [o.status for o in outcomes] == ["trained", "trained"], [o.message for o in outcomes]
+    assert len(list((tmp_path / "submitit").glob("*_log.out"))) == 1  # one job
+    for run in runs:
+        assert read_record(results / run.key / "record.json")["config_id"] == run.config_id
+        assert (run.out / "train.log").is_file()  # trained in a process of its own
+    assert executors.train_pending(runs, results, "submitit-local", packed, "test-pack", **again) == ([], [])
+
+
 def test_a_run_whose_default_is_the_fast_path_is_refused_before_ddp_tasks_are_submitted(
         tiny: dict[str, Path], tmp_path: Path, bf16_cpu: None) -> None:
     """On a CPU with bf16 units a run's default is the fast path, one process: split over two tasks it would
@@ -189,9 +233,10 @@ def test_a_killed_job_is_resubmitted_and_resumes_to_the_uninterrupted_result(
     (run,) = plan(tiny, tmp_path / "runs", **kw)
     results, resources = tmp_path / "results", Resources(time_min=10)
     auto = executors.make_executor("submitit-local", tmp_path / "submitit", resources, "test-kill")
-    job = auto.submit(TrainJob(run, threads=1))
+    job = auto.submit(TrainJob((run,), threads=1))
     _kill_when_an_epoch_is_saved(run.out)
-    assert executors._outcome(job, run, results).status == "failed"
+    (killed_outcome,) = executors._outcomes(job, (run,), results, executors.Progress(1, verbose=False))
+    assert killed_outcome.status == "failed"
     killed = read_record(run.out / "record.json")
     assert killed["status"] == "running" and 1 <= len(killed["history"]) < 30, "the kill came too late"
     # the next call resubmits the run (its record is not completed), and the new job resumes from last.pt

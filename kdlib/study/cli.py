@@ -25,6 +25,7 @@ from kdlib.config import positive_int
 from kdlib.paths import RUNS_DIR, relative, repo_path
 from kdlib.study.executors import EXECUTORS, Resources, pending_runs, train_pending
 from kdlib.study.grid import verify
+from kdlib.study.packing import jobs_for
 from kdlib.study.parameters import parse_pairs
 from kdlib.study.profiles import (
     bench_throughput,
@@ -54,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reproduce", help="execute the notebooks with a profile's full parameters")
     r.add_argument("--profile", required=True)
     r.add_argument("--jobs", type=positive_int, default=1, help="runs side by side (default 1)")
+    r.add_argument("--runs-per-gpu", type=positive_int,
+                   help="runs side by side on each GPU, each in its own process (CUDA MPS where it starts): "
+                        "local, N per visible GPU; submitit executors, N runs per job and its GPU")
     r.add_argument("--notebooks", help="comma-separated subset, e.g. 01_ickd,06_head_to_head")
     r.add_argument("--stages", help=f"a staged protocol's stages to run (default: all, in order: "
                    f"{','.join(STAGES)})")
@@ -120,7 +124,7 @@ def _train_pending(args: argparse.Namespace, notebooks: list[str] | None,
     resources = Resources.of(profile, partition=args.partition, time_min=args.time_min,
                              gpus_per_node=args.gpus_per_node, nodes=args.nodes,
                              cpus_per_task=args.cpus_per_task, mem_gb=args.mem_gb,
-                             array_parallelism=args.array_parallelism)
+                             array_parallelism=args.array_parallelism, runs_per_gpu=args.runs_per_gpu)
     outcomes, ids = train_pending(runs, results, args.executor, resources, args.profile,
                                   threads=profile.get("common", {}).get("threads"), block=not args.no_wait)
     if ids and args.no_wait:
@@ -163,6 +167,10 @@ def _reproduce_staged(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
+    if args.runs_per_gpu and args.jobs > 1:
+        raise ValueError("give --jobs or --runs-per-gpu, not both: --runs-per-gpu sets the runs side by side")
+    if args.runs_per_gpu and args.executor == "local":
+        args.jobs = jobs_for(args.runs_per_gpu)
     if is_staged(args.profile):
         return _reproduce_staged(args)
     if args.stages:

@@ -10,7 +10,9 @@ notebooks execute and find every record done:
   call after every job ended submits nothing; a run whose job died is pending again, and its new job
   resumes from its ``last.pt``.
 - **one job per run** (:class:`TrainJob`): the job trains the run in its own process with
-  :func:`~kdlib.study.grid.train_one` (``--resume``: from ``last.pt`` when there is one). It is
+  :func:`~kdlib.study.grid.train_one` (``--resume``: from ``last.pt`` when there is one); with
+  ``runs_per_gpu`` N (``--runs-per-gpu``), one job per N runs, which train side by side on the job's GPU,
+  each in its own process (:mod:`kdlib.study.packing`: CUDA MPS where it starts). It is
   checkpointable: on preemption or timeout, Slurm signals the job (``USR2``), submitit calls
   :meth:`TrainJob.checkpoint` and requeues what it returns, the same job, which resumes from the last
   completed epoch (``submitit.helpers.Checkpointable``'s contract, without importing submitit here).
@@ -40,7 +42,7 @@ from typing import Any
 
 from kdlib.config import plan
 from kdlib.paths import REPRODUCE_DIR, relative
-from kdlib.study.grid import Outcome, Progress, Run, collect, reuse, train_one
+from kdlib.study.grid import Outcome, Progress, Run, collect, reuse, run_grid, train_one
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,8 @@ class Resources:
     array_parallelism: int = 256
     #: Processes per node, by default one per GPU (one without GPUs); several make a DDP run (gloo on CPU).
     tasks_per_node: int | None = None
+    #: Runs each job trains side by side on its one GPU (:mod:`kdlib.study.packing`), each in its own process.
+    runs_per_gpu: int = 1
 
     @property
     def tasks(self) -> int:
@@ -92,9 +96,12 @@ class Resources:
         if unknown:
             raise ValueError(f"unknown cluster option(s) {unknown}; choose from: {', '.join(allowed)}")
         resources = cls(**given)
-        for name in ("time_min", "nodes", "array_parallelism"):
+        for name in ("time_min", "nodes", "array_parallelism", "runs_per_gpu"):
             if not isinstance(getattr(resources, name), int) or getattr(resources, name) < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(resources, name)!r}")
+        if resources.runs_per_gpu > 1 and resources.tasks * resources.nodes > 1:
+            raise ValueError(f"runs_per_gpu {resources.runs_per_gpu} packs one-process runs onto one GPU; "
+                             f"these jobs run each run as {resources.tasks * resources.nodes} DDP processes")
         return resources
 
     def submitit_parameters(self, name: str) -> dict[str, Any]:
@@ -137,16 +144,24 @@ def distributed_environment() -> dict[str, str]:
 
 @dataclass
 class TrainJob:
-    """One run as a submitit job (picklable): trains it, resuming its ``last.pt``, and returns
-    ``(status, message)`` of :func:`~kdlib.study.grid.train_one`. ``threads``: torch threads."""
+    """Runs as one submitit job (picklable), each resuming its ``last.pt``: one run in the job's process (in
+    each of its DDP tasks), or several side by side on the job's GPU (``runs_per_gpu``), each in its own
+    process (:func:`~kdlib.study.grid.run_grid`: under CUDA MPS where it starts). Returns one
+    ``(status, message)`` of :func:`~kdlib.study.grid.train_one` per run. ``threads``: the job's torch
+    threads, shared out among its runs."""
 
-    run: Run
+    runs: tuple[Run, ...]
     threads: int | None = None
 
-    def __call__(self) -> tuple[str, str]:
-        env = distributed_environment()
-        first = env.get("RANK", "0") == "0"  # only rank 0 may clear a stale folder
-        return train_one(self.run, threads=self.threads, prepare=first)
+    def __call__(self) -> list[tuple[str, str]]:
+        if len(self.runs) == 1:
+            env = distributed_environment()
+            first = env.get("RANK", "0") == "0"  # only rank 0 may clear a stale folder
+            return [train_one(self.runs[0], threads=self.threads, prepare=first)]
+        threads = max(1, self.threads // len(self.runs)) if self.threads else None
+        outcomes = run_grid(self.runs, jobs=len(self.runs), threads=threads, verbose=False)
+        # a run found done in its folder counts as trained: the caller judges every run by its record
+        return [("failed" if o.status == "failed" else "trained", o.message) for o in outcomes]
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         """What submitit requeues after a preemption or timeout: this job again, which resumes from the run's
@@ -174,44 +189,53 @@ def _threads(resources: Resources, default: int | None) -> int | None:
     return resources.cpus_per_task or default
 
 
-def submit_runs(runs: Sequence[Run], executor: Any, threads: int | None = None) -> list[Any]:
-    """Submit one :class:`TrainJob` per run, as one job array (``executor.batch()``); returns the jobs."""
-    jobs = []
+def packs(runs: Sequence[Run], runs_per_gpu: int) -> list[tuple[Run, ...]]:
+    """``runs`` in order, ``runs_per_gpu`` to a job (the last job may hold fewer)."""
+    return [tuple(runs[i:i + runs_per_gpu]) for i in range(0, len(runs), runs_per_gpu)]
+
+
+def submit_runs(jobs: Sequence[tuple[Run, ...]], executor: Any, threads: int | None = None) -> list[Any]:
+    """Submit one :class:`TrainJob` per pack of runs, as one job array (``executor.batch()``)."""
+    submitted = []
     with executor.batch():
-        for run in runs:
-            jobs.append(executor.submit(TrainJob(run, threads)))
-    return jobs
+        for runs in jobs:
+            submitted.append(executor.submit(TrainJob(runs, threads)))
+    return submitted
 
 
-def wait(jobs: Sequence[Any], runs: Sequence[Run], results_dir: Path, progress: Progress) -> list[Outcome]:
-    """Wait for each job and :func:`~kdlib.study.grid.collect` its run (a job that died: ``failed``)."""
-    return [progress(_outcome(job, run, results_dir)) for job, run in zip(jobs, runs, strict=True)]
+def wait(jobs: Sequence[Any], packed: Sequence[tuple[Run, ...]], results_dir: Path,
+         progress: Progress) -> list[Outcome]:
+    """Wait for each job and :func:`~kdlib.study.grid.collect` its runs (a job that died: ``failed``)."""
+    return [outcome for job, runs in zip(jobs, packed, strict=True)
+            for outcome in _outcomes(job, runs, results_dir, progress)]
 
 
-def _outcome(job: Any, run: Run, results_dir: Path) -> Outcome:
+def _outcomes(job: Any, runs: tuple[Run, ...], results_dir: Path, progress: Progress) -> list[Outcome]:
     tick = time.perf_counter()
     try:
-        status, message = job.results()[0]  # rank 0's (a job of several DDP tasks returns one per task)
-    except Exception as error:  # the job died (killed, out of memory, cancelled): its run is pending again
-        status, message = "failed", f"job {job.job_id}: {str(error).strip().splitlines()[-1][:300]}"
-    return collect(run, results_dir, status, message, time.perf_counter() - tick)
+        said = job.results()[0]  # rank 0's (a job of several DDP tasks returns one per task)
+    except Exception as error:  # the job died (killed, out of memory, cancelled): its runs are pending again
+        said = [("failed", f"job {job.job_id}: {str(error).strip().splitlines()[-1][:300]}")] * len(runs)
+    seconds = time.perf_counter() - tick
+    return [progress(collect(run, results_dir, status, message, seconds))
+            for run, (status, message) in zip(runs, said, strict=True)]
 
 
-def run_local_jobs(runs: Sequence[Run], executor: Any, results_dir: Path, parallel: int,
+def run_local_jobs(jobs: Sequence[tuple[Run, ...]], executor: Any, results_dir: Path, parallel: int,
                    threads: int | None, progress: Progress) -> list[Outcome]:
     """``submitit-local``: at most ``parallel`` jobs at a time on this machine; each outcome as it ends."""
-    waiting, running, done = list(runs), [], {}
+    waiting, running, done = list(jobs), [], {}
     while waiting or running:
         while waiting and len(running) < parallel:
-            run = waiting.pop(0)
-            running.append((executor.submit(TrainJob(run, threads)), run))
-        finished = [(job, run) for job, run in running if job.done()]
-        for job, run in finished:
-            done[run.key] = progress(_outcome(job, run, results_dir))
-            running.remove((job, run))
+            runs = waiting.pop(0)
+            running.append((executor.submit(TrainJob(runs, threads)), runs))
+        finished = [(job, runs) for job, runs in running if job.done()]
+        for job, runs in finished:
+            done.update({o.run.key: o for o in _outcomes(job, runs, results_dir, progress)})
+            running.remove((job, runs))
         if not finished:
             time.sleep(POLL_S)
-    return [done[run.key] for run in runs]
+    return [done[run.key] for runs in jobs for run in runs]
 
 
 def train_pending(runs: Sequence[Run], results_dir: Path, executor: str, resources: Resources,
@@ -220,7 +244,8 @@ def train_pending(runs: Sequence[Run], results_dir: Path, executor: str, resourc
     """Train the pending runs of ``runs`` (:func:`pending_runs`) with ``executor``; returns the outcomes
     (empty unless ``block``) and the submitted job ids. ``slurm`` submits one job array and, when ``block``,
     waits for every job; ``submitit-local`` runs ``resources.array_parallelism`` jobs at a time and always
-    waits. ``threads``: each run's torch threads unless ``resources.cpus_per_task`` says. submitit's files
+    waits; each job trains ``resources.runs_per_gpu`` runs. ``threads``: each job's torch threads unless
+    ``resources.cpus_per_task`` says (shared out among a job's runs). submitit's files
     go to ``folder`` (default ``runs/reproduce/<name>/submitit``)."""
     todo = pending_runs(runs, results_dir)
     log.info("%d of %d runs pending; executor %s", len(todo), len(runs), executor)
@@ -233,10 +258,12 @@ def train_pending(runs: Sequence[Run], results_dir: Path, executor: str, resourc
     auto = make_executor(executor, folder, resources, f"kdlib-{name}")
     progress = Progress(len(todo), verbose=True)
     threads = _threads(resources, threads)
+    packed = packs(todo, resources.runs_per_gpu)
     if executor == "submitit-local":
-        outcomes = run_local_jobs(todo, auto, results_dir, resources.array_parallelism, threads, progress)
+        outcomes = run_local_jobs(packed, auto, results_dir, resources.array_parallelism, threads, progress)
         return outcomes, []
-    jobs = submit_runs(todo, auto, threads)
+    jobs = submit_runs(packed, auto, threads)
     ids = [job.job_id for job in jobs]
-    log.info("submitted %d jobs (%s ... %s); logs in %s", len(jobs), ids[0], ids[-1], relative(folder))
-    return (wait(jobs, todo, results_dir, progress) if block else []), ids
+    log.info("submitted %d jobs of %d runs (%s ... %s); logs in %s", len(jobs), len(todo), ids[0], ids[-1],
+             relative(folder))
+    return (wait(jobs, packed, results_dir, progress) if block else []), ids

@@ -43,6 +43,7 @@ from kdlib.paths import REPO, relative, repo_path
 from kdlib.record import TrainingFailed, config_id_of, cpu_difference, hardware
 from kdlib.results import commit_label, record_problem
 from kdlib.runlock import FolderInUse, run_lock
+from kdlib.study.packing import side_by_side
 from kdlib.study.parameters import Pair, Parameters, Variant, bad_parameter
 
 log = logging.getLogger(__name__)
@@ -191,8 +192,8 @@ def _train_here(run: Run, threads: int | None) -> tuple[str, str]:
         torch.set_num_threads(previous)
 
 
-def _train_subprocess(run: Run, threads: int) -> tuple[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+def _train_subprocess(run: Run, threads: int, slot: dict[str, str] | None = None) -> tuple[str, str]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), **(slot or {})}
     log_path = run.out / "train.log"
     with open(log_path, "w") as log_file:
         done = subprocess.run([sys.executable, "-m", "kdlib", *train_argv(run.config)], stdout=log_file,
@@ -204,11 +205,12 @@ def _train_subprocess(run: Run, threads: int) -> tuple[str, str]:
 
 
 def train_one(run: Run, jobs: int = 1, threads: int | None = None, retrain: bool = False,
-              prepare: bool = True) -> tuple[str, str]:
+              prepare: bool = True, slot: dict[str, str] | None = None) -> tuple[str, str]:
     """Train ``run`` (from scratch when ``retrain``, else resuming its ``last.pt``): its status (``trained``
     or ``failed``) and a message. In this process when ``jobs`` is 1, else in a ``python -m kdlib train``
-    subprocess. ``prepare``: first remove a folder holding another configuration's run (only one process of
-    a several-process run does it)."""
+    subprocess with the environment of its ``slot`` (:func:`~kdlib.study.packing.side_by_side`: its GPU).
+    ``prepare``: first remove a folder holding another configuration's run (only one process of a
+    several-process run does it)."""
     try:
         if retrain and run.out.exists():
             _clear(run.out)
@@ -216,7 +218,7 @@ def train_one(run: Run, jobs: int = 1, threads: int | None = None, retrain: bool
             _prepare(run)
         if jobs == 1:
             return _train_here(run, threads)
-        return _train_subprocess(run, threads or share_cores(jobs, None)[1])
+        return _train_subprocess(run, threads or share_cores(jobs, None)[1], slot)
     except FolderInUse as error:  # another process trains into this run's folder: leave it alone
         return "failed", str(error)
 
@@ -243,10 +245,11 @@ def reuse(run: Run, results: Path | None, need_checkpoint: Callable[[Run], bool]
     return None
 
 
-def _execute(run: Run, results: Path | None, jobs: int, threads: int | None, retrain: bool) -> Outcome:
+def _execute(run: Run, results: Path | None, jobs: int, threads: int | None, retrain: bool,
+             slot: dict[str, str] | None = None) -> Outcome:
     """Train ``run``, then :func:`collect` it."""
     tick = time.perf_counter()
-    status, message = train_one(run, jobs, threads, retrain)
+    status, message = train_one(run, jobs, threads, retrain, slot=slot)
     return collect(run, results, status, message, time.perf_counter() - tick)
 
 
@@ -304,14 +307,15 @@ def run_grid(
 
     A run is skipped when a completed record with its ``config_id`` exists (in ``results_dir`` when given,
     else in its folder) and, where ``need_checkpoint(run)`` is true (runs whose models a figure loads), its
-    ``last.pt`` is there too. Otherwise it trains, resuming its own ``last.pt``: in this process when
-    ``jobs`` is 1, else in ``jobs`` ``python -m kdlib train`` subprocesses side by side, each with
-    ``threads`` torch threads (default: the cores shared out). A failed run (crash, interruption) does not
-    stop the others; its outcome says why, and the next call retries it. A run whose loss became non-finite
-    is ``diverged``: that is a result of its configuration (same seed, same batches), so its record is kept
-    like a completed one and the run is not retried (unless ``retrain``). With ``results_dir``, each completed
-    or diverged record is copied to ``results_dir/<key>/record.json`` (the record only). ``verbose``: one
-    line per run on stdout (no timings: notebooks keep it in their output), e.g.
+    ``last.pt`` is there too. Otherwise it trains, resuming its own ``last.pt``: in this process when ``jobs``
+    is 1, else in ``jobs`` ``python -m kdlib train`` subprocesses side by side, each with ``threads`` torch
+    threads (default: the cores shared out) and, on GPUs, a GPU of its own or shared with the others under
+    CUDA MPS (:func:`~kdlib.study.packing.side_by_side`). A failed run (crash, interruption) does not stop the
+    others; its outcome says why, and the next call retries it. A run whose loss became non-finite is
+    ``diverged``: that is a result of its configuration (same seed, same batches), so its record is kept like
+    a completed one and the run is not retried (unless ``retrain``). With ``results_dir``, each completed or
+    diverged record is copied to ``results_dir/<key>/record.json`` (the record only). ``verbose``: one line
+    per run on stdout (no timings: notebooks keep it in their output), e.g.
     ``[3/9] ickd/default resnet32 → resnet8 seed 0: trained``.
     """
     results = repo_path(results_dir) if results_dir is not None else None
@@ -332,17 +336,18 @@ def run_grid(
     for outcome in outcomes.values():
         progress(outcome)
 
-    if jobs > 1:
-        jobs, threads = share_cores(jobs, threads)
-
-    def execute(run: Run) -> Outcome:
-        return progress(_execute(run, results, jobs, threads, retrain))
-
-    if jobs == 1:
-        done = [execute(run) for run in todo]
+    if jobs == 1 or not todo:
+        done = [progress(_execute(run, results, 1, threads, retrain)) for run in todo]
     else:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            done = list(pool.map(execute, todo))
+        jobs, threads = share_cores(jobs, threads)
+        with side_by_side(jobs, todo[0].config.device) as slots:
+
+            def execute(run: Run) -> Outcome:
+                with slots.take() as slot:
+                    return progress(_execute(run, results, jobs, threads, retrain, slot))
+
+            with ThreadPoolExecutor(max_workers=jobs) as pool:
+                done = list(pool.map(execute, todo))
     outcomes.update({o.run.key: o for o in done})
     return [outcomes[k] for k in keys]
 

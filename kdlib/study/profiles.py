@@ -156,7 +156,10 @@ def reproduce(profile: str, jobs: int = 1, notebooks: Sequence[str] | None = Non
     prof = load_profile(profile)
     chosen = check_notebooks(notebooks) if notebooks else list(NOTEBOOKS)
     extra: dict[str, Any] = {"jobs": jobs}
-    if "threads" not in prof.get("common", {}):  # every core: one run with all of them, or a share per job
+    threads = prof.get("common", {}).get("threads")
+    # every core: one run with all of them, or a share per job (fewer than the profile's threads where its
+    # jobs would not fit the cores at those: runs packed onto GPUs need few)
+    if threads is None or jobs * threads > (os.cpu_count() or 1):
         jobs, extra["threads"] = share_cores(jobs, None)
         extra["jobs"] = jobs
     if device:
