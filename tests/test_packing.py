@@ -1,4 +1,4 @@
-"""Runs side by side on GPUs (kdlib.study.packing), without a GPU: the GPUs are named through
+"""Runs side by side on GPUs (kdlib.packing), without a GPU: the GPUs are named through
 ``CUDA_VISIBLE_DEVICES`` and CUDA MPS is a fake ``nvidia-cuda-mps-control`` that logs what it is asked."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from helpers import write_teacher
 
-from kdlib import study
-from kdlib.study import grid, packing
+from kdlib import packing, study
+from kdlib.study import grid
 
 
 @pytest.fixture

@@ -22,10 +22,10 @@ from typing import Any, NoReturn
 
 import kdlib.study
 from kdlib.config import positive_int
+from kdlib.packing import jobs_for
 from kdlib.paths import RUNS_DIR, relative, repo_path
 from kdlib.study.executors import EXECUTORS, Resources, pending_runs, train_pending
 from kdlib.study.grid import verify
-from kdlib.study.packing import jobs_for
 from kdlib.study.parameters import parse_pairs
 from kdlib.study.profiles import (
     bench_throughput,

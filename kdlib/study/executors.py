@@ -12,7 +12,7 @@ notebooks execute and find every record done:
 - **one job per run** (:class:`TrainJob`): the job trains the run in its own process with
   :func:`~kdlib.study.grid.train_one` (``--resume``: from ``last.pt`` when there is one); with
   ``runs_per_gpu`` N (``--runs-per-gpu``), one job per N runs, which train side by side on the job's GPU,
-  each in its own process (:mod:`kdlib.study.packing`: CUDA MPS where it starts). It is
+  each in its own process (:mod:`kdlib.packing`: CUDA MPS where it starts). It is
   checkpointable: on preemption or timeout, Slurm signals the job (``USR2``), submitit calls
   :meth:`TrainJob.checkpoint` and requeues what it returns, the same job, which resumes from the last
   completed epoch (``submitit.helpers.Checkpointable``'s contract, without importing submitit here).
@@ -79,7 +79,7 @@ class Resources:
     array_parallelism: int = 256
     #: Processes per node, by default one per GPU (one without GPUs); several make a DDP run (gloo on CPU).
     tasks_per_node: int | None = None
-    #: Runs each job trains side by side on its one GPU (:mod:`kdlib.study.packing`), each in its own process.
+    #: Runs each job trains side by side on its one GPU (:mod:`kdlib.packing`), each in its own process.
     runs_per_gpu: int = 1
 
     @property

@@ -39,11 +39,11 @@ import torch
 from kdlib import train
 from kdlib.config import TrainConfig, to_argv
 from kdlib.files import atomic_write
+from kdlib.packing import side_by_side
 from kdlib.paths import REPO, relative, repo_path
 from kdlib.record import TrainingFailed, config_id_of, cpu_difference, hardware
 from kdlib.results import commit_label, record_problem
 from kdlib.runlock import FolderInUse, run_lock
-from kdlib.study.packing import side_by_side
 from kdlib.study.parameters import Pair, Parameters, Variant, bad_parameter
 
 log = logging.getLogger(__name__)
@@ -208,7 +208,7 @@ def train_one(run: Run, jobs: int = 1, threads: int | None = None, retrain: bool
               prepare: bool = True, slot: dict[str, str] | None = None) -> tuple[str, str]:
     """Train ``run`` (from scratch when ``retrain``, else resuming its ``last.pt``): its status (``trained``
     or ``failed``) and a message. In this process when ``jobs`` is 1, else in a ``python -m kdlib train``
-    subprocess with the environment of its ``slot`` (:func:`~kdlib.study.packing.side_by_side`: its GPU).
+    subprocess with the environment of its ``slot`` (:func:`~kdlib.packing.side_by_side`: its GPU).
     ``prepare``: first remove a folder holding another configuration's run (only one process of a
     several-process run does it)."""
     try:
@@ -310,7 +310,7 @@ def run_grid(
     ``last.pt`` is there too. Otherwise it trains, resuming its own ``last.pt``: in this process when ``jobs``
     is 1, else in ``jobs`` ``python -m kdlib train`` subprocesses side by side, each with ``threads`` torch
     threads (default: the cores shared out) and, on GPUs, a GPU of its own or shared with the others under
-    CUDA MPS (:func:`~kdlib.study.packing.side_by_side`). A failed run (crash, interruption) does not stop the
+    CUDA MPS (:func:`~kdlib.packing.side_by_side`). A failed run (crash, interruption) does not stop the
     others; its outcome says why, and the next call retries it. A run whose loss became non-finite is
     ``diverged``: that is a result of its configuration (same seed, same batches), so its record is kept like
     a completed one and the run is not retried (unless ``retrain``). With ``results_dir``, each completed or
