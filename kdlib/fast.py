@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from kdlib.compilation import CompileWatch
 from kdlib.data import PAD_MODES, DatasetSpec, SeededTransform, mix_seed
 from kdlib.distill import last_map
 
@@ -384,6 +385,11 @@ class CompiledOrEager:
     ``.backward()``, where no fallback can catch it). Each new instance starts from
     an empty dynamo cache (``torch._dynamo.reset()``): runs trained one after another in one process (the
     study with one job) each get their own recompile budget.
+
+    Each instance watches its compilation (:class:`kdlib.compilation.CompileWatch`): :meth:`compile_record`
+    gives the seconds spent compiling and the on-disk caches' hits and misses, and with ``reduce-overhead``
+    :meth:`describe` says whether CUDA graphs were used or skipped (and torch's reason), as observed over the
+    first compiled steps.
     """
 
     def __init__(self, fn: Callable[..., Any], *, enabled: bool = True, mode: str | None = None,
@@ -393,22 +399,34 @@ class CompiledOrEager:
         self.batch_size = batch_size
         self.compiled: Callable[..., Any] | None = None
         self.fallback_reason: str | None = None
+        self.watch: CompileWatch | None = None
         if enabled:
             torch._dynamo.reset()  # a new run: earlier runs' graphs do not count towards the recompile limit
             try:
                 self.compiled = torch.compile(fn, mode=mode, dynamic=False, backend=backend)
             except Exception as error:  # e.g. dynamo unsupported on this Python
                 self._fall_back(error)
+            else:
+                self.watch = CompileWatch(cudagraphs=mode == "reduce-overhead")
 
     @property
     def is_compiled(self) -> bool:
         return self.compiled is not None
 
     def describe(self) -> str:
-        """``eager``, ``eager (fallback: reason)`` or the compile mode, for run records and benchmarks."""
+        """``eager``, ``eager (fallback: reason)`` or the compile mode, and with ``reduce-overhead`` after the
+        first compiled call whether CUDA graphs were used (:func:`kdlib.compilation.cudagraph_state`), e.g.
+        ``compiled (reduce-overhead, CUDA graphs skipped: mutated inputs (1 instances))``; for run records and
+        benchmarks."""
         if self.compiled is not None:
-            return f"compiled ({self.mode or 'default'})"
+            graphs = self.watch.cudagraphs() if self.watch is not None else None
+            return f"compiled ({self.mode or 'default'}{f', CUDA graphs {graphs}' if graphs else ''})"
         return f"eager (fallback: {self.fallback_reason})" if self.fallback_reason else "eager"
+
+    def compile_record(self) -> dict[str, Any] | None:
+        """Seconds compiling and cache hits and misses (:meth:`kdlib.compilation.CompileWatch.record`); None
+        where nothing was compiled (eager, or no compiled call yet)."""
+        return self.watch.record() if self.watch is not None else None
 
     def _fall_back(self, error: BaseException) -> None:
         self.compiled = None
@@ -419,8 +437,10 @@ class CompiledOrEager:
         if self.compiled is not None and (self.batch_size is None or len(args[0]) == self.batch_size):
             if self.mode == "reduce-overhead":
                 torch.compiler.cudagraph_mark_step_begin()
+            device = args[0].device if args and isinstance(args[0], Tensor) else torch.device("cpu")
             try:
                 with (  # raised here, in the compiled call, not eager with a warning or at .backward():
+                    self.watch.call(device),
                     torch._dynamo.config.patch(fail_on_recompile_limit_hit=True),
                     torch._functorch.config.patch(force_non_lazy_backward_lowering=True),
                 ):

@@ -27,6 +27,9 @@ METHOD_MAP = DATA_DIR / "reported" / "method_map.json"
 RUNS_DIR = REPO / "runs"
 #: Where ``make reproduce`` writes the executed notebooks, ``runs/reproduce/<profile>/``.
 REPRODUCE_DIR = RUNS_DIR / "reproduce"
+#: torch inductor's on-disk caches (compiled graphs and kernels) of the trainer's runs, one folder per kind of
+#: CPU, ``runs/compile_cache/<cpu>/``, unless ``TORCHINDUCTOR_CACHE_DIR`` is set (:mod:`kdlib.compilation`).
+COMPILE_CACHE_DIR = RUNS_DIR / "compile_cache"
 #: The trainer's measured throughput (``bench/bench.py``).
 BENCH_CSV = REPO / "bench" / "results.csv"
 #: bf16 against fp32, paired by seed (``bench/precision.py``): its records and its summary.

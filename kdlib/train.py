@@ -52,6 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from kdlib import distributed, models, weights
+from kdlib.compilation import use_compile_cache
 from kdlib.config import Plan, TrainConfig, plan
 from kdlib.curves import Curves
 from kdlib.data import load_data, mix_seed, resolve_dataset_spec
@@ -76,6 +77,7 @@ from kdlib.loop import (
 from kdlib.methods import build_distiller, get_method
 from kdlib.record import (
     WeightsRef,
+    hardware,
     new_record,
     now,
     record_failures,
@@ -122,6 +124,7 @@ class Run:
 
     def __init__(self, p: Plan, dist: distributed.Dist) -> None:
         self.p, self.dist, self.recipe = p, dist, p.recipe
+        use_compile_cache(hardware(p.device))  # before anything compiles: graphs reused across runs
         config = p.config
         self.out = Path(config.out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -214,15 +217,17 @@ class Run:
         self.forward = prepare_fast(self.distiller, rt, compile=compiled, batch_size=recipe.batch_size)
 
     def _speed(self) -> dict[str, Any]:
-        """How this process trains (provenance; the recipe is the same either way)."""
+        """How this process trains (provenance; the recipe is the same either way). ``compile``: on the fast
+        path once a compiled step ran, the seconds compiling and the on-disk caches' hits and misses
+        (:meth:`kdlib.fast.CompiledOrEager.compile_record`), else None (older records lack the key)."""
         cuda = self.p.device.type == "cuda"
         if self.fast:  # a compilation that failed at its first step fell back to eager: describe() says so
-            forward = self.forward.describe()
+            forward, compiled = self.forward.describe(), self.forward.compile_record()
         else:
-            forward = "compiled" if self.forward is not self.module else "eager"
+            forward, compiled = "compiled" if self.forward is not self.module else "eager", None
         return {"path": "fast" if self.fast else "dataloader", "forward": forward,
                 "fused_sgd": self.fast and cuda, "teacher": "inference_mode" if self.fast else "no_grad",
-                "channels_last": self.rt.channels_last}
+                "channels_last": self.rt.channels_last, "compile": compiled}
 
     # --- resume and checkpoint --------------------------------------------------------------------
     def resume(self) -> None:

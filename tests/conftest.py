@@ -1,5 +1,5 @@
-"""Shared test settings: deterministic, single-threaded torch (CI has 2 cores), no user data root, and the
-CPU's bf16 units as a test chooses them.
+"""Shared test settings: deterministic, single-threaded torch (CI has 2 cores), no user data root, torch's
+compile cache outside the repository, and the CPU's bf16 units as a test chooses them.
 
 What ``--precision auto`` resolves to, and so the default path (fast, channels_last, compiled for long runs),
 depends on the CPU: bf16 where it has AVX512-BF16 or AMX, fp32 elsewhere (:func:`kdlib.fast.bf16_native`).
@@ -13,6 +13,7 @@ import os
 
 import pytest
 import torch
+from torch._inductor.runtime import cache_dir_utils
 
 #: What torch's CPU kernels dispatch on, as each kind of CPU answers.
 CPU_KINDS = {
@@ -29,6 +30,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(int(os.environ.get("KDLIB_TEST_THREADS", "1")))
+    # the trainer's compile cache is runs/compile_cache/ unless this is set (to other than torch's default):
+    # the tests' runs, and the subprocesses they start, compile into a temporary folder beside torch's default
+    default = cache_dir_utils.default_cache_dir()
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR", default) in ("", default):
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = default + "_kdlib_tests"
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 

@@ -120,6 +120,9 @@ def test_a_whole_bf16_run_on_the_cpu_fast_path(data: dict[str, Path], tmp_path: 
     assert record["status"] == "completed" and record["precision"] == "bf16"
     assert record["speed"]["path"] == "fast" and record["speed"]["channels_last"]
     assert record["speed"]["forward"] == "compiled (default)"
+    compiled = record["speed"]["compile"]  # compiled once (forward and backward), from the caches or not
+    assert compiled["seconds"] > 0 and compiled["frames"] == 1
+    assert compiled["aot_autograd_cache_hits"] + compiled["aot_autograd_cache_misses"] == 1
     assert all(torch.isfinite(torch.tensor(v)) for v in record["history"][0]["losses"].values())
 
 

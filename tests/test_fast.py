@@ -477,9 +477,9 @@ def test_training_run_on_either_path(roots: dict[str, Path], tmp_path: Path, fas
     assert record["precision"] == ("bf16" if cpu_kind == "amx" else "fp32")
     on_fast = fast or (fast is None and cpu_kind == "amx")
     expected = {"path": "fast", "forward": "eager", "fused_sgd": False, "teacher": "inference_mode",
-                "channels_last": True} if on_fast \
+                "channels_last": True, "compile": None} if on_fast \
         else {"path": "dataloader", "forward": "eager", "fused_sgd": False, "teacher": "no_grad",
-              "channels_last": False}
+              "channels_last": False, "compile": None}
     assert record["speed"] == expected
 
 
