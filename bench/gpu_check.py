@@ -1,17 +1,20 @@
 """GPU checks for a lent machine: one script, stages with time budgets and a global deadline, files in --out.
 
-    PYTHONPATH=. python3 bench/gpu_check.py --out $OUT      # one H100/H200: about 7.5 minutes
+    PYTHONPATH=. python3 bench/gpu_check.py --out $OUT      # one H100/H200: at most 9.5 minutes
     .venv/bin/python bench/gpu_check.py --device cpu --quick --out runs/gpu_check   # dry run, tiny sizes
 
 Each stage runs in its own process (``--stage NAME``), killed at its budget; its failure is recorded in
-stages.json and the next stage runs; none starts with under ``MIN_STAGE_S`` seconds left. ``setup``:
-env.json (versions, device, commit) and a CIFAR-100 with synthetic pixels read back by kdlib (data.json);
-``parity``: the fast-path step compiled and eager on the same batches from the same weights, fp32 and bf16,
-and whether CUDA graphs were recorded or skipped (parity.csv, parity_summary.csv); ``kd_row``: ``bench.py
---pairs kd`` (bench_kd.csv); ``throughput``: 1-8 concurrent training processes (``--worker``;
-throughput.csv); ``profile``: torch.profiler over ICKD steps (profile_ops.csv, profile_summary.json);
-``throughput_mps``: the same under a private CUDA MPS daemon. Then summary.txt, also printed. bench/README.md
-says more. Imports only the standard library, numpy, torch, torchvision and kdlib.
+stages.json and the next stage runs; none starts with under ``MIN_STAGE_S`` seconds left. ``setup``: env.json
+(versions, device, commit) and a CIFAR-100 with synthetic pixels read back by kdlib (data.json); ``parity``:
+the fast-path step compiled and eager on the same batches from the same weights, fp32 and bf16, and whether
+CUDA graphs were recorded or skipped (parity.csv, parity_summary.csv); ``reproduce``: a 2-epoch cut of the
+cifar100 profile through the study's planning, a teacher and its runs side by side on the GPU (reproduce.csv,
+reproduce_records/); ``kd_row``: ``bench.py --pairs kd`` (bench_kd.csv); ``throughput``: 1-8 concurrent
+training processes (``--worker``; throughput.csv); ``profile``: torch.profiler over ICKD steps
+(profile_ops.csv, profile_summary.json); ``throughput_mps``: the same under a private CUDA MPS daemon. Then
+summary.txt, also printed. bench/README.md says more. Imports only the standard library, numpy, torch,
+torchvision and kdlib (the ``reproduce`` stage also the study's own packages: pandas, scipy, matplotlib,
+pyyaml, tqdm).
 """
 
 from __future__ import annotations
@@ -23,8 +26,6 @@ import datetime
 import functools
 import importlib.util
 import json
-import logging
-import logging.handlers
 import math
 import os
 import platform
@@ -43,8 +44,9 @@ from typing import Any
 
 import torch
 
-from kdlib import distributed
+from kdlib import distributed, packing
 from kdlib.cifar import write_synthetic_cifar100
+from kdlib.compilation import cudagraph_verdict, watch_cudagraphs  # CUDA graphs: used or skipped
 from kdlib.data import load_data
 from kdlib.fast import CompiledOrEager, resolve_precision
 
@@ -55,7 +57,7 @@ bench = importlib.util.module_from_spec(_spec)
 sys.modules["kdlib_bench"] = bench  # its dataclasses look their module up there
 _spec.loader.exec_module(bench)
 
-STAGES = ("setup", "parity", "kd_row", "throughput", "profile", "throughput_mps")
+STAGES = ("setup", "parity", "reproduce", "kd_row", "throughput", "profile", "throughput_mps")
 MIN_STAGE_S = 20.0  # no stage starts with less time than this before the deadline
 
 
@@ -66,12 +68,16 @@ Sizes = SimpleNamespace
 FULL = Sizes(batch=64, parity_steps=20, warmup=20, steps=300, profile_steps=50, levels=(1, 2, 4, 8),
              per_class=(500, 100), parity_pair=("kd", "resnet32x4", "resnet8x4"),
              profile_pair=bench.PAIRS["ickd"],
-             throughput_pairs=(("kd", "resnet32x4", "resnet8x4"), bench.PAIRS["kd"]), deadline_s=450,
-             budgets={"setup": 90, "parity": 150, "throughput": 150, "profile": 90, "kd_row": 150,
-                      "throughput_mps": 120})
+             throughput_pairs=(("kd", "resnet32x4", "resnet8x4"), bench.PAIRS["kd"]), deadline_s=570,
+             reproduce_pair="resnet32x4->resnet8x4", reproduce_epochs=2,
+             reproduce_variants=["ce", "kd", {"method": "dkd", "nckd_weight": "mdistiller"}, "ickd", "cd",
+                                 "cwt"],
+             budgets={"setup": 90, "parity": 150, "reproduce": 150, "throughput": 150, "profile": 90,
+                      "kd_row": 150, "throughput_mps": 120})
 QUICK = Sizes(batch=16, parity_steps=3, warmup=2, steps=3, profile_steps=3, levels=(1, 2), per_class=(4, 1),
               parity_pair=("kd", "resnet20", "resnet8"), profile_pair=("ickd", "resnet20", "resnet8"),
-              throughput_pairs=(("kd", "resnet20", "resnet8"), ("kd", "resnet14", "resnet8")), deadline_s=150,
+              throughput_pairs=(("kd", "resnet20", "resnet8"), ("kd", "resnet14", "resnet8")), deadline_s=210,
+              reproduce_pair="resnet14->resnet8", reproduce_epochs=1, reproduce_variants=["ce", "kd", "ickd"],
               budgets=dict.fromkeys(STAGES, 60))
 
 
@@ -132,52 +138,6 @@ def run_steps(loop: Iterator[None], steps: int, device: torch.device) -> tuple[f
     return start, time.monotonic()
 
 
-# --- CUDA graphs: recorded or skipped ---------------------------------------------------------------------
-def recorded_cudagraph_nodes(device: torch.device) -> int | None:
-    """Recorded graphs (nodes) in this thread's CUDA-graph trees for ``device``; None where unknown."""
-    def count(nodes: list) -> int:
-        return sum(1 + count([c for cs in n.children.values() for c in cs]) for n in nodes)
-
-    try:  # a private API: another torch may lay it out otherwise
-        from torch._inductor import cudagraph_trees
-        manager = cudagraph_trees.get_manager(device.index or 0, create_if_none_exists=False)
-        return 0 if manager is None else count([n for ns in manager.roots.values() for n in ns])
-    except Exception:
-        return None
-
-
-@contextlib.contextmanager
-def watch_cudagraphs(device: torch.device) -> Iterator[dict[str, Any]]:
-    """Within the block: inductor's ``cudagraph_skips`` counter's increase, torch's log lines that mention
-    cudagraphs (``skipping cudagraphs due to ...``), and at its end the recorded CUDA-graph nodes."""
-    from torch._dynamo.utils import counters
-    handler, logger, info = logging.handlers.BufferingHandler(10**6), logging.getLogger("torch"), {}
-    logger.addHandler(handler)
-    before = counters["inductor"].get("cudagraph_skips", 0)
-    try:
-        yield info
-    finally:
-        logger.removeHandler(handler)
-        info["skips"] = counters["inductor"].get("cudagraph_skips", 0) - before
-        lines = (" ".join(r.getMessage().split())[:300] for r in handler.buffer)
-        info["log"] = " | ".join(dict.fromkeys(m for m in lines if "cudagraph" in m.lower()))[:600]
-        info["nodes"] = recorded_cudagraph_nodes(device)
-
-
-def cudagraph_verdict(device: torch.device, forward: CompiledOrEager, info: dict[str, Any]) -> str:
-    if not forward.is_compiled:
-        return f"not used ({forward.describe()})"
-    if device.type != "cuda":
-        return "not applicable (cpu)"
-    skipped = [m for m in info["log"].split(" | ") if "skipping cudagraphs" in m.lower()]
-    if info["skips"] or skipped:
-        return ("skipped: " + (skipped[0] if skipped else f"{info['skips']} skips counted")
-                + (f" ({info['nodes']} graphs recorded)" if info["nodes"] else ""))  # e.g. backward only
-    if info["nodes"]:
-        return f"used ({info['nodes']} graphs recorded)"
-    return "unknown (no graph recorded, no skip logged)"
-
-
 # --- stages (each runs in its own process: `--stage NAME`) --------------------------------------------------
 Context = SimpleNamespace  # args, sizes, device, out, deadline (time.time() by which the stage is done)
 
@@ -192,7 +152,7 @@ def stage_setup(ctx: Context) -> None:
         "cudnn": torch.backends.cudnn.version() if cuda else None, "device": ctx.device.type,
         "device_name": bench.device_name(ctx.device), "python": platform.python_version(),
         "cpu_count": os.cpu_count(), "precision_auto": resolve_precision("auto", ctx.device),
-        "mps_control": shutil.which("nvidia-cuda-mps-control"), "quick": ctx.args.quick,
+        "mps_control": shutil.which(packing.MPS_CONTROL), "quick": ctx.args.quick,
         "backend": ctx.args.backend, "data": ctx.args.data_kind})
     if ctx.args.data_kind == "synthetic":
         write_synthetic_cifar100(root, *ctx.sizes.per_class)
@@ -305,6 +265,45 @@ def stage_kd_row(ctx: Context) -> None:
         command += ["--quick", "--no-compile", "--threads", "1"]
     log("running " + " ".join(command))
     subprocess.run(command, check=True, timeout=max(1.0, ctx.deadline - time.time()), env=child_env())
+
+
+# --- the study's own path on a cut of the cifar100 profile ------------------------------------------------
+def stage_reproduce(ctx: Context) -> None:
+    """The study's whole path short of the notebooks, on a cut of the cifar100 profile: its teacher trained
+    first (``python -m kdlib train``), the head-to-head's runs planned by ``kdlib.study`` from the profile
+    with the cut's overrides, the real CIFAR-100 loader on the setup stage's files (``KDLIB_DATA``), then
+    ``run_grid``, the runs side by side (all on one GPU, under CUDA MPS where it starts), each in its own
+    ``python -m kdlib train`` process; reproduce.csv holds one row per run, checked against its plan."""
+    from kdlib.study import grid, profiles  # pandas and the study's other packages (the GPU image has them)
+
+    s, scratch = ctx.sizes, Path(tempfile.mkdtemp(prefix="kdlib_reproduce_"))  # checkpoints: not in --out
+    os.environ["KDLIB_DATA"] = str(ctx.args.data_root)  # the profile's default data root, for every process
+    teacher_out = scratch / "teachers" / "cifar100" / s.reproduce_pair.split("->")[0]
+    tick = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "kdlib", "train", "--method", "ce", "--student", teacher_out.name,
+                    "--dataset", "cifar100", "--recipe", "repdistiller", "--epochs", str(s.reproduce_epochs),
+                    "--device", ctx.device.type, "--out", str(teacher_out), "--no-progress"],
+                   check=True, env=child_env(), timeout=max(1.0, ctx.deadline - time.time()))
+    teacher_s = time.perf_counter() - tick
+    runs = profiles.profile_runs(
+        "cifar100", notebooks=["06_head_to_head"], pairs=[s.reproduce_pair], epochs=s.reproduce_epochs,
+        seeds=[0], variants=s.reproduce_variants, device=ctx.device.type, out_dir=str(scratch / "runs"),
+        teachers_dir=str(scratch / "teachers"))
+    jobs = packing.jobs_for(len(runs)) if ctx.device.type == "cuda" else 2
+    tick = time.perf_counter()
+    try:
+        outcomes = grid.run_grid(runs, results_dir=ctx.out / "reproduce_records", jobs=jobs)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    grid_s = time.perf_counter() - tick
+    for outcome in outcomes:
+        record = outcome.record or {}
+        append_csv(ctx.out / "reproduce.csv", {
+            "run": outcome.run.label, "status": outcome.status, "message": outcome.message[:200],
+            "planned_config_id": record.get("config_id") == outcome.run.config_id,
+            "epochs": len(record.get("history", [])), "top1_last": record.get("top1_last"),
+            "wall_time_s": record.get("wall_time_s"), "forward": record.get("speed", {}).get("forward"),
+            "side_by_side": jobs, "teacher_s": round(teacher_s, 1), "grid_s": round(grid_s, 1)})
 
 
 # --- concurrent training processes ------------------------------------------------------------------------
@@ -428,6 +427,7 @@ def stage_throughput(ctx: Context, mode: str) -> None:
 
 STAGE_FUNCTIONS: dict[str, Callable[[Context], None]] = {
     "setup": stage_setup, "parity": stage_parity, "profile": stage_profile, "kd_row": stage_kd_row,
+    "reproduce": stage_reproduce,
     "throughput": lambda ctx: stage_throughput(ctx, "time-sliced" if ctx.device.type == "cuda" else "cpu"),
     "throughput_mps": lambda ctx: stage_throughput(ctx, "mps"),
 }
@@ -448,29 +448,6 @@ def child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(REPO) + (os.pathsep + path if path else "")}
 
 
-@contextlib.contextmanager
-def mps_daemon(out: Path) -> Iterator[dict[str, str] | None]:
-    """A private CUDA MPS daemon for the block, stopped at its end (pipe in a short temporary folder: a socket
-    path has at most 107 characters; log in ``out/mps_log``); None without ``nvidia-cuda-mps-control``."""
-    control = shutil.which("nvidia-cuda-mps-control")
-    if control is None:
-        yield None
-        return
-    pipe, logs = Path(tempfile.mkdtemp(prefix="mps")), out / "mps_log"
-    logs.mkdir(exist_ok=True)
-    env = {**child_env(), "CUDA_MPS_PIPE_DIRECTORY": str(pipe), "CUDA_MPS_LOG_DIRECTORY": str(logs)}
-    subprocess.run([control, "-d"], env=env, check=True, timeout=30)
-    try:
-        yield env
-    finally:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            servers = subprocess.run([control], input="get_server_list\n", env=env, capture_output=True,
-                                     text=True, timeout=10).stdout.strip()
-            (out / "mps_log" / "server_list.txt").write_text(servers + "\n")  # non-empty: clients connected
-            subprocess.run([control], input="quit\n", env=env, timeout=30)
-        shutil.rmtree(pipe, ignore_errors=True)
-
-
 def run_stage(name: str, args: argparse.Namespace, timeout: float) -> dict[str, Any]:
     """Stage ``name`` in its own process group, killed after ``timeout`` seconds; its status and log tail."""
     out = Path(args.out)
@@ -482,9 +459,11 @@ def run_stage(name: str, args: argparse.Namespace, timeout: float) -> dict[str, 
         if name == "throughput_mps":
             if args.device != "cuda":
                 return {"status": "skipped: MPS is CUDA only (the throughput rows are cpu)"}
-            env = stack.enter_context(mps_daemon(out))
-            if env is None:
-                return {"status": "skipped: no nvidia-cuda-mps-control; the throughput rows are time-sliced"}
+            mps = stack.enter_context(packing.mps_daemon(out / "mps_log"))  # the trainer's own daemon
+            if mps is None:
+                return {"status": "skipped: no CUDA MPS daemon (see the log); the throughput rows are "
+                                  "time-sliced"}
+            env = {**env, **mps}
         logfile = stack.enter_context(open(out / "logs" / f"{name}.log", "w"))
         proc = subprocess.Popen(command, stdout=logfile, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
@@ -529,6 +508,7 @@ SUMMARY = {"parity_summary.csv": ("precision", "logits_max_abs_diff", "loss_max_
                                   "weights_max_abs_diff", "cudagraphs"),
            "throughput.csv": ("mode", "pair", "processes", "status", "aggregate_steps_per_s",
                               "runs_240ep_per_hour"),
+           "reproduce.csv": ("run", "status", "planned_config_id", "epochs", "wall_time_s", "forward"),
            "profile_ops.csv": ("rank", "name", "pct_of_total"),
            "bench_kd.csv": ("pair", "reference_ms", "ours_ms", "speedup", "ours_settings")}
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+from kdlib import compilation
 from kdlib.cifar import write_synthetic_cifar100
 from kdlib.data import load_data
 
@@ -53,11 +54,11 @@ def _rows(path: Path) -> tuple[list[str], list[dict[str, str]]]:
 
 @pytest.fixture(scope="module")
 def dry_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
-    """The dry run as bench/README.md gives it, once for the module's tests (about 30 s on 2 cores)."""
+    """The dry run as bench/README.md gives it, once for the module's tests (about 80 s on 2 idle cores)."""
     out = tmp_path_factory.mktemp("gpu_check")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     result = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--quick", "--out", str(out)],
-                            cwd=REPO, env=env, capture_output=True, text=True, timeout=150)
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     return out, result
 
 
@@ -65,7 +66,8 @@ def test_dry_run_runs_every_stage(dry_run) -> None:
     out, result = dry_run
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     stages = json.loads((out / "stages.json").read_text())["stages"]
-    assert list(stages) == ["setup", "parity", "kd_row", "throughput", "profile", "throughput_mps"]
+    assert list(stages) == ["setup", "parity", "reproduce", "kd_row", "throughput", "profile",
+                            "throughput_mps"]
     assert all(stages[name]["status"] == "ok" for name in list(stages)[:-1]), stages
     assert stages["throughput_mps"]["status"].startswith("skipped: MPS is CUDA only")
     assert "stage parity: ok" in result.stdout and (out / "summary.txt").read_text() in result.stdout
@@ -90,6 +92,21 @@ def test_dry_run_parity_files(dry_run) -> None:
         assert float(row["weights_max_abs"]) > 0
     fp32 = summary[0]  # aot_eager runs the eager step's own operations: the same numbers
     assert float(fp32["loss_max_abs_diff"]) < 1e-4 and float(fp32["weights_max_abs_diff"]) < 1e-4
+
+
+def test_dry_run_reproduce_file(dry_run) -> None:
+    """The cut of the cifar100 profile: every planned run trained through the study's grid, its record made
+    from the plan's configuration (its config_id) and copied to reproduce_records/."""
+    out, _ = dry_run
+    columns, rows = _rows(out / "reproduce.csv")
+    assert columns[:3] == ["run", "status", "message"]
+    assert [r["run"] for r in rows] == ["ce/default", "kd/default", "ickd/default"]
+    for row in rows:
+        assert (row["status"], row["planned_config_id"], row["epochs"]) == ("trained", "True", "1"), row
+        assert row["side_by_side"] == "2" and float(row["grid_s"]) > 0
+    records = sorted((out / "reproduce_records").rglob("record.json"))
+    assert len(records) == 3
+    assert {json.loads(r.read_text())["dataset"] for r in records} == {"cifar100"}
 
 
 def test_dry_run_throughput_file(dry_run) -> None:
@@ -126,7 +143,7 @@ def test_stages_keep_to_the_deadline_and_record_failures(gpu_check) -> None:
 
     def runner(name: str, timeout: float) -> dict:
         given[name] = timeout
-        clock[0] += {"setup": 10, "parity": 5, "kd_row": 400}.get(name, timeout)  # the rest: all of it
+        clock[0] += {"setup": 10, "parity": 5, "reproduce": 0, "kd_row": 400}.get(name, timeout)  # rest: all
         if name == "parity":
             raise RuntimeError("no GPU")
         return {"status": "ok"}
@@ -153,13 +170,15 @@ def test_busy_seconds_is_the_union_of_device_intervals(gpu_check) -> None:
 
 
 def test_cudagraph_verdict(gpu_check) -> None:
+    """The script's words for CUDA graphs are kdlib's, which the trainer's records use too."""
+    assert gpu_check.cudagraph_verdict is compilation.cudagraph_verdict
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
     compiled = SimpleNamespace(is_compiled=True, describe=lambda: "compiled (reduce-overhead)")
     eager = SimpleNamespace(is_compiled=False, describe=lambda: "eager (fallback: BackendCompilerFailed)")
     info = {"skips": 0, "log": "", "nodes": 3}
     assert gpu_check.cudagraph_verdict(cuda, compiled, info) == "used (3 graphs recorded)"
     skipped = {"skips": 1, "log": "skipping cudagraphs due to mutated inputs (1 instances)", "nodes": 0}
-    assert gpu_check.cudagraph_verdict(cuda, compiled, skipped) == "skipped: " + skipped["log"]
+    assert gpu_check.cudagraph_verdict(cuda, compiled, skipped) == "skipped: mutated inputs (1 instances)"
     assert gpu_check.cudagraph_verdict(cuda, compiled, {**info, "nodes": 0}).startswith("unknown")
     assert gpu_check.cudagraph_verdict(cuda, eager, info).startswith("not used (eager (fallback")
     assert gpu_check.cudagraph_verdict(cpu, compiled, info) == "not applicable (cpu)"
