@@ -59,7 +59,8 @@ from kdlib.paths import COMPILE_CACHE_DIR, relative
 
 #: The environment variable that places inductor's on-disk caches (``cache_dir_utils.cache_dir``).
 CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
-#: A run record's name for each of torch's cache counters: ``(record key, counter group, counter key)``.
+#: Each of torch's cache counters as ``(record key, counter group, counter key)``, the record key being its
+#: name in a run record.
 CACHE_COUNTERS = (
     ("fx_graph_cache_hits", "inductor", "fxgraph_cache_hit"),
     ("fx_graph_cache_misses", "inductor", "fxgraph_cache_miss"),
@@ -135,7 +136,7 @@ class _CudagraphLines(logging.Handler):
         return list(dict.fromkeys(line for number, line in self.lines if number > count))
 
 
-#: The loggers that hear torch's cudagraph lines: torch registers these with ``propagate = False``
+#: The loggers that hear torch's cudagraph lines. torch registers these with ``propagate = False``
 #: (``_logging/_internal.py: _reset_logs``), so a line logged under ``torch._inductor`` (the skips, from
 #: ``torch._inductor.cudagraph_utils.__cudagraphs``) never reaches the ``torch`` logger.
 CUDAGRAPH_LOGGERS = ("torch", "torch._dynamo", "torch._inductor", "torch._inductor.cudagraph_trees")

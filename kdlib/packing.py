@@ -69,6 +69,7 @@ class Slots:
 
     @contextlib.contextmanager
     def take(self) -> Iterator[dict[str, str]]:
+        """A free slot's environment for the block (waiting for one to be free), given back at its end."""
         index = self.free.get()
         try:
             yield self.environments[index]
