@@ -273,7 +273,8 @@ def stage_reproduce(ctx: Context) -> None:
     first (``python -m kdlib train``), the head-to-head's runs planned by ``kdlib.study`` from the profile
     with the cut's overrides, the real CIFAR-100 loader on the setup stage's files (``KDLIB_DATA``), then
     ``run_grid``, the runs side by side (all on one GPU, under CUDA MPS where it starts), each in its own
-    ``python -m kdlib train`` process; reproduce.csv holds one row per run, checked against its plan."""
+    ``python -m kdlib train`` process; reproduce.csv holds one row per run, checked against its plan. Then
+    the head-to-head notebook from those records (:func:`reproduce_notebook`)."""
     from kdlib.study import grid, profiles  # pandas and the study's other packages (the GPU image has them)
 
     s, scratch = ctx.sizes, Path(tempfile.mkdtemp(prefix="kdlib_reproduce_"))  # checkpoints: not in --out
@@ -285,10 +286,10 @@ def stage_reproduce(ctx: Context) -> None:
                     "--device", ctx.device.type, "--out", str(teacher_out), "--no-progress"],
                    check=True, env=child_env(), timeout=max(1.0, ctx.deadline - time.time()))
     teacher_s = time.perf_counter() - tick
-    runs = profiles.profile_runs(
-        "cifar100", notebooks=["06_head_to_head"], pairs=[s.reproduce_pair], epochs=s.reproduce_epochs,
-        seeds=[0], variants=s.reproduce_variants, device=ctx.device.type, out_dir=str(scratch / "runs"),
-        teachers_dir=str(scratch / "teachers"))
+    cut = {"pairs": [s.reproduce_pair], "epochs": s.reproduce_epochs, "seeds": [0],
+           "variants": s.reproduce_variants, "device": ctx.device.type}
+    runs = profiles.profile_runs("cifar100", notebooks=["06_head_to_head"], out_dir=str(scratch / "runs"),
+                                 teachers_dir=str(scratch / "teachers"), **cut)
     jobs = packing.jobs_for(len(runs)) if ctx.device.type == "cuda" else 2
     tick = time.perf_counter()
     try:
@@ -304,6 +305,31 @@ def stage_reproduce(ctx: Context) -> None:
             "epochs": len(record.get("history", [])), "top1_last": record.get("top1_last"),
             "wall_time_s": record.get("wall_time_s"), "forward": record.get("speed", {}).get("forward"),
             "side_by_side": jobs, "teacher_s": round(teacher_s, 1), "grid_s": round(grid_s, 1)})
+    reproduce_notebook(ctx, cut)
+
+
+def reproduce_notebook(ctx: Context, cut: dict[str, Any]) -> None:
+    """The head-to-head notebook's parameters under the cifar100 profile with the cut's (``train`` False: it
+    renders the stage's records), in reproduce_params.json; executed through papermill as ``make reproduce``
+    does, to reproduce_06_head_to_head.ipynb, where papermill is installed (the GPU's Python has none: run
+    bench/README.md's command on the fetched files); reproduce.json says which."""
+    from kdlib.paths import NOTEBOOKS_DIR
+    from kdlib.study import profiles
+
+    pixels = "synthetic CIFAR-100 pixels" if ctx.args.data_kind == "synthetic" else "CIFAR-100"
+    params = {**profiles.notebook_parameters("cifar100", "06_head_to_head", **cut), "train": False,
+              "records_dir": str(ctx.out / "reproduce_records"),
+              "label": f"GPU CHECK, not a result: {pixels}, {cut['epochs']} epochs, seed 0"}
+    write_json(ctx.out / "reproduce_params.json", params)
+    try:
+        import papermill
+    except ImportError:
+        write_json(ctx.out / "reproduce.json", {"notebook": "skipped: papermill is not installed here"})
+        return
+    papermill.execute_notebook(str(NOTEBOOKS_DIR / "06_head_to_head.ipynb"),
+                               str(ctx.out / "reproduce_06_head_to_head.ipynb"), parameters=params,
+                               cwd=str(NOTEBOOKS_DIR), progress_bar=False)
+    write_json(ctx.out / "reproduce.json", {"notebook": "executed"})
 
 
 # --- concurrent training processes ------------------------------------------------------------------------

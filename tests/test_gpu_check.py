@@ -107,6 +107,12 @@ def test_dry_run_reproduce_file(dry_run) -> None:
     records = sorted((out / "reproduce_records").rglob("record.json"))
     assert len(records) == 3
     assert {json.loads(r.read_text())["dataset"] for r in records} == {"cifar100"}
+    # the head-to-head notebook from those records, through papermill, as make reproduce executes it
+    assert json.loads((out / "reproduce.json").read_text()) == {"notebook": "executed"}
+    params = json.loads((out / "reproduce_params.json").read_text())
+    assert (params["train"], params["pairs"], params["dataset"]) == (False, ["resnet14->resnet8"], "cifar100")
+    executed = (out / "reproduce_06_head_to_head.ipynb").read_text()
+    assert "rendering the 3 committed records" in executed and "GPU CHECK, not a result" in executed
 
 
 def test_dry_run_throughput_file(dry_run) -> None:
