@@ -166,18 +166,7 @@ def headline(records: pd.DataFrame | None = None, tuning: pd.DataFrame | None = 
     data = forest_data(records)
     if data.empty:
         return answer(records)
-    kd = data[data["baseline"] == "kd"]
-    channel = kd[kd["method"].isin(CHANNEL_METHODS)]
-    above, below = (channel[channel["significant"] & (channel["mean"] > 0)],
-                    channel[channel["significant"] & (channel["mean"] < 0)])
-    named = "; ".join(f"{r['label']} {_interval(r)}" for _, r in above.iterrows())
-    lead = (f"**{len(above)} of the {len(channel)} channel methods beat KD at this scale**: {named} points "
-            f"of test top-1 (mean and 95% interval over {int(kd['n'].min())} paired seeds); "
-            if len(above) else f"**None of the {len(channel)} channel methods beats KD at this scale**; ")
-    noise = len(channel) - len(above) - len(below)
-    parts = [f"{', '.join(display_name(m) for m in below['method'])} fall below it"] * bool(len(below)) + [
-        f"{noise} {'is' if noise == 1 else 'are'} within the noise"] * bool(noise)
-    lead += f"{' and '.join(parts) or 'none is below it'}, after Holm's correction."
+    lead = staged_report.beats(data[data["baseline"] == "kd"], "KD", short=display_name)
     conditions = staged_report.conditions(records)
     ends = grid_ends(tuning)
     at_end = ends[ends["end"]]

@@ -16,6 +16,7 @@ Nothing is compared until every final run of the study has its record, never fro
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -254,10 +255,11 @@ def _count(n: int, noun: str) -> str:
     return f"{words.get(n, n)} {noun}{'' if n == 1 else 's'}"
 
 
-def beats(table: pd.DataFrame, baseline: str) -> str:
-    """One sentence: how many of the channel methods in ``table`` (one family's
-    :func:`family_table`) are above ``baseline`` after Holm's correction, by how much (mean and 95%
-    interval over the paired seeds), which fall below it and how many are within the noise."""
+def beats(table: pd.DataFrame, baseline: str, short: Callable[[str], str] | None = None) -> str:
+    """One sentence: how many of the channel methods in ``table`` (one family's :func:`family_table`, or any
+    :func:`kdlib.comparison.holm_comparisons` with a ``label``) are above ``baseline`` after Holm's
+    correction, by how much (mean and 95% interval over the paired seeds), which fall below it (by their
+    label, or by ``short(method)``) and how many are within the noise."""
     channel = table[table["method"].isin(CHANNEL_METHODS)]
     above = channel[channel["verdict"] == "above"]
     below = channel[channel["verdict"] == "below"]
@@ -267,7 +269,8 @@ def beats(table: pd.DataFrame, baseline: str) -> str:
             f"points of test top-1 (mean and 95% interval over {seeds} paired seeds); " if len(above) else
             f"**None of the {len(channel)} channel methods beats {baseline} at this scale**; ")
     noise = len(channel) - len(above) - len(below)
-    parts = [f"{', '.join(below['label'])} fall below it"] * bool(len(below)) + [
+    fallen = below["label"] if short is None else below["method"].map(short)
+    parts = [f"{', '.join(fallen)} fall below it"] * bool(len(below)) + [
         f"{noise} {'is' if noise == 1 else 'are'} within the noise"] * bool(noise)
     return lead + f"{' and '.join(parts) or 'none is below it'}, after Holm's correction."
 
