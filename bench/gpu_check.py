@@ -275,16 +275,17 @@ def stage_reproduce(ctx: Context) -> None:
     ``run_grid``, the runs side by side (all on one GPU, under CUDA MPS where it starts), each in its own
     ``python -m kdlib train`` process; reproduce.csv holds one row per run, checked against its plan. Then
     the head-to-head notebook from those records (:func:`reproduce_notebook`)."""
+    from kdlib.config import TrainConfig
     from kdlib.study import grid, profiles  # pandas and the study's other packages (the GPU image has them)
 
     s, scratch = ctx.sizes, Path(tempfile.mkdtemp(prefix="kdlib_reproduce_"))  # checkpoints: not in --out
     os.environ["KDLIB_DATA"] = str(ctx.args.data_root)  # the profile's default data root, for every process
     teacher_out = scratch / "teachers" / "cifar100" / s.reproduce_pair.split("->")[0]
     tick = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "kdlib", "train", "--method", "ce", "--student", teacher_out.name,
-                    "--dataset", "cifar100", "--recipe", "repdistiller", "--epochs", str(s.reproduce_epochs),
-                    "--device", ctx.device.type, "--out", str(teacher_out), "--no-progress"],
-                   check=True, env=child_env(), timeout=max(1.0, ctx.deadline - time.time()))
+    teacher = TrainConfig("ce", teacher_out.name, "cifar100", teacher_out, recipe="repdistiller",
+                          epochs=s.reproduce_epochs, device=ctx.device.type)
+    subprocess.run([sys.executable, "-m", "kdlib", *grid.train_argv(teacher)], check=True, env=child_env(),
+                   timeout=max(1.0, ctx.deadline - time.time()))
     teacher_s = time.perf_counter() - tick
     cut = {"pairs": [s.reproduce_pair], "epochs": s.reproduce_epochs, "seeds": [0],
            "variants": s.reproduce_variants, "device": ctx.device.type}
