@@ -197,13 +197,13 @@ def _sentence(table: pd.DataFrame, baseline: str, alpha: float, label: Callable[
               intervals: bool = False) -> str:
     above, below = table[table["verdict"] == "above"], table[table["verdict"] == "below"]
     noise = table[table["verdict"] == "within the corrected noise"]
-    name = baseline.upper() if baseline == "kd" else baseline
+    name = baseline if baseline == "ce" else baseline.upper()
     seeds = "/".join(str(n) for n in sorted(set(table["n"])))
     lead = (f"**{len(above)} of {len(table)} configurations beat {name} beyond the Holm-corrected noise**"
             f" ({seeds} paired seeds, family-wise level {alpha:g}): {_named(above, label, intervals)}."
             if len(above) else
             f"**No configuration beats {name} beyond the Holm-corrected noise** ({seeds} paired seeds, "
-            f"{len(table)} comparisons, family-wise level {alpha:g}).")
+            f"{len(table)} comparison{'s' * (len(table) != 1)}, family-wise level {alpha:g}).")
     parts = [lead]
     if len(below):
         parts.append(f"{len(below)} fall below {name}: {_named(below, label, intervals)}.")
@@ -218,16 +218,18 @@ def _sentence(table: pd.DataFrame, baseline: str, alpha: float, label: Callable[
 
 def answer(records: pd.DataFrame, baselines: Sequence[str] = ("kd", "ce"), alpha: float = 0.05,
            detectable: float | None = None, label: Callable[[str, str], str] = _slash,
-           intervals: bool = False) -> str:
+           intervals: bool = False, tables: Mapping[str, pd.DataFrame] | None = None) -> str:
     """The answer in words (Markdown), generated from ``records`` (one comparable group): per baseline, the
     configurations above and below it after Holm's correction and those that cannot be told apart, with
     mean top-1 differences (points, last epoch), then what the study cannot say. ``detectable``: the
     smallest difference the design detects with 80% power (:func:`power_statement`), said once. ``label``:
     how a configuration is named from its method and variant (default ``method/variant``); ``intervals``:
-    each difference with its 95% interval (uncorrected)."""
+    each difference with its 95% interval (uncorrected); ``tables``: each baseline's comparisons where they
+    are already made (a staged study's families, :func:`kdlib.staged_report.family_table`), else
+    :func:`holm_comparisons` of ``records``."""
     paragraphs = []
     for baseline in baselines:
-        table = holm_comparisons(records, baseline, alpha)
+        table = holm_comparisons(records, baseline, alpha) if tables is None else tables[baseline]
         if table.empty:
             paragraphs.append(f"No run of {baseline} to pair with: no comparison with {baseline} yet.")
             continue

@@ -1,6 +1,8 @@
-"""What version 2 measured of each method, for its chapter (``book/methods/*.md``): the method's tuning row,
-its final differences from KD and from ``ce``, and its verdict in words, all read from the second proxy
-study's records (:mod:`kdlib.report_v2`) when the book is built, so a chapter's verdict cannot go stale.
+"""What a staged study measured of each method, for its chapter (``book/methods/*.md``): the method's tuning
+row, its final differences from each baseline, and its verdict in words, read from the study's records
+(:mod:`kdlib.staged_report`) when the book is built, so a chapter's verdict cannot go stale. Every function
+takes the study's profile (``proxy_v2``, ``proxy_v3``), or ``newest``: the newest study whose final runs are
+all recorded (:func:`kdlib.staged_report.resolve`).
 """
 
 from __future__ import annotations
@@ -9,15 +11,14 @@ from collections.abc import Callable, Sequence
 
 import pandas as pd
 
-from kdlib import comparison, report, stats
+from kdlib import comparison, report, staged_report, stats
 from kdlib.methods import make_config
-from kdlib.report_v2 import configuration_label, display_name, forest_data, grid_ends, stage_records
+from kdlib.staged_report import display_name, short
+from kdlib.study import staged
 
 #: A Holm verdict (:func:`kdlib.comparison.holm_comparisons`) in the words a chapter uses, by baseline.
 VERDICT_WORDS = {"above": "above {b}", "below": "below {b}",
                  "within the corrected noise": "within the noise of {b}"}
-
-
 def _names(method: str) -> str:
     """The main weight's name, ``intra_weight = inter_weight`` where a method has two equal ones."""
     default = make_config(method)
@@ -51,86 +52,120 @@ def _end(multiplier: float, tried: Sequence[float]) -> str:
     return "no"
 
 
-def tuning_rows(methods: Sequence[str] | None = None, tuning: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Each tuned method's row of version 2's tuning: the weights tried, the mean validation top-1 (last
-    epoch, over the tuning seeds) at each, the weight chosen and whether it is at an end of the grid.
-    ``methods``: only these methods' rows."""
-    tuning = stage_records("tuning") if tuning is None else tuning
-    if not len(tuning):
+def _chosen(profile: str) -> pd.DataFrame:
+    """Each tuned method's choice (:func:`kdlib.study.staged.chosen_weights`) with the multiples it ``tried``
+    (those with a score, in order), indexed by method."""
+    s = staged.load_staged(profile)
+    chosen = staged.chosen_weights(s, staged_report.stage_records(profile, "tuning"))
+    return chosen.assign(tried=[sorted(m for m, v in scores.items() if v is not None)
+                                for scores in chosen["scores"]]).set_index("method", drop=False)
+
+
+def tuning_rows(profile: str, methods: Sequence[str] | None = None) -> pd.DataFrame:
+    """Each tuned method's row of the study's tuning: the weights tried, the mean validation top-1 (last
+    epoch, over the tuning seeds) at each, the weight chosen and whether it is at an end of the weights tried
+    (which, where the tuning brackets, only its limit can be). ``methods``: only these methods' rows."""
+    profile = staged_report.resolve(profile)
+    if not len(staged_report.stage_records(profile, "tuning")):
         return pd.DataFrame()
     rows = []
-    for row in grid_ends(tuning).itertuples():
-        if methods is not None and row.method not in methods:
+    for row in _chosen(profile).itertuples():
+        if (methods is not None and row.method not in methods) or row.multiplier is None:
             continue
         rows.append({
             "method": display_name(row.method),
             "weights tried": _grid(row.method, row.tried),
-            "validation top-1 at each (%)": ", ".join(report.number(row.scores.get(m))
-                                                      or "diverged" for m in row.tried),
-            "chosen": f"{_weights(row.method, row.multiplier)} (×{row.multiplier:g})",
-            "at an end of the grid": _end(row.multiplier, row.tried),
+            "validation top-1 at each (%)": ", ".join(report.number(row.scores.get(m)) or "diverged"
+                                                      for m in row.tried),
+            "chosen": f"{_weights(row.method, row.multiplier)} ({staged_report.multiple(row.multiplier)})",
+            "at an end of the weights tried": _end(row.multiplier, row.tried),
         })
     return pd.DataFrame(rows)
 
 
-def final_rows(methods: Sequence[str] | None = None, final: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Each configuration of version 2's final stage minus KD and minus ``ce`` (test top-1 points, last
+def _own(profile: str, method: str) -> pd.DataFrame:
+    """The method's own configuration (named as the method) in each family of the study, minus the family's
+    baseline: :func:`kdlib.staged_report.family_table`'s rows with ``baseline``; empty until complete."""
+    if not staged_report.complete(profile):
+        return pd.DataFrame()
+    names = staged_report.names(profile)
+    frames = []
+    for family, spec in staged_report.families(profile).items():
+        table = staged_report.family_table(profile, family)
+        mine = [names[(m, v)] == method for m, v in zip(table["method"], table["variant"], strict=True)]
+        frames.append(table[mine].assign(baseline=spec["baseline"]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def final_rows(profile: str, methods: Sequence[str] | None = None) -> pd.DataFrame:
+    """Each method's configuration in the study's final stage minus each baseline (test top-1 points, last
     epoch, paired seeds): the mean with its 95% interval, Holm's p over each baseline's family, and the
     verdict; empty until every final run is recorded. ``methods``: only these methods' rows."""
-    data = forest_data(final)
-    if data.empty:
+    profile = staged_report.resolve(profile)
+    if not staged_report.complete(profile):
         return pd.DataFrame()
-    if methods is not None:
-        data = data[data["method"].isin(methods)]
+    every = dict.fromkeys(staged_report.names(profile).values())
+    wanted = [n for n in every if methods is None or n in methods]
+    data = pd.concat([_own(profile, n) for n in wanted] or [pd.DataFrame()], ignore_index=True)
+    if data.empty:
+        return data
     return pd.DataFrame({
         "configuration": data["label"],
-        "minus": [display_name(b).split(" (")[0] for b in data["baseline"]],
+        "minus": data["baseline"].map(short),
         "paired seeds": data["n"].astype(int),
         "difference [95% CI] (points)": [f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]" for m, lo, hi in
                                          zip(data["mean"], data["lo"], data["hi"], strict=True)],
         "Holm p": [stats.format_p(p) for p in data["p_holm"]],
         "verdict": [_verdict(v, b) for v, b in zip(data["verdict"], data["baseline"], strict=True)],
-    }).reset_index(drop=True)
+    })
 
 
 def _verdict(verdict: str, baseline: str) -> str:
-    return VERDICT_WORDS[verdict].format(b=display_name(baseline).split(" (")[0])
+    return VERDICT_WORDS[verdict].format(b=short(baseline))
 
 
-def verdict(method: str, final: pd.DataFrame | None = None, tuning: pd.DataFrame | None = None) -> str:
-    """A method's result in version 2, in words (Markdown): the weight tuning chose, then its difference
-    from KD and from ``ce`` at that weight with the 95% interval, Holm's p and the verdict; until every
-    final run is recorded, that the answer waits for them."""
-    data = forest_data(final)
+def _against(baseline: str, chosen: pd.DataFrame) -> str:
+    """A baseline as a verdict names it: ``KD at its own tuned kd_weight 3.6``, ``ce, the student alone``."""
+    if baseline == "ce":
+        return "ce, the student alone"
+    if baseline not in chosen.index:
+        return short(baseline)
+    return f"{short(baseline)} at its own tuned {_weights(baseline, chosen.loc[baseline, 'multiplier'])}"
+
+
+def verdict(method: str, profile: str = staged_report.NEWEST) -> str:
+    """A method's result in the study, in words (Markdown): the weight tuning chose, then its difference
+    from each baseline at that weight with the 95% interval, Holm's p and the verdict; until every final run
+    is recorded, that the answer waits for them."""
     name = display_name(method)
-    if data.empty:
-        return (f"Version 2 compares {name} with KD and with the student alone once every one of its final "
-                "runs is recorded, never from some of them.")
-    ends = grid_ends(tuning).set_index("method")
-    mine = data[data["method"] == method]
+    study = staged_report.resolve(profile)
+    v = staged_report.version(study)
+    if not staged_report.complete(study):
+        baselines = [short(b) for b in staged.load_staged(study).final["baselines"]]
+        return (f"Version {v} compares {name} with {', '.join(baselines[:-1])} and {baselines[-1]} once "
+                "every one of its final runs is recorded, never from some of them.")
+    mine = _own(study, method)
     if not len(mine):
-        return f"{name} is not in version 2's final comparison."
-    row = ends.loc[method]
+        return f"{name} is not in version {v}'s final comparison."
+    chosen = _chosen(study)
+    row = chosen.loc[method]
     end = _end(row["multiplier"], row["tried"])
-    chosen = (f"Version 2 tuned {name}'s weight on a validation split and chose "
-              f"{_weights(method, row['multiplier'])}, ×{row['multiplier']:g} its default"
-              + (f" and {end[5:]}, so a weight beyond the grid may do better, or worse." if end != "no" else
-                 ", between the weights tried."))
-    kd = f"KD at its own tuned {_weights('kd', ends.loc['kd', 'multiplier'])}" if "kd" in ends.index else "KD"
-    against = {"kd": kd, "ce": "ce, the student alone"}
+    text = (f"Version {v} tuned {name}'s weight on a validation split and chose "
+            f"{_weights(method, row['multiplier'])}, {staged_report.multiple(row['multiplier'])} its default"
+            + (f" and {end[5:]}, so a weight beyond it may do better, or worse." if end != "no" else
+               ", between the weights tried."))
     parts = []
     for r in mine.itertuples():
         unit = "" if parts else " points of test top-1"
-        parts.append(f"{r.mean:+.2f} [{r.lo:+.2f}, {r.hi:+.2f}]{unit} against "
-                     f"{against.get(r.baseline, r.baseline)} ({stats.p_phrase(r.p_holm)}):"
-                     f" **{_verdict(r.verdict, r.baseline)}**")
-    label = configuration_label(method, mine["variant"].iloc[0])
-    return (f"{chosen} At that weight, over {int(mine['n'].min())} paired seeds, {label} scores "
-            + "; and ".join(parts) + ".")
+        parts.append(f"{r.mean:+.2f} [{r.lo:+.2f}, {r.hi:+.2f}]{unit} against {_against(r.baseline, chosen)} "
+                     f"({stats.p_phrase(r.p_holm)}): **{_verdict(r.verdict, r.baseline)}**")
+    return (f"{text} At that weight, over {int(mine['n'].min())} paired seeds, {mine['label'].iloc[0]} "
+            "scores " + "; and ".join(parts) + ".")
 
 
-#: The chapters' tables for the book's ``kdlib-table`` directive, by name (option ``methods``).
+#: The chapters' tables for the book's ``kdlib-table`` directive, by name (options ``study`` and
+#: ``methods``).
 TABLES: dict[str, Callable[..., pd.DataFrame]] = {
-    "v2-method-tuning": tuning_rows,
-    "v2-method-final": final_rows,
+    "method-tuning": tuning_rows,
+    "method-final": final_rows,
 }

@@ -9,22 +9,47 @@
   baseline, as version 2 did).
 - :func:`noise`: the SD of the paired differences to KD, and the part of it between teachers.
 - :func:`cost`: the wall time each stage has taken, by CPU kind.
+- :func:`answer`, :func:`headline`, :func:`forest`: the answer in words, in plain words with its conditions,
+  and drawn; :func:`newest_complete`: the newest of :data:`STUDIES` whose final runs are all recorded.
 
 Nothing is compared until every final run of the study has its record, never from some of them.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from matplotlib.figure import Figure
 
-from kdlib import comparison, report, results, stats
-from kdlib.methods import CHANNEL_METHODS, make_config, options_in_words
+from kdlib import comparison, plots, report, results, stats
+from kdlib.methods import CHANNEL_METHODS, METHODS, make_config, options_in_words
+from kdlib.paths import profile_file
 from kdlib.study import staged
+
+#: The staged studies the book answers from, newest first (each version's decisive pair).
+STUDIES = ("proxy_v3", "proxy_v2")
+#: The names readers know methods by, where it is not the method's name in capitals.
+DISPLAY = {"ce": "ce (student alone)", "iekd": "IE-KD"}
+
+
+def display_name(method: str) -> str:
+    """``CD``, ``IE-KD``, ``ce (student alone)``: a method as readers name it."""
+    return DISPLAY.get(method, method.upper())
+
+
+def short(method: str) -> str:
+    """:func:`display_name` without its note: ``ce``, ``KD``, ``IE-KD``."""
+    return display_name(method).split(" (")[0]
+
+
+def version(profile: str) -> int:
+    """The study's version (the profile's ``version``): how the book names it."""
+    return int(json.loads(profile_file(profile, staged.PROFILES_DIR).read_text())["version"])
 
 
 def stage_records(profile: str, stage: str) -> pd.DataFrame:
@@ -32,7 +57,8 @@ def stage_records(profile: str, stage: str) -> pd.DataFrame:
     return report.study_records(staged.load_staged(profile).results_dir / stage)
 
 
-def _teacher_records(s: staged.Staged) -> pd.DataFrame:
+def teacher_records(s: staged.Staged) -> pd.DataFrame:
+    """The records of the study's teachers, installed beside their checkpoints."""
     paths = [staged.teacher_checkpoint(s, seed).parent / "record.json" for seed in s.teacher_seeds]
     return results.load_records([p for p in paths if p.is_file()], statuses=report.SHOWN)
 
@@ -41,7 +67,7 @@ def progress(profile: str) -> dict[str, tuple[int, int]]:
     """``{stage: (records in place, runs planned so far)}``: the final stage's plan is known once the tuning
     is complete (until then its planned count is 0)."""
     s = staged.load_staged(profile)
-    out = {"teacher": (len(_teacher_records(s)), len(s.teacher_seeds))}
+    out = {"teacher": (len(teacher_records(s)), len(s.teacher_seeds))}
     if not staged._teachers_ready(s):
         return {**out, "tuning": (0, 0), "final": (0, 0)}
     tuning_runs = staged.tuning_runs(s)
@@ -72,14 +98,23 @@ def names(profile: str) -> dict[tuple[str, str], str]:
 
 
 def label(name: str, variant: str) -> str:
-    """A configuration as readers name it: its name and its options in words (``cd without GKD
-    (cd_weight 24, gkd_weight 0)``)."""
-    return name if variant == "default" else f"{name} ({options_in_words(variant)})"
+    """A configuration as readers name it: its name, its method as readers write it, and its options in
+    words: ``CD (cd_weight 24)``, ``CD without GKD (cd_weight 24, gkd_weight 0)``, ``KD (default weights)``,
+    ``ce (student alone)``."""
+    if variant != "default":
+        return f"{shown(name)} ({options_in_words(variant)})"
+    return display_name(name) if name == "ce" else f"{shown(name)} (default weights)"
+
+
+def shown(name: str) -> str:
+    """A configuration's name with the method it starts with as readers write it: ``CD without GKD``."""
+    head, _, rest = name.partition(" ")
+    return " ".join([short(head) if head in METHODS else head] + [rest] * bool(rest))
 
 
 def teachers(profile: str) -> pd.DataFrame:
     """One row per teacher, from the records installed beside the checkpoints."""
-    frame = _teacher_records(staged.load_staged(profile))
+    frame = teacher_records(staged.load_staged(profile))
     if not len(frame):
         return pd.DataFrame()
     return pd.DataFrame({
@@ -112,16 +147,42 @@ def tuning(profile: str) -> pd.DataFrame:
                                                     for name in comparison.MAIN_WEIGHTS[row.method])}
         for m in multiples:
             score = row.scores.get(m)
-            cells[_multiple(m)] = "–" if score is None else report.number(score)
+            cells[multiple(m)] = "–" if score is None else report.number(score)
         waiting = row.state == comparison.WAITING or row.multiplier is None
-        cells["chosen"] = "–" if waiting else _multiple(row.multiplier)
-        fixed_grid = row.state == comparison.AT_LIMIT and not s.tuning.get("extend")
-        cells["where"] = "at an end of the fixed grid" if fixed_grid else row.state
+        cells["chosen"] = "–" if waiting else multiple(row.multiplier)
+        cells["where"] = where(s, row.state)
         rows.append(cells)
     return pd.DataFrame(rows)
 
 
-def _multiple(m: float) -> str:
+#: Where a chosen weight fell when the tuning's grid is fixed (no ``extend``) and it is at an end of it.
+FIXED_END = "at an end of the fixed grid"
+
+
+def where(s: staged.Staged, state: str) -> str:
+    """Where a tuned method's choice fell (:func:`kdlib.comparison.bracket`'s state): interior, at the limit,
+    waiting for runs, or, on a fixed grid, :data:`FIXED_END`."""
+    return FIXED_END if state == comparison.AT_LIMIT and not s.tuning.get("extend") else state
+
+
+def caveat(profile: str) -> str:
+    """The tuned methods whose chosen weight is at an end of the weights tried (the rule's limit, or an end
+    of a fixed grid), in one sentence; empty when every choice is interior."""
+    tuned = tuning(profile)
+    if not len(tuned):
+        return ""
+    limit = [short(m) for m in tuned.loc[tuned["where"] == comparison.AT_LIMIT, "method"]]
+    ends = [short(m) for m in tuned.loc[tuned["where"] == FIXED_END, "method"]]
+    if ends:
+        grid = ", ".join(multiple(m) for m in staged.load_staged(profile).tuning["multipliers"])
+        return (f"{len(ends)} of the {len(tuned)} tuned weights sit at an end of the {grid} grid "
+                f"({', '.join(ends)}), so those methods may do better, or worse, at a weight this study did "
+                "not try.")
+    return (f"Tuning stopped at the limit for {', '.join(limit)}: a weight beyond it was not tried." if limit
+            else "")
+
+
+def multiple(m: float) -> str:
     """A multiple of a default weight as a reader writes it: ``×4``, ``×1``, ``×1/16``."""
     return f"×{m:g}" if m >= 1 else f"×1/{round(1 / m):g}"
 
@@ -191,7 +252,7 @@ def family_comparison(profile: str, family: str) -> pd.DataFrame:
     table = family_table(profile, family)
     return pd.DataFrame({
         "configuration": table["label"], "paired seeds": table["n"],
-        f"minus {families(profile)[family]['baseline']}": [
+        f"minus {shown(families(profile)[family]['baseline'])}": [
             report.mean_ci(m, lo, hi, n) for m, lo, hi, n in
             zip(table["mean"], table["lo"], table["hi"], table["n"], strict=True)],
         "p": [stats.format_p(p) for p in table["p"]],
@@ -201,10 +262,11 @@ def family_comparison(profile: str, family: str) -> pd.DataFrame:
 
 
 def answer(profile: str) -> str:
-    """The study's answer in words (Markdown) once every final run has its record: per family, the
-    configurations above and below its baseline after Holm's correction, with mean differences and 95%
-    intervals, and those it cannot tell apart; the tuned methods whose weight stopped at the limit. Until
-    then, where the study stands."""
+    """The study's answer in words (Markdown) once every final run has its record
+    (:func:`kdlib.comparison.answer` over the protocol's families): per family, the configurations above and
+    below its baseline after Holm's correction, with mean differences and 95% intervals, and those it cannot
+    tell apart; the smallest difference its realised noise detects with 80% power; the tuned weights at an
+    end of the weights tried (:func:`caveat`). Until then, where the study stands."""
     stand = progress(profile)
     if not _complete(stand):
         (teachers_done, teachers_planned), (tuned, planned) = stand["teacher"], stand["tuning"]
@@ -213,27 +275,17 @@ def answer(profile: str) -> str:
         return (f"Under way: {teachers_done} of {teachers_planned} teachers, {tuning_words} and "
                 f"{stand['final'][0]} final runs are recorded. The answer is written here once every final "
                 "run is, never from some of them.")
-    paragraphs = []
-    for family in families(profile):
-        table, baseline = family_table(profile, family), families(profile)[family]["baseline"]
-        seeds = "–".join(str(n) for n in sorted({int(table["n"].min()), int(table["n"].max())}))
-        parts = []
-        for verdict, words in (("above", "above"), ("below", "below")):
-            rows = table[table["verdict"] == verdict]
-            if len(rows):
-                parts.append(f"{words} {baseline}: " + "; ".join(
-                    f"{r.label} {r.mean:+.2f} [{r.lo:+.2f}, {r.hi:+.2f}]" for r in rows.itertuples()))
-        noise = table[table["verdict"] == "within the corrected noise"]
-        if len(noise):
-            parts.append("within the corrected noise: " + ", ".join(noise["label"]))
-        paragraphs.append(f"**Against {baseline}** ({seeds} paired seeds, Holm over {len(table)}): "
-                          + ("; ".join(parts) or "no comparison") + ".")
-    tuned = tuning(profile)
-    at_limit = tuned[tuned["where"] == comparison.AT_LIMIT]["method"].tolist()
-    if at_limit:
-        paragraphs.append(f"Tuning stopped at the limit for {', '.join(at_limit)}: a weight beyond it was "
-                          "not tried.")
-    return "\n\n".join(paragraphs)
+    final, known = staged.load_staged(profile).final, names(profile)
+    records = _named(stage_records(profile, "final"), known)
+    specs = families(profile)
+    tables = {spec["baseline"]: family_table(profile, family) for family, spec in specs.items()}
+    kd = next((spec for spec in specs.values() if spec["baseline"] == "kd"), None)
+    detectable = None if kd is None else comparison.power_statement(
+        _with(records, [kd["baseline"], *kd["configurations"]]), len(final["seeds"]),
+        len(kd["configurations"]), final["alpha"])["detectable"]
+    words = comparison.answer(records, list(tables), final["alpha"], detectable=detectable,
+                              label=lambda m, v: label(known[(m, v)], v), intervals=True, tables=tables)
+    return f"{words}\n\n{caveat(profile)}".strip()
 
 
 def conditions(records: pd.DataFrame) -> str:
@@ -278,18 +330,85 @@ def beats(table: pd.DataFrame, baseline: str, short: Callable[[str], str] | None
 def headline(profile: str) -> str:
     """The study's answer in plain words for the landing page, once every final run is recorded (where it
     stands before, :func:`answer`): :func:`beats` for each family whose baseline is not ``ce``, the
-    :func:`conditions`, and the tuned methods whose weight stopped at the limit."""
+    :func:`conditions`, and the tuned weights at an end of the weights tried (:func:`caveat`)."""
     if not complete(profile):
         return answer(profile)
     tables = {spec["baseline"]: family_table(profile, family) for family, spec in families(profile).items()
               if spec["baseline"] != "ce"}
-    sentences = [beats(table, baseline.upper()) for baseline, table in tables.items()
+    sentences = [beats(table, shown(baseline), short=short) for baseline, table in tables.items()
                  if table["method"].isin(CHANNEL_METHODS).any()]
-    tuned = tuning(profile)
-    at_limit = tuned[tuned["where"] == comparison.AT_LIMIT]["method"].tolist()
-    limit = (f" Tuning stopped at the limit for {', '.join(at_limit)}: a weight beyond it was not tried."
-             if at_limit else "")
-    return "\n\n".join(sentences + [conditions(stage_records(profile, "final")) + limit])
+    held = f"{conditions(stage_records(profile, 'final'))} {caveat(profile)}".strip()
+    return "\n\n".join([*sentences, held])
+
+
+def newest_complete(studies: tuple[str, ...] = STUDIES) -> str | None:
+    """The newest of ``studies`` whose final runs are all recorded (None when none is)."""
+    return next((profile for profile in studies if complete(profile)), None)
+
+
+#: The profile a page names for the newest study whose final runs are all recorded.
+NEWEST = "newest"
+
+
+def resolve(profile: str) -> str:
+    """``profile``, or for :data:`NEWEST` the newest complete study (:func:`newest_complete`; the newest
+    study, under way, when none is complete)."""
+    return (newest_complete() or STUDIES[0]) if profile == NEWEST else profile
+
+
+def forest_data(profile: str) -> pd.DataFrame:
+    """Every family's configurations minus its baseline (:func:`family_table`): ``label``, ``baseline``,
+    ``n``, ``mean``, ``lo``, ``hi`` (95% interval), ``p_holm`` and ``significant`` (Holm's p at most the
+    protocol's alpha); empty until every final run is recorded. ``profile`` may be :data:`NEWEST`."""
+    profile = resolve(profile)
+    if not complete(profile):
+        return pd.DataFrame()
+    alpha = staged.load_staged(profile).final["alpha"]
+    frames = [family_table(profile, family).assign(baseline=spec["baseline"])
+              for family, spec in families(profile).items()]
+    data = pd.concat(frames, ignore_index=True)
+    return data.assign(significant=data["p_holm"] <= alpha)
+
+
+def forest(profile: str) -> list[Figure]:
+    """:func:`forest_data` drawn (:func:`kdlib.plots.forest`): one panel per family."""
+    data = forest_data(profile)
+    if data.empty:
+        return []
+    return [plots.forest(data.assign(baseline=data["baseline"].map(shown)),
+                         xlabel="test top-1 difference (points, last epoch)")]
+
+
+#: Where each panel of a forest plot stands, by the number of panels.
+PANELS = {2: ("left", "right"), 3: ("left", "middle", "right")}
+
+
+def forest_text(profile: str) -> dict[str, str]:
+    """The caption and the alt text of :func:`forest`, from the same numbers."""
+    profile = resolve(profile)
+    data = forest_data(profile)
+    if data.empty:
+        return {"caption": "", "alt": ""}
+    baselines = list(dict.fromkeys(data["baseline"]))
+    minus = [f"minus {'ce, the student trained alone' if b == 'ce' else shown(b)}" for b in baselines]
+    if len(baselines) in PANELS:
+        minus = [f"{m} ({side})" for m, side in zip(minus, PANELS[len(baselines)], strict=True)]
+    panels = minus[0] if len(minus) == 1 else f"{', '.join(minus[:-1])} and {minus[-1]}"
+    kd = data[data["baseline"] == baselines[0]]
+    above = kd[kd["significant"] & (kd["mean"] > 0)]["label"].tolist()
+    name = shown(baselines[0])
+    takeaway = (f"only {' and '.join(above)} beat {name} beyond the corrected noise" if above else
+                f"no configuration beats {name} beyond the corrected noise")
+    sizes = "/".join(str(n) for n in dict.fromkeys(int((data["baseline"] == b).sum()) for b in baselines))
+    caption = (f"Version {version(profile)}'s final comparison: each configuration at its tuned weight "
+               f"{panels}, on the Fashion-MNIST test set; mean over {int(data['n'].min())} paired seeds with "
+               f"its 95% Student-t interval (uncorrected); a filled marker is significant after Holm's "
+               f"correction over each panel's {sizes} comparison{'' if sizes == '1' else 's'} (α = "
+               f"{staged.load_staged(profile).final['alpha']:g}). At this scale, {takeaway}.")
+    rows = "; ".join(f"{r.label} {r.mean:+.2f} [{r.lo:+.2f}, {r.hi:+.2f}]" for r in kd.itertuples())
+    alt = (f"Forest plot of test top-1 differences with 95% intervals, {len(baselines)} panels. "
+           f"Minus {name}: {rows}. {takeaway[0].upper()}{takeaway[1:]}.")
+    return {"caption": caption, "alt": alt}
 
 
 def _differences(records: pd.DataFrame, a: str, b: str, metric: str = "top1_last") -> np.ndarray:
@@ -312,8 +431,8 @@ def ablations(profile: str) -> pd.DataFrame:
     for a, b in pairs:
         d = _differences(records, a, b)
         lo, hi = results.mean_interval(d)
-        rows.append({"comparison": f"{a} minus {b}", "paired seeds": len(d), "mean": float(d.mean()),
-                     "lo": lo, "hi": hi, "p": stats.paired_test(d)[1]})
+        rows.append({"comparison": f"{shown(a)} minus {shown(b)}", "paired seeds": len(d),
+                     "mean": float(d.mean()), "lo": lo, "hi": hi, "p": stats.paired_test(d)[1]})
     table = pd.DataFrame(rows)
     alpha = staged.load_staged(profile).final["alpha"]
     holm = stats.holm(table["p"].tolist())
@@ -377,7 +496,7 @@ def cost(profile: str) -> pd.DataFrame:
     """What each stage has cost so far, from its records' wall times (measured), by CPU kind."""
     s = staged.load_staged(profile)
     rows = []
-    for stage, frame in (("teacher", _teacher_records(s)), ("tuning", stage_records(profile, "tuning")),
+    for stage, frame in (("teacher", teacher_records(s)), ("tuning", stage_records(profile, "tuning")),
                          ("final", stage_records(profile, "final"))):
         if not len(frame):
             continue
@@ -386,6 +505,12 @@ def cost(profile: str) -> pd.DataFrame:
                          "wall time, hours": report.number(group["wall_time_s"].sum() / 3600),
                          "median minutes per run": report.number(group["wall_time_s"].median() / 60, 1)})
     return pd.DataFrame(rows)
+
+
+def provenance(profile: str) -> pd.DataFrame:
+    """Every tuning and final record of the study, one row each (:func:`kdlib.report.provenance`)."""
+    return report.provenance(pd.concat([stage_records(profile, "tuning"), stage_records(profile, "final")],
+                                       ignore_index=True))
 
 
 def progress_table(profile: str) -> pd.DataFrame:
@@ -405,5 +530,9 @@ def progress_table(profile: str) -> pd.DataFrame:
 TABLES: dict[str, Any] = {
     "study-progress": progress_table, "study-teachers": teachers, "study-tuning": tuning,
     "study-final": final, "study-family": family_comparison, "study-ablations": ablations,
-    "study-noise": noise, "study-cost": cost,
+    "study-noise": noise, "study-cost": cost, "study-provenance": provenance,
 }
+#: A staged study's figures for the book's ``kdlib-figure`` directive (with ``:study:``), and their caption
+#: and alt text.
+FIGURES: dict[str, Callable[[str], list[Figure]]] = {"study-forest": forest}
+FIGURE_TEXT: dict[str, Callable[[str], dict[str, str]]] = {"study-forest": forest_text}

@@ -52,14 +52,15 @@ def test_cells_holding_only_numbers_stay_on_one_line(cell: str, nowrap: bool) ->
 def test_identifiers_break_only_after_comma_equals_or_slash() -> None:
     cell = '<td><p>resnet32-resnet8/<a href="a/b=c">ccs</a>/inter_variant=sample,x=1 10,000 1/3</p></td>'
     out = kdlib_book.readable_cells(cell)
-    assert out == ('<td><p>resnet32-resnet8/<wbr><a href="a/b=c">ccs</a>/<wbr>inter_variant=<wbr>sample,<wbr>'
-                   'x=<wbr>1 10,000 1/3</p></td>')  # not inside a tag, nor between digits
+    assert out == ('<td><p><span class="kdlib-nowrap">resnet32-resnet8</span>/<wbr><a href="a/b=c">ccs</a>'
+                   '/<wbr>inter_variant=<wbr>sample,<wbr>x=<wbr>1 10,000 1/3</p></td>')  # not in tags
 
 
-def test_a_hyphen_before_a_digit_never_breaks() -> None:
-    out = kdlib_book.readable_cells("<th>top-1 on CIFAR-100</th>")
+def test_a_hyphen_inside_a_name_never_breaks() -> None:
+    out = kdlib_book.readable_cells("<th>top-1 on CIFAR-100, resnet32-resnet8 - IE-KD</th>")
     assert out == ('<th><span class="kdlib-nowrap">top-1</span> on '
-                   '<span class="kdlib-nowrap">CIFAR-100</span></th>')
+                   '<span class="kdlib-nowrap">CIFAR-100</span>, '
+                   '<span class="kdlib-nowrap">resnet32-resnet8</span> - IE-KD</th>')  # a word may break
 
 
 def test_every_page_names_the_commit_and_date_it_was_built_from() -> None:

@@ -1,7 +1,7 @@
-"""Each method chapter states version 2's verdict on its method, and that verdict is the records' own
-(:mod:`kdlib.report_methods`): generated from the final records, checked against
-:func:`kdlib.comparison.holm_comparisons` in the words written and in the built page, and no sentence that
-version 2 made false stays in a chapter.
+"""Each method chapter states each staged study's verdict on its method, and that verdict is the records' own
+(:mod:`kdlib.report_methods`): generated from the final records, checked against Holm's comparisons of the
+study's families in the words written and in the built page, and no sentence that version 2 made false stays
+in a chapter.
 
 The test of the built pages needs ``book/_build/html`` (``make book-stored``); without it it skips, except
 under ``CI=true``.
@@ -16,30 +16,37 @@ from pathlib import Path
 
 import pytest
 
-from kdlib import comparison, report_methods, report_v2
+from kdlib import comparison, report_methods, staged_report
 from kdlib.methods import CHANNEL_METHODS
-from kdlib.study.staged import load_staged
+from kdlib.study.staged import chosen_weights, load_staged
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = ROOT / "book" / "methods"
 HTML = ROOT / "book" / "_build" / "html" / "methods"
-FINAL = report_v2.stage_records("final")
-TUNING = report_v2.stage_records("tuning")
-DONE = len(report_v2.forest_data(FINAL)) > 0
+V2 = "proxy_v2"
+FINAL = staged_report.stage_records(V2, "final")
+DONE = staged_report.complete(V2)
 needs_final = pytest.mark.skipif(not DONE, reason="version 2's final runs are not all recorded")
-#: A verdict as a chapter writes it: ``above KD``, ``below ce``, ``within the noise of KD``.
-VERDICT = re.compile(r"\b(above|below|within the noise of) (KD|ce)\b")
+#: A verdict as a chapter writes it: ``above KD``, ``below ce``, ``within the noise of DKD``.
+VERDICT = re.compile(r"\b(above|below|within the noise of) (KD|DKD|ce)\b")
 WORDS = {"above": "above", "below": "below", "within the corrected noise": "within the noise of"}
 
 
-def expected(method: str, final=FINAL) -> dict[str, str]:
-    """Holm's verdict on ``method`` against each baseline, from the records, in a chapter's words."""
-    alpha = load_staged(report_v2.PROFILE).final["alpha"]
+def expected(method: str, profile: str = V2) -> dict[str, str]:
+    """Holm's verdict on ``method``'s own configuration against each baseline of the study, recomputed from
+    the final records, in a chapter's words."""
+    alpha = load_staged(profile).final["alpha"]
+    names = staged_report.names(profile)
+    records = staged_report.stage_records(profile, "final")
     out = {}
-    for baseline in ("kd", "ce"):
-        table = comparison.holm_comparisons(final, baseline, alpha)
-        (verdict,) = table.loc[table["method"] == method, "verdict"]
-        out["KD" if baseline == "kd" else "ce"] = WORDS[verdict]
+    for spec in staged_report.families(profile).values():
+        members = [spec["baseline"], *spec["configurations"]]
+        mine = records[[names.get((m, v)) in members for m, v in zip(records["method"], records["variant"],
+                                                                      strict=True)]]
+        table = comparison.holm_comparisons(mine, spec["baseline"], alpha)
+        (verdict,) = table.loc[[names[(m, v)] == method for m, v in zip(table["method"], table["variant"],
+                                                                        strict=True)], "verdict"]
+        out[staged_report.short(spec["baseline"])] = WORDS[verdict]
     return out
 
 
@@ -52,51 +59,58 @@ def stated(text: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("method", CHANNEL_METHODS)
-def test_each_chapter_renders_version_2_first_from_the_records(method: str) -> None:
-    """The chapter's verdict and tables are directives (generated at build time), version 2's section comes
-    before version 1's, and version 1's is headed as history."""
+def test_each_chapter_renders_its_studies_newest_first_from_the_records(method: str) -> None:
+    """The chapter's verdicts and tables are directives (generated at build time): the summary box the newest
+    complete study's, then version 3's section, version 2's, and version 1's headed as history."""
     text = (CHAPTERS / f"{method}.md").read_text()
-    answer = f"```{{kdlib-answer}} method\n:method: {method}\n```"
-    assert text.count(answer) == 2  # the summary box and the section
-    for table in ("v2-method-tuning", "v2-method-final"):
-        assert f"```{{kdlib-table}} {table}\n:methods: {method}\n```" in text
-    v2, v1 = text.index("### Version 2"), text.index("### Version 1 (history)")
-    assert v2 < v1 < text.index("```{kdlib-table} paired")
-    assert "{doc}`../study_v2`" in text
+    box = text.index(f"```{{kdlib-answer}} method\n:method: {method}\n:study: newest\n```")
+    sections = [text.index(f"### Version {v}") for v in (3, 2)] + [text.index("### Version 1 (history)")]
+    assert box < sections[0] < sections[1] < sections[2] < text.index("```{kdlib-table} paired")
+    for v, start, end in ((3, sections[0], sections[1]), (2, sections[1], sections[2])):
+        section = text[start:end]
+        assert f"```{{kdlib-answer}} method\n:method: {method}\n:study: proxy_v{v}\n```" in section
+        for table in ("method-tuning", "method-final"):
+            assert f"```{{kdlib-table}} {table}\n:study: proxy_v{v}\n:methods: {method}\n```" in section
+        assert f"{{doc}}`its results <../study_v{v}>`" in section
 
 
 @needs_final
 @pytest.mark.parametrize("method", CHANNEL_METHODS)
 def test_the_generated_verdict_is_holms(method: str) -> None:
-    text = report_methods.verdict(method, FINAL, TUNING)
+    text = report_methods.verdict(method, V2)
     assert stated(text) == expected(method)
-    row = report_methods.final_rows([method], FINAL)
+    row = report_methods.final_rows(V2, [method])
     assert stated(" ".join(row["verdict"])) == expected(method)
-    assert (row["configuration"].str.split(" ").str[0] == report_v2.display_name(method)).all()
+    assert (row["configuration"].str.split(" ").str[0] == staged_report.short(method)).all()
 
 
 @needs_final
-def test_the_verdict_follows_the_records() -> None:
+def test_the_verdict_follows_the_records(monkeypatch: pytest.MonkeyPatch) -> None:
     """Moved 10 points down, CD falls below KD: the sentence changes with the records (this test can fail)."""
     moved = FINAL.copy()
     cd = moved["method"] == "cd"
     moved.loc[cd, "top1_last"] = moved.loc[cd, "top1_last"] - 10
-    assert stated(report_methods.verdict("cd", moved, TUNING))["KD"] == "below"
-    assert expected("cd", moved)["KD"] == "below"
-    assert stated(report_methods.verdict("cd", FINAL, TUNING)) == expected("cd")
+    real = staged_report.stage_records
+    monkeypatch.setattr(staged_report, "stage_records", lambda profile, stage: moved if stage == "final"
+                        else real(profile, stage))
+    assert stated(report_methods.verdict("cd", V2))["KD"] == "below"
+    assert expected("cd")["KD"] == "below"
+    monkeypatch.setattr(staged_report, "stage_records", real)
+    assert stated(report_methods.verdict("cd", V2)) == expected("cd")
 
 
 @needs_final
 def test_the_tuning_row_is_the_chosen_weight() -> None:
-    ends = report_v2.grid_ends(TUNING).set_index("method")
-    rows = report_methods.tuning_rows(None, TUNING).set_index("method")
+    chosen = chosen_weights(load_staged(V2)).set_index("method")
+    rows = report_methods.tuning_rows(V2).set_index("method")
     for method in CHANNEL_METHODS:
-        row, end = rows.loc[report_v2.display_name(method)], ends.loc[method]
-        assert row["chosen"].endswith(f"(×{end['multiplier']:g})")
-        assert row["at an end of the grid"].startswith("yes") == bool(end["end"])
-        scores = [f"{end['scores'][m]:.2f}" for m in end["tried"]]
-        assert row["validation top-1 at each (%)"] == ", ".join(scores)
-    assert list(report_methods.tuning_rows(["cd"], TUNING)["method"]) == ["CD"]
+        row, choice = rows.loc[staged_report.display_name(method)], chosen.loc[method]
+        tried = sorted(choice["scores"])
+        assert row["chosen"].endswith(f"({staged_report.multiple(choice['multiplier'])})")
+        end = choice["multiplier"] in (tried[0], tried[-1])
+        assert row["at an end of the weights tried"].startswith("yes") == end
+        assert row["validation top-1 at each (%)"] == ", ".join(f"{choice['scores'][m]:.2f}" for m in tried)
+    assert list(report_methods.tuning_rows(V2, ["cd"])["method"]) == ["CD"]
 
 
 @pytest.mark.parametrize(("method", "stale"), [
@@ -111,7 +125,9 @@ def test_no_sentence_version_2_made_false(method: str, stale: str) -> None:
 @needs_final
 @pytest.mark.parametrize("method", CHANNEL_METHODS)
 def test_the_built_chapter_states_the_records_verdict(method: str) -> None:
-    """Every verdict the built chapter's generated answers state is Holm's over the final records."""
+    """Every verdict the built chapter's generated answers state is Holm's over its study's final records:
+    the summary box the newest complete study's, then each section its own study's, and none from a study
+    whose final runs are not all recorded."""
     page = HTML / f"{method}.html"
     if not page.exists():
         if os.environ.get("CI") == "true":
@@ -119,7 +135,9 @@ def test_the_built_chapter_states_the_records_verdict(method: str) -> None:
         pytest.skip("book/_build/html is not built (run `make book-stored` first)")
     body = page.read_text()
     answers = re.findall(r'<div class="kdlib-answer[^"]*">(.*?)</div>', body, re.DOTALL)
-    assert len(answers) == 2
-    for answer in answers:
+    newest = staged_report.newest_complete()
+    assert len(answers) == 3
+    for answer, profile in zip(answers, (newest, "proxy_v3", V2), strict=True):
         text = html.unescape(re.sub(r"<[^>]+>", "", answer))
-        assert stated(text) == expected(method), text
+        assert text.strip().startswith(f"Version {staged_report.version(profile)} ")
+        assert stated(text) == (expected(method, profile) if staged_report.complete(profile) else {}), text

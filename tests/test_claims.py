@@ -1,5 +1,5 @@
 """The landing page's answer, its claims-versus-evidence table and version 2's forest plot agree with the
-committed records and the reported numbers (:mod:`kdlib.report_v2`)."""
+committed records and the reported numbers (:mod:`kdlib.report_studies`, :mod:`kdlib.staged_report`)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ import pytest
 from matplotlib.collections import LineCollection
 from matplotlib.text import Text
 
-from kdlib import comparison, report_v2, staged_report
+from kdlib import comparison, report_studies, staged_report
+from kdlib.methods import CHANNEL_METHODS
 from kdlib.paths import REPORTED_CSV
-from kdlib.study.staged import load_staged
+from kdlib.study.staged import chosen_weights, load_staged
 
-FINAL = report_v2.stage_records("final")
-DONE = len(report_v2.forest_data(FINAL)) > 0
+V2 = "proxy_v2"
+FINAL = staged_report.stage_records(V2, "final")
+DONE = staged_report.complete(V2)
 needs_final = pytest.mark.skipif(not DONE, reason="version 2's final runs are not all recorded")
 
 
@@ -24,8 +26,8 @@ needs_final = pytest.mark.skipif(not DONE, reason="version 2's final runs are no
 def test_the_forest_plot_draws_the_records_numbers() -> None:
     """Each panel's points and intervals are Holm's comparisons recomputed from the records, a filled marker
     exactly where Holm's p is at most alpha, and no text under 9 pt."""
-    alpha = load_staged(report_v2.PROFILE).final["alpha"]
-    (figure,) = report_v2.forest(FINAL)
+    alpha = load_staged(V2).final["alpha"]
+    (figure,) = staged_report.forest(V2)
     axes = [ax for ax in figure.axes if ax.get_title()]
     labels = [t.get_text() for t in axes[0].get_yticklabels()]
     for ax, baseline in zip(axes, ("kd", "ce"), strict=True):
@@ -41,7 +43,7 @@ def test_the_forest_plot_draws_the_records_numbers() -> None:
                 points[labels[round(y)]] = (x, filled)
         assert len(drawn) == len(points) == len(expected)
         for row in expected.itertuples():
-            label = report_v2.configuration_label(row.method, row.variant)
+            label = staged_report.label(row.method, row.variant)
             assert drawn[label] == pytest.approx((row.lo, row.hi))
             assert points[label][0] == pytest.approx(row.mean)
             assert points[label][1] == (row.p_holm <= alpha)
@@ -52,24 +54,24 @@ def test_the_forest_plot_draws_the_records_numbers() -> None:
 @needs_final
 def test_the_caption_and_the_answer_say_what_the_records_say() -> None:
     kd = comparison.holm_comparisons(FINAL, "kd")
-    above = kd[(kd["verdict"] == "above") & kd["method"].isin(report_v2.CHANNEL_METHODS)]
-    text = report_v2.headline(FINAL)
+    above = kd[(kd["verdict"] == "above") & kd["method"].isin(CHANNEL_METHODS)]
+    text = staged_report.headline(V2)
     assert text.startswith(f"**{len(above)} of the 5 channel methods beat KD")
     for row in above.itertuples():
         assert f"{row.mean:+.2f} [{row.lo:+.2f}, {row.hi:+.2f}]" in text
-    tuning = report_v2.stage_records("tuning")
-    chosen = comparison.select_weights(tuning, load_staged(report_v2.PROFILE).tuning["methods"], (100, 101))
+    tuning = staged_report.stage_records(V2, "tuning")
+    chosen = comparison.select_weights(tuning, load_staged(V2).tuning["methods"], (100, 101))
     ends = sum(m in (min(scores), max(scores)) for m, scores in zip(chosen["multiplier"], chosen["scores"],
                                                                     strict=True))
     assert f"{ends} of the {len(chosen)} tuned weights sit at an end" in text
-    caption = report_v2.forest_text(FINAL)
+    caption = staged_report.forest_text(V2)
     assert f"mean over {int(kd['n'].min())} paired seeds" in caption["caption"]
-    names = [report_v2.configuration_label(m, v) for m, v in zip(kd["method"], kd["variant"], strict=True)]
+    names = [staged_report.label(m, v) for m, v in zip(kd["method"], kd["variant"], strict=True)]
     assert all(name in caption["alt"] for name in names)
 
 
 def test_the_claims_table_has_one_row_per_channel_method_with_the_papers_gain() -> None:
-    table = report_v2.claims_table()
+    table = report_studies.claims_table()
     assert list(table["method"]) == ["ICKD", "CCS", "CD", "CWT", "IE-KD"]
     reported = pd.read_csv(REPORTED_CSV, dtype=str, keep_default_na=False)
     cd = reported[(reported["paper"] == "CD") & (reported["dataset"] == "CIFAR-100")
@@ -81,13 +83,18 @@ def test_the_claims_table_has_one_row_per_channel_method_with_the_papers_gain() 
     if DONE:
         v2 = table.set_index("method")["version 2 minus KD [95% CI]"]
         kd = comparison.holm_comparisons(FINAL, "kd").set_index("method")
-        for method, name in zip(report_v2.CHANNEL_METHODS, table["method"], strict=True):
+        for method, name in zip(CHANNEL_METHODS, table["method"], strict=True):
             r = kd.loc[method]
             assert re.match(re.escape(f"{r['mean']:+.2f} [{r['lo']:+.2f}, {r['hi']:+.2f}]"), v2[name])
+    tuned, tuning = staged_report.progress("proxy_v3")["tuning"]
+    if tuning and tuned >= tuning:  # the weights version 3's tuning chose, interior (no "an end" or "limit")
+        chosen = chosen_weights(load_staged("proxy_v3")).set_index("method")
+        for method, cell in zip(CHANNEL_METHODS, table["version 3 weight (tuned)"], strict=True):
+            assert cell.endswith(f"({staged_report.multiple(chosen.loc[method, 'multiplier'])})"), cell
     v3 = table["version 3 minus KD [95% CI]"]
-    if staged_report.complete(report_v2.V3_PROFILE):
-        kd3 = staged_report.family_table(report_v2.V3_PROFILE, "vs kd").set_index("method")
-        for method, name in zip(report_v2.CHANNEL_METHODS, table["method"], strict=True):
+    if staged_report.complete("proxy_v3"):
+        kd3 = staged_report.family_table("proxy_v3", "vs kd").set_index("method")
+        for method, name in zip(CHANNEL_METHODS, table["method"], strict=True):
             r = kd3.loc[method]
             assert v3.loc[table["method"] == name].iloc[0].startswith(f"{r['mean']:+.2f} [")
     else:  # no verdict from part of its runs
@@ -101,16 +108,16 @@ def test_the_claims_table_has_one_row_per_channel_method_with_the_papers_gain() 
     ("ce", "default", "ce (student alone)"),
 ])
 def test_configurations_have_names_readers_know(method: str, variant: str, label: str) -> None:
-    assert report_v2.configuration_label(method, variant) == label
+    assert staged_report.label(method, variant) == label  # a configuration named as its method
 
 
 @needs_final
 def test_the_older_answer_names_configurations_as_readers_do() -> None:
     """Version 2's answer paragraphs name each configuration by its label (``CD (cd_weight 24)``), never by a
     config id (``cd/cd_weight=24.0``), each with its difference and 95% interval from the records."""
-    text = report_v2.answer(FINAL)
+    text = staged_report.answer(V2)
     assert "=" not in text.replace("Holm p = ", "") and "/default" not in text
     for baseline in ("kd", "ce"):
         for row in comparison.holm_comparisons(FINAL, baseline).itertuples():
-            label = report_v2.configuration_label(row.method, row.variant)
+            label = staged_report.label(row.method, row.variant)
             assert f"{label} {row.mean:+.2f} [{row.lo:+.2f}, {row.hi:+.2f}]" in text

@@ -9,7 +9,7 @@ import math
 import pandas as pd
 import pytest
 
-from kdlib import comparison, report, report_v2
+from kdlib import comparison, report, report_studies
 
 
 def _record(method: str, variant: str, seed: int, top1: float | None, val: float | None = None,
@@ -153,7 +153,7 @@ def test_the_v2_profile_fixes_the_power_table_and_is_not_run_by_the_notebooks(
         capsys: pytest.CaptureFixture[str]) -> None:
     from kdlib import study
 
-    table = report_v2.power_table()
+    table = report_studies.power_table()
     assert table["paired seeds"].tolist() == [3, 10] and set(table["comparisons with KD"]) == {7}
     assert table["detectable with 80% power, Holm"].tolist() == ["9.62", "1.56"]
     profile = study.PROFILES_DIR / "proxy_v2.json"

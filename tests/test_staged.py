@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from helpers import write_fashion_mnist, write_teacher
 
-from kdlib import report_v2, staged_report, study
+from kdlib import report_studies, staged_report, study
 from kdlib.study import staged
 
 
@@ -204,23 +204,46 @@ def test_the_report_of_a_version_3_study(tiny_v3: Path, monkeypatch: pytest.Monk
     assert tuned["where"].iloc[0] in ("interior", "at the limit")
     assert tuned["runs"].iloc[0] == 2 * len(multiples) and tuned["chosen"].iloc[0] in multiples
     final = staged_report.final("tiny_v3")
-    assert [c.split(" (")[0] for c in final["configuration"]] == ["ce", "kd", "kd without ce"]
-    assert final["runs"].tolist() == [3, 4, 3] and "kd without ce (" in final["configuration"].iloc[2]
+    assert [c.split(" (")[0] for c in final["configuration"]] == ["ce", "KD", "KD without ce"]
+    assert final["runs"].tolist() == [3, 4, 3] and "KD without ce (" in final["configuration"].iloc[2]
     [row] = staged_report.family_comparison("tiny_v3", "vs kd").itertuples()
-    assert row.configuration == "ce" and row._2 == 3  # kd's extra seed has no ce to pair with
+    assert row.configuration == "ce (student alone)" and row._2 == 3  # kd's extra seed has no ce to pair with
     [ablation] = staged_report.ablations("tiny_v3").itertuples()
-    assert ablation.comparison == "kd minus kd without ce" and ablation._2 == 3
+    assert ablation.comparison == "KD minus KD without ce" and ablation._2 == 3
     assert ablation.verdict in ("positive", "negative", "within the corrected noise")
     [noise] = staged_report.noise("tiny_v3").itertuples()
     assert noise.baseline == "kd" and noise._2.endswith("(2 df)")
     assert set(staged_report.cost("tiny_v3")["stage"]) == {"teacher", "tuning", "final"}
     words = staged_report.answer("tiny_v3")
-    assert words.startswith("**Against kd** (3 paired seeds, Holm over 1): ")  # its only family
-    assert words.rstrip(".").endswith(": ce") or "kd: ce " in words
+    assert "KD beyond the Holm-corrected noise** (3 paired seeds" in words  # its only family
+    assert "ce (student alone) " in words and "points here, with 80% power" in words
     # no channel method to name: the headline gives the conditions, counted from the final records
     assert staged_report.headline("tiny_v3").startswith(
         "It holds under narrow conditions: two teachers (resnet8), 4 training subsets of 60 Fashion-MNIST "
         "images, one pair (resnet8 → ")
+
+
+def test_a_study_is_drawn_one_panel_per_family(tiny_v3: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The forest plot and its caption come from the profile's families, whatever their number: the tiny
+    study's one, then the same records compared in two families (as version 2 compared with KD and ce)."""
+    monkeypatch.setattr(staged, "PROFILES_DIR", tiny_v3 / "profiles")
+    assert study.main(["reproduce", "--profile", "tiny_v3"]) == 0  # trained above, or now
+    (figure,) = staged_report.forest("tiny_v3")
+    assert [ax.get_title() for ax in figure.axes if ax.get_title()] == ["minus KD"]
+    assert staged_report.forest_text("tiny_v3")["caption"].startswith(
+        "Version 2's final comparison: each configuration at its tuned weight minus KD, on the")
+    profile = json.loads((tiny_v3 / "profiles" / "tiny_v3.json").read_text())
+    profile["stages"]["final"]["comparisons"] = {
+        "vs kd": {"baseline": "kd", "configurations": ["ce"]},
+        "vs ce": {"baseline": "ce", "configurations": ["kd"]}}
+    (tiny_v3 / "profiles" / "tiny_v3_two.json").write_text(json.dumps(profile))
+    data = staged_report.forest_data("tiny_v3_two")
+    assert data.groupby("baseline", sort=False).size().to_dict() == {"kd": 1, "ce": 1}
+    (figure,) = staged_report.forest("tiny_v3_two")
+    assert [ax.get_title() for ax in figure.axes if ax.get_title()] == ["minus KD", "minus ce"]
+    text = staged_report.forest_text("tiny_v3_two")
+    assert "minus KD (left) and minus ce, the student trained alone (right)" in text["caption"]
+    assert "2 panels" in text["alt"] and "over each panel's 1 comparison (" in text["caption"]
 
 
 def test_the_headline_names_the_channel_methods_above_below_and_within_the_noise() -> None:
@@ -241,12 +264,13 @@ def test_the_headline_names_the_channel_methods_above_below_and_within_the_noise
 
 
 def test_the_landing_answer_is_version_3_once_complete(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(report_v2, "headline", lambda: "version 2")
-    monkeypatch.setattr(staged_report, "headline", lambda profile: f"{profile} complete")
-    monkeypatch.setattr(staged_report, "complete", lambda profile: False)
-    assert report_v2.landing() == "version 2"
-    monkeypatch.setattr(staged_report, "complete", lambda profile: profile == "proxy_v3")
-    assert report_v2.landing() == "proxy_v3 complete"
+    monkeypatch.setattr(staged_report, "headline", lambda profile: f"{profile}'s headline")
+    monkeypatch.setattr(staged_report, "complete", lambda profile: profile == "proxy_v2")
+    assert report_studies.landing() == "proxy_v2's headline"
+    monkeypatch.setattr(staged_report, "complete", lambda profile: True)
+    assert report_studies.landing() == "proxy_v3's headline"
+    monkeypatch.setattr(staged_report, "complete", lambda profile: False)  # where the newest stands
+    assert report_studies.landing() == "proxy_v3's headline"
 
 
 def test_a_study_under_way_says_where_it_stands_and_compares_nothing(tiny_v3: Path,

@@ -1,7 +1,7 @@
 """Sphinx extension for the kdlib book.
 
-- ``kdlib-table`` directive: renders one of :data:`TABLES` (:data:`kdlib.report.TABLES` and the second proxy
-  study's :data:`kdlib.report_v2.TABLES`) from ``data/`` at build time, so no
+- ``kdlib-table`` directive: renders one of :data:`TABLES` (:data:`kdlib.report.TABLES`, the staged
+  studies' :data:`kdlib.staged_report.TABLES` and the others) from ``data/`` at build time, so no
   number in the book is typed by hand. Usage (MyST)::
 
       ```{kdlib-table} reported-vs-measured
@@ -12,15 +12,15 @@
   shares (the scale, the pair) is said once above the table (:func:`kdlib.report.split_constant`). A
   reported-vs-measured table shows its measured rows; the reported rows not measured yet are counted, and
   listed in a folded block.
-- ``kdlib-answer`` directive: the study's answer in words (:func:`kdlib.report.answer`; ``v2``:
-  :func:`kdlib.report_v2.answer`; ``precision``: :func:`kdlib.report.precision_answer`; ``method`` with
-  ``:method: cd``: a method chapter's verdict, ``kdlib.report_methods.verdict``; ``study`` with ``:study:
-  proxy_v3``: a staged study's, :func:`kdlib.staged_report.answer`), from the records. The tables of
-  :data:`kdlib.staged_report.TABLES` take ``:study:`` (the staged profile) and, to compare one family,
-  ``:family:``.
-- ``kdlib-figure`` directive: the same for the figures of :data:`FIGURES` (``ranking``, ``v2-forest``), drawn
-  at build time and inlined as SVG (no image files to keep in step with ``data/``); one with a caption
-  (:data:`FIGURE_TEXT`) is a numbered figure with alt text.
+- ``kdlib-answer`` directive: the study's answer in words (:func:`kdlib.report.answer`; ``precision``:
+  :func:`kdlib.report.precision_answer`; ``headline``: the newest complete study's in plain words,
+  :func:`kdlib.report_studies.landing`; ``method`` with ``:method: cd`` and ``:study:``: a method chapter's
+  verdict, :func:`kdlib.report_methods.verdict`; ``study`` with ``:study: proxy_v3``: a staged study's,
+  :func:`kdlib.staged_report.answer`), from the records. The tables of :data:`STUDY_TABLES` take ``:study:``
+  (the staged profile; ``newest`` for a chapter's) and, to compare one family, ``:family:``.
+- ``kdlib-figure`` directive: the same for the figures of :data:`FIGURES` (``ranking``; ``study-forest``
+  with ``:study:``), drawn at build time and inlined as SVG (no image files to keep in step with
+  ``data/``); one with a caption (:data:`FIGURE_TEXT`) is a numbered figure with alt text.
 - ``kdlib-method-modules`` directive: the API reference (``automodule``) of every method module, in the order
   of :data:`kdlib.methods.METHODS`, so the reference lists a new method without the page being edited.
 - ``kdlib-cite`` directive: a BibTeX entry for the book, naming the commit it was built from
@@ -56,15 +56,16 @@ from kdlib import (
     report_methods,
     report_papers,
     report_studies,
-    report_v2,
     results,
     staged_report,
 )
 from kdlib.methods import METHODS
 
 #: Every table the ``kdlib-table`` directive renders, by name.
-TABLES = {**report.TABLES, **report_v2.TABLES, **report_methods.TABLES, **report_studies.TABLES,
-          **staged_report.TABLES, **report_papers.TABLES}
+TABLES = {**report.TABLES, **report_methods.TABLES, **report_studies.TABLES, **staged_report.TABLES,
+          **report_papers.TABLES}
+#: The tables that take a staged study's profile (option ``:study:``), and only they.
+STUDY_TABLES = {**staged_report.TABLES, **report_methods.TABLES}
 
 EMPTY = {
     "measured": "No measured runs are committed yet.",
@@ -75,7 +76,7 @@ EMPTY = {
     "provenance": "No measured runs are committed yet.",
     "paired": "No committed run has a KD run on the same seeds to pair with yet.",
     "findings": "No committed run has a KD run on the same seeds to pair with yet.",
-    "v2-forest": "The comparisons are drawn once every final run is recorded, never from some of them.",
+    "study-forest": "The comparisons are drawn once every final run is recorded, never from some of them.",
     "claims": "No channel method has a row yet.",
     "study-teachers": "No teacher of this pair is recorded yet.",
     "study-tuning": "No tuning run of this pair is recorded yet: the tuning starts once both teachers are.",
@@ -84,12 +85,12 @@ EMPTY = {
     "study-ablations": "Compared once every final run of this pair is recorded, never from some of them.",
     "study-noise": "Measured once every final run of this pair is recorded.",
     "study-cost": "Nothing of this pair has run yet.",
-    "v2-method-tuning": "No tuning run is recorded yet.",
+    "method-tuning": "No tuning run is recorded yet.",
     "provenance-by-study": "No measured runs are committed yet.",
-    "provenance-v2": "No run of version 2 is recorded yet.",
+    "study-provenance": "No tuning or final run of this study is recorded yet.",
     "runs-by-study": "No measured runs are committed yet.",
     "teachers-by-study": "No committed run has evaluated a teacher yet.",
-    "v2-method-final": "The comparisons are made once every final run is recorded, never from some of them.",
+    "method-final": "The comparisons are made once every final run is recorded, never from some of them.",
     "paper-table": "The reported numbers hold no table of this paper.",
     "paper-sources": "The reported numbers hold no table of this paper, so there is no source to name.",
 }
@@ -114,9 +115,9 @@ class KdlibTable(SphinxDirective):
             kwargs["paper"] = self.options["paper"]
         if "methods" in self.options:
             kwargs["methods"] = self.options["methods"].split()
-        if (name in staged_report.TABLES) != ("study" in self.options):
+        if (name in STUDY_TABLES) != ("study" in self.options):
             raise self.error(f"the option :study: (a staged profile) goes with the tables "
-                             f"{', '.join(staged_report.TABLES)}, and only with them")
+                             f"{', '.join(STUDY_TABLES)}, and only with them")
         if "study" in self.options:
             kwargs["profile"] = self.options["study"]
         if "family" in self.options:
@@ -126,7 +127,8 @@ class KdlibTable(SphinxDirective):
         if name == "reported-vs-measured":
             text = self.reported(table, kwargs["paper"])
         elif table.empty:
-            text = EMPTY.get(name, f"No rows for {', '.join(kwargs.values()) or name}.")
+            named = ", ".join(" ".join(v) if isinstance(v, list) else v for v in kwargs.values())
+            text = EMPTY[name] if name in EMPTY else f"No rows for {named or name}."
         else:
             text = folded(table)
         text = linked_sources(text)
@@ -193,31 +195,30 @@ def folded(table: Any) -> str:
 
 class KdlibAnswer(SphinxDirective):
     """The study's answer in words, generated from the records: version 1's (:func:`kdlib.report.answer`),
-    with the argument ``v2`` the second proxy study's (:func:`kdlib.report_v2.answer`; ``headline``: the
-    newest complete study's in plain words with its conditions, :func:`kdlib.report_v2.landing`), with
-    ``method`` and the option ``:method:`` one method's result in version 2
-    (``kdlib.report_methods.verdict``), with ``precision`` the measurement of bf16 against fp32
-    (:func:`kdlib.report.precision_answer`), with ``study`` and the option ``:study:`` a staged study's
-    (:func:`kdlib.staged_report.answer`)."""
+    with ``headline`` the newest complete study's in plain words with its conditions
+    (:func:`kdlib.report_studies.landing`), with ``method`` and the options ``:method:`` and ``:study:`` one
+    method's result in a staged study (:func:`kdlib.report_methods.verdict`), with ``precision`` the
+    measurement of bf16 against fp32 (:func:`kdlib.report.precision_answer`), with ``study`` and the option
+    ``:study:`` a staged study's (:func:`kdlib.staged_report.answer`)."""
 
     optional_arguments = 1
     option_spec = {"method": directives.unchanged, "study": directives.unchanged}
-    #: The option each answer takes, if any.
-    OPTION = {"method": "method", "study": "study"}
+    #: The options each answer takes, and the argument each is passed as.
+    OPTIONS = {"method": {"method": "method", "study": "profile"}, "study": {"study": "profile"}}
 
     def run(self) -> list[nodes.Node]:
         version = self.arguments[0] if self.arguments else "v1"
-        answers = {"v1": report.answer, "v2": report_v2.answer, "headline": report_v2.landing,
+        answers = {"v1": report.answer, "headline": report_studies.landing,
                    "precision": report.precision_answer, "method": report_methods.verdict,
                    "study": staged_report.answer}
         if version not in answers:
             raise self.error(f"unknown kdlib-answer '{version}'; choose one of: {', '.join(answers)}")
-        option = self.OPTION.get(version)
-        if set(self.options) != ({option} if option else set()):
-            raise self.error("kdlib-answer takes :method: with 'method', :study: with 'study', and no other "
-                             "option")
+        options = self.OPTIONS.get(version, {})
+        if set(self.options) != set(options):
+            raise self.error("kdlib-answer takes :method: and :study: with 'method', :study: with 'study', "
+                             "and no other option")
         self.env.note_dependency(str(report.RESULTS_DIR))
-        text = answers[version](self.options[option]) if option else answers[version]()
+        text = answers[version](**{options[k]: v for k, v in self.options.items()})
         container = nodes.container(classes=["kdlib-answer"])
         self.state.nested_parse(StringList(text.splitlines(), source="kdlib-answer"), self.content_offset,
                                 container)
@@ -225,9 +226,10 @@ class KdlibAnswer(SphinxDirective):
 
 
 #: Every figure the ``kdlib-figure`` directive draws, by name, and the captions and alt texts of those that
-#: have them (:data:`kdlib.report.FIGURE_TEXT`, :data:`kdlib.report_v2.FIGURE_TEXT`).
-FIGURES = {**report.FIGURES, **report_v2.FIGURES}
-FIGURE_TEXT = {**report.FIGURE_TEXT, **report_v2.FIGURE_TEXT}
+#: have them (:data:`kdlib.report.FIGURE_TEXT`, :data:`kdlib.staged_report.FIGURE_TEXT`); a staged study's
+#: take its profile (option ``:study:``).
+FIGURES = {**report.FIGURES, **staged_report.FIGURES}
+FIGURE_TEXT = {**report.FIGURE_TEXT, **staged_report.FIGURE_TEXT}
 
 
 class KdlibFigure(SphinxDirective):
@@ -235,18 +237,22 @@ class KdlibFigure(SphinxDirective):
     figure (``:name:`` its label for ``{numref}``) whose SVG carries the alt text."""
 
     required_arguments = 1
-    option_spec = {"name": directives.unchanged}
+    option_spec = {"name": directives.unchanged, "study": directives.unchanged}
 
     def run(self) -> list[nodes.Node]:
         name = self.arguments[0]
         if name not in FIGURES:
             raise self.error(f"unknown kdlib-figure '{name}'; choose one of: {', '.join(FIGURES)}")
+        if (name in staged_report.FIGURES) != ("study" in self.options):
+            raise self.error(f"the option :study: (a staged profile) goes with the figures "
+                             f"{', '.join(staged_report.FIGURES)}, and only with them")
+        args = [self.options["study"]] if "study" in self.options else []
         plots.setup()
-        figures = FIGURES[name]()
+        figures = FIGURES[name](*args)
         self.env.note_dependency(str(report.RESULTS_DIR))
         if not figures:
             return [nodes.paragraph(text=EMPTY.get(name, EMPTY["measured"]))]
-        text = FIGURE_TEXT[name]() if name in FIGURE_TEXT else {}
+        text = FIGURE_TEXT[name](*args) if name in FIGURE_TEXT else {}
         alt = html.escape(text.get("alt", ""), quote=True)
         container = nodes.container(classes=["kdlib-figure", f"kdlib-figure-{name}"])
         for figure in figures:
@@ -289,11 +295,13 @@ NUMERIC_CELL = re.compile(r"[\s+\-−–±<>≤≥×%.,:;\[\]()0-9]*[0-9][\s+\-�
 #: digits (``10,000``, ``1/3``).
 BREAK_AFTER = re.compile(r"(?<![0-9])([,/])(?=\S|$)|([,/])(?=[^\s0-9]|$)|(=)(?=\S|$)")
 #: What a line never breaks inside, in any cell: a name whose hyphen stands before a digit (``CIFAR-100``,
-#: ``WRN-40-2``, ``top-1``), an interval (``+1.47 [+1.03, +1.91]``, ``1.29 ± 3.39``), a p-value
-#: (``p < 0.001``) or a date (``2026-11-30 to 2026-12-01`` breaks only between its dates).
+#: ``WRN-40-2``, ``top-1``) or joins two that end in one (a pair's folder, ``resnet32-resnet8``), an interval
+#: (``+1.47 [+1.03, +1.91]``, ``1.29 ± 3.39``), a p-value (``p < 0.001``) or a date (``2026-11-30 to
+#: 2026-12-01`` breaks only between its dates).
 _SIGNED = r"[+\-−]?[0-9][0-9.]*"
-HYPHENATED = re.compile(rf"[\w.]*[A-Za-z]-[0-9][\w.-]*|{_SIGNED} \[{_SIGNED}, {_SIGNED}\]"
-                        rf"|{_SIGNED} ± {_SIGNED}|\bp (?:[<=]|&lt;) [0-9.]+|\b\d{{4}}-\d{{2}}-\d{{2}}\b")
+HYPHENATED = re.compile(rf"[\w.]*[A-Za-z]-[0-9][\w.-]*|[A-Za-z][\w.]*[0-9]-[A-Za-z][\w.]*[0-9]\b"
+                        rf"|{_SIGNED} \[{_SIGNED}, {_SIGNED}\]|{_SIGNED} ± {_SIGNED}"
+                        r"|\bp (?:[<=]|&lt;) [0-9.]+|\b\d{4}-\d{2}-\d{2}\b")
 _CELL = re.compile(r"<(td|th)(\s[^>]*)?>(.*?)</\1>", re.DOTALL)
 _TAG = re.compile(r"(<[^>]+>)")
 
