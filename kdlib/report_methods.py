@@ -55,8 +55,7 @@ def _end(multiplier: float, tried: Sequence[float]) -> str:
 def _chosen(profile: str) -> pd.DataFrame:
     """Each tuned method's choice (:func:`kdlib.study.staged.chosen_weights`) with the multiples it ``tried``
     (those with a score, in order), indexed by method."""
-    s = staged.load_staged(profile)
-    chosen = staged.chosen_weights(s, staged_report.stage_records(profile, "tuning"))
+    chosen = staged_report.plan(profile).chosen
     return chosen.assign(tried=[sorted(m for m, v in scores.items() if v is not None)
                                 for scores in chosen["scores"]]).set_index("method", drop=False)
 
@@ -159,7 +158,8 @@ def verdict(method: str, profile: str = staged_report.NEWEST) -> str:
         unit = "" if parts else " points of test top-1"
         parts.append(f"{r.mean:+.2f} [{r.lo:+.2f}, {r.hi:+.2f}]{unit} against {_against(r.baseline, chosen)} "
                      f"({stats.p_phrase(r.p_holm)}): **{_verdict(r.verdict, r.baseline)}**")
-    return (f"{text} At that weight, over {int(mine['n'].min())} paired seeds, {mine['label'].iloc[0]} "
+    seeds = "–".join(str(n) for n in sorted({int(mine["n"].min()), int(mine["n"].max())}))
+    return (f"{text} At that weight, over {seeds} paired seeds, {mine['label'].iloc[0]} "
             "scores " + "; and ".join(parts) + ".")
 
 

@@ -21,7 +21,6 @@ from kdlib import comparison, report, results, staged_report, stats
 from kdlib.methods import CHANNEL_METHODS, options_in_words
 from kdlib.paths import PROFILES_DIR, REPORTED_CSV, RESULTS_DIR, relative, repo_path
 from kdlib.staged_report import display_name, stage_records
-from kdlib.study import staged
 from kdlib.study.staged import load_staged
 
 #: The names readers know the studies by, by their folder under ``data/results/`` or their staged profile.
@@ -234,7 +233,7 @@ def _kd_cells(profile: str) -> dict[str, tuple[str, str]]:
     weight = dict.fromkeys(CHANNEL_METHODS, "under way (tuning)")
     if tuning and tuned >= tuning:
         s = load_staged(profile)
-        chosen = staged.chosen_weights(s, stage_records(profile, "tuning")).set_index("method")
+        chosen = staged_report.plan(profile).chosen.set_index("method")
         chosen = chosen.assign(where=[staged_report.where(s, state) for state in chosen["state"]])
         weight = {m: _weight(chosen.loc[m]) if m in chosen.index else "not tuned" for m in CHANNEL_METHODS}
     if not staged_report.complete(profile):

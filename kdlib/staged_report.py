@@ -17,9 +17,11 @@ Nothing is compared until every final run of the study has its record, never fro
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -63,19 +65,55 @@ def teacher_records(s: staged.Staged) -> pd.DataFrame:
     return results.load_records([p for p in paths if p.is_file()], statuses=report.SHOWN)
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What a study's tuning has decided so far: ``tuning`` (runs recorded, runs planned), the ``chosen``
+    weights (:func:`kdlib.study.staged.chosen_weights`), the final configurations' ``names`` (``{(method,
+    variant): name}``) and the final runs planned; empty until the teachers are, and the final plan until the
+    tuning is complete."""
+
+    tuning: tuple[int, int] = (0, 0)
+    chosen: pd.DataFrame | None = None
+    names: dict[tuple[str, str], str] = field(default_factory=dict)
+    final: int = 0
+
+
+def plan(profile: str) -> Plan:
+    """The study's :class:`Plan`, computed once per state of the files it depends on (the profile, the
+    teachers' checkpoints, the tuning's records): a page asks for it many times, and the tuning's choices
+    take seconds to recompute."""
+    s = staged.load_staged(profile)
+    files = [profile_file(profile, staged.PROFILES_DIR),
+             *(staged.teacher_checkpoint(s, seed) for seed in s.teacher_seeds),
+             *sorted((s.results_dir / "tuning").rglob("record.json"))]
+    return _plan(profile, tuple((str(p), p.stat().st_mtime_ns if p.exists() else None) for p in files))
+
+
+@functools.lru_cache(maxsize=32)
+def _plan(profile: str, files: tuple[tuple[str, int | None], ...]) -> Plan:
+    s = staged.load_staged(profile)
+    if not staged._teachers_ready(s):
+        return Plan()
+    records = staged._tuning_records(s)
+    runs = staged.tuning_runs(s, records)
+    missing = staged._missing(s, runs)
+    chosen = staged.chosen_weights(s, records)
+    tuning = (len(runs) - len(missing), len(runs))
+    if missing:
+        return Plan(tuning, chosen)
+    return Plan(tuning, chosen, {(v.method, v.variant): name for name, v in staged.final_variants(s, chosen)},
+                len(staged.final_runs(s, chosen)))
+
+
 def progress(profile: str) -> dict[str, tuple[int, int]]:
     """``{stage: (records in place, runs planned so far)}``: the final stage's plan is known once the tuning
     is complete (until then its planned count is 0)."""
     s = staged.load_staged(profile)
     out = {"teacher": (len(teacher_records(s)), len(s.teacher_seeds))}
-    if not staged._teachers_ready(s):
+    p = plan(profile)
+    if p.chosen is None:
         return {**out, "tuning": (0, 0), "final": (0, 0)}
-    tuning_runs = staged.tuning_runs(s)
-    missing = staged._missing(s, tuning_runs)
-    out["tuning"] = (len(tuning_runs) - len(missing), len(tuning_runs))
-    planned = 0 if missing else len(staged.final_runs(s, staged.chosen_weights(s)))
-    out["final"] = (len(stage_records(profile, "final")), planned)
-    return out
+    return {**out, "tuning": p.tuning, "final": (len(stage_records(profile, "final")), p.final)}
 
 
 def complete(profile: str) -> bool:
@@ -91,10 +129,7 @@ def _complete(stand: dict[str, tuple[int, int]]) -> bool:
 def names(profile: str) -> dict[tuple[str, str], str]:
     """``{(method, variant): configuration name}`` of the final configurations (empty before the tuning
     is complete)."""
-    s = staged.load_staged(profile)
-    if not staged._teachers_ready(s) or staged._missing(s, staged.tuning_runs(s)):
-        return {}
-    return {(v.method, v.variant): name for name, v in staged.final_variants(s, staged.chosen_weights(s))}
+    return plan(profile).names
 
 
 def label(name: str, variant: str) -> str:
@@ -134,10 +169,9 @@ def tuning(profile: str) -> pd.DataFrame:
     one did not, or could not choose it), the chosen multiple and where it fell (interior, at the limit,
     waiting for runs). The test set is not read."""
     s = staged.load_staged(profile)
-    records = stage_records(profile, "tuning")
-    if not len(records):
+    records, chosen = stage_records(profile, "tuning"), plan(profile).chosen
+    if chosen is None or not len(records):
         return pd.DataFrame()
-    chosen = staged.chosen_weights(s, records)
     multiples = sorted({m for scores in chosen["scores"] for m, v in scores.items() if v is not None})
     rows = []
     for row in chosen.itertuples():
