@@ -55,7 +55,7 @@ def _end(multiplier: float, tried: Sequence[float]) -> str:
 def _chosen(profile: str) -> pd.DataFrame:
     """Each tuned method's choice (:func:`kdlib.study.staged.chosen_weights`) with the multiples it ``tried``
     (those with a score, in order), indexed by method."""
-    chosen = staged_report.plan(profile).chosen
+    chosen = staged_report.study_plan(profile).chosen
     return chosen.assign(tried=[sorted(m for m, v in scores.items() if v is not None)
                                 for scores in chosen["scores"]]).set_index("method", drop=False)
 

@@ -233,7 +233,7 @@ def _kd_cells(profile: str) -> dict[str, tuple[str, str]]:
     weight = dict.fromkeys(CHANNEL_METHODS, "under way (tuning)")
     if tuning and tuned >= tuning:
         s = load_staged(profile)
-        chosen = staged_report.plan(profile).chosen.set_index("method")
+        chosen = staged_report.study_plan(profile).chosen.set_index("method")
         chosen = chosen.assign(where=[staged_report.where(s, state) for state in chosen["state"]])
         weight = {m: _weight(chosen.loc[m]) if m in chosen.index else "not tuned" for m in CHANNEL_METHODS}
     if not staged_report.complete(profile):

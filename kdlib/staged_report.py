@@ -66,7 +66,7 @@ def teacher_records(s: staged.Staged) -> pd.DataFrame:
 
 
 @dataclass(frozen=True)
-class Plan:
+class StudyPlan:
     """What a study's tuning has decided so far: ``tuning`` (runs recorded, runs planned), the ``chosen``
     weights (:func:`kdlib.study.staged.chosen_weights`), the final configurations' ``names`` (``{(method,
     variant): name}``) and the final runs planned; empty until the teachers are, and the final plan until the
@@ -78,31 +78,31 @@ class Plan:
     final: int = 0
 
 
-def plan(profile: str) -> Plan:
-    """The study's :class:`Plan`, computed once per state of the files it depends on (the profile, the
+def study_plan(profile: str) -> StudyPlan:
+    """The study's :class:`StudyPlan`, computed once per state of the files it depends on (the profile, the
     teachers' checkpoints, the tuning's records): a page asks for it many times, and the tuning's choices
     take seconds to recompute."""
     s = staged.load_staged(profile)
     files = [profile_file(profile, staged.PROFILES_DIR),
              *(staged.teacher_checkpoint(s, seed) for seed in s.teacher_seeds),
              *sorted((s.results_dir / "tuning").rglob("record.json"))]
-    return _plan(profile, tuple((str(p), p.stat().st_mtime_ns if p.exists() else None) for p in files))
+    return _study_plan(profile, tuple((str(p), p.stat().st_mtime_ns if p.exists() else None) for p in files))
 
 
 @functools.lru_cache(maxsize=32)
-def _plan(profile: str, files: tuple[tuple[str, int | None], ...]) -> Plan:
+def _study_plan(profile: str, files: tuple[tuple[str, int | None], ...]) -> StudyPlan:
     s = staged.load_staged(profile)
     if not staged._teachers_ready(s):
-        return Plan()
+        return StudyPlan()
     records = staged._tuning_records(s)
     runs = staged.tuning_runs(s, records)
     missing = staged._missing(s, runs)
     chosen = staged.chosen_weights(s, records)
     tuning = (len(runs) - len(missing), len(runs))
     if missing:
-        return Plan(tuning, chosen)
-    return Plan(tuning, chosen, {(v.method, v.variant): name for name, v in staged.final_variants(s, chosen)},
-                len(staged.final_runs(s, chosen)))
+        return StudyPlan(tuning, chosen)
+    names = {(v.method, v.variant): name for name, v in staged.final_variants(s, chosen)}
+    return StudyPlan(tuning, chosen, names, len(staged.final_runs(s, chosen)))
 
 
 def progress(profile: str) -> dict[str, tuple[int, int]]:
@@ -110,7 +110,7 @@ def progress(profile: str) -> dict[str, tuple[int, int]]:
     is complete (until then its planned count is 0)."""
     s = staged.load_staged(profile)
     out = {"teacher": (len(teacher_records(s)), len(s.teacher_seeds))}
-    p = plan(profile)
+    p = study_plan(profile)
     if p.chosen is None:
         return {**out, "tuning": (0, 0), "final": (0, 0)}
     return {**out, "tuning": p.tuning, "final": (len(stage_records(profile, "final")), p.final)}
@@ -129,7 +129,7 @@ def _complete(stand: dict[str, tuple[int, int]]) -> bool:
 def names(profile: str) -> dict[tuple[str, str], str]:
     """``{(method, variant): configuration name}`` of the final configurations (empty before the tuning
     is complete)."""
-    return plan(profile).names
+    return study_plan(profile).names
 
 
 def label(name: str, variant: str) -> str:
@@ -169,7 +169,7 @@ def tuning(profile: str) -> pd.DataFrame:
     one did not, or could not choose it), the chosen multiple and where it fell (interior, at the limit,
     waiting for runs). The test set is not read."""
     s = staged.load_staged(profile)
-    records, chosen = stage_records(profile, "tuning"), plan(profile).chosen
+    records, chosen = stage_records(profile, "tuning"), study_plan(profile).chosen
     if chosen is None or not len(records):
         return pd.DataFrame()
     multiples = sorted({m for scores in chosen["scores"] for m, v in scores.items() if v is not None})
