@@ -19,6 +19,8 @@ from kdlib.study import staged
 #: A Holm verdict (:func:`kdlib.comparison.holm_comparisons`) in the words a chapter uses, by baseline.
 VERDICT_WORDS = {"above": "above {b}", "below": "below {b}",
                  "within the corrected noise": "within the noise of {b}"}
+
+
 def _names(method: str) -> str:
     """The main weight's name, ``intra_weight = inter_weight`` where a method has two equal ones."""
     default = make_config(method)
@@ -53,11 +55,8 @@ def _end(multiplier: float, tried: Sequence[float]) -> str:
 
 
 def _chosen(profile: str) -> pd.DataFrame:
-    """Each tuned method's choice (:func:`kdlib.study.staged.chosen_weights`) with the multiples it ``tried``
-    (those with a score, in order), indexed by method."""
-    chosen = staged_report.study_plan(profile).chosen
-    return chosen.assign(tried=[sorted(m for m, v in scores.items() if v is not None)
-                                for scores in chosen["scores"]]).set_index("method", drop=False)
+    """Each tuned method's choice (:class:`kdlib.staged_report.StudyPlan`'s ``chosen``), indexed by method."""
+    return staged_report.study_plan(profile).chosen.set_index("method", drop=False)
 
 
 def tuning_rows(profile: str, methods: Sequence[str] | None = None) -> pd.DataFrame:
@@ -82,20 +81,6 @@ def tuning_rows(profile: str, methods: Sequence[str] | None = None) -> pd.DataFr
     return pd.DataFrame(rows)
 
 
-def _own(profile: str, method: str) -> pd.DataFrame:
-    """The method's own configuration (named as the method) in each family of the study, minus the family's
-    baseline: :func:`kdlib.staged_report.family_table`'s rows with ``baseline``; empty until complete."""
-    if not staged_report.complete(profile):
-        return pd.DataFrame()
-    names = staged_report.names(profile)
-    frames = []
-    for family, spec in staged_report.families(profile).items():
-        table = staged_report.family_table(profile, family)
-        mine = [names[(m, v)] == method for m, v in zip(table["method"], table["variant"], strict=True)]
-        frames.append(table[mine].assign(baseline=spec["baseline"]))
-    return pd.concat(frames, ignore_index=True)
-
-
 def final_rows(profile: str, methods: Sequence[str] | None = None) -> pd.DataFrame:
     """Each method's configuration in the study's final stage minus each baseline (test top-1 points, last
     epoch, paired seeds): the mean with its 95% interval, Holm's p over each baseline's family, and the
@@ -103,11 +88,13 @@ def final_rows(profile: str, methods: Sequence[str] | None = None) -> pd.DataFra
     profile = staged_report.resolve(profile)
     if not staged_report.complete(profile):
         return pd.DataFrame()
-    every = dict.fromkeys(staged_report.names(profile).values())
-    wanted = [n for n in every if methods is None or n in methods]
-    data = pd.concat([_own(profile, n) for n in wanted] or [pd.DataFrame()], ignore_index=True)
+    order = {n: k for k, n in enumerate(dict.fromkeys(staged_report.names(profile).values()))}
+    data = staged_report.own_rows(profile)
+    if methods is not None:
+        data = data[data["method"].isin(methods)]
     if data.empty:
-        return data
+        return pd.DataFrame()
+    data = data.sort_values("method", key=lambda m: m.map(order), kind="stable").reset_index(drop=True)
     return pd.DataFrame({
         "configuration": data["label"],
         "minus": data["baseline"].map(short),
@@ -143,7 +130,8 @@ def verdict(method: str, profile: str = staged_report.NEWEST) -> str:
         baselines = [short(b) for b in staged.load_staged(study).final["baselines"]]
         return (f"Version {v} compares {name} with {', '.join(baselines[:-1])} and {baselines[-1]} once "
                 "every one of its final runs is recorded, never from some of them.")
-    mine = _own(study, method)
+    own = staged_report.own_rows(study)
+    mine = own[own["method"] == method]
     if not len(mine):
         return f"{name} is not in version {v}'s final comparison."
     chosen = _chosen(study)

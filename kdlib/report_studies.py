@@ -10,7 +10,6 @@ or a stage of a staged study (:data:`STAGED`: each one's teachers, tuning and fi
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +18,7 @@ import pandas as pd
 
 from kdlib import comparison, report, results, staged_report, stats
 from kdlib.methods import CHANNEL_METHODS, options_in_words
-from kdlib.paths import PROFILES_DIR, REPORTED_CSV, RESULTS_DIR, relative, repo_path
+from kdlib.paths import REPORTED_CSV, RESULTS_DIR, relative, repo_path
 from kdlib.staged_report import display_name, stage_records
 from kdlib.study.staged import load_staged
 
@@ -152,7 +151,7 @@ def power_table(records: pd.DataFrame | None = None, profile: str = "proxy_v2") 
     (``data/results/proxy``) and the seeds and configurations ``profile`` fixes: the smallest true difference
     its comparisons with KD detect with 80% power, Holm-corrected and not."""
     records = report.study_records(RESULTS_DIR / "proxy") if records is None else records
-    final = json.loads((PROFILES_DIR / f"{profile}.json").read_text())["stages"]["final"]
+    final = load_staged(profile).final
     family = len(final["configurations"]) - 1
     rows = []
     for seeds in (3, len(final["seeds"])):
@@ -167,8 +166,7 @@ def power_table(records: pd.DataFrame | None = None, profile: str = "proxy_v2") 
 def landing() -> str:
     """The landing page's answer in plain words: the newest complete staged study's
     (:func:`kdlib.staged_report.headline`), else where the newest stands."""
-    newest = staged_report.newest_complete()
-    return staged_report.headline(newest or staged_report.STUDIES[0])
+    return staged_report.headline(staged_report.resolve(staged_report.NEWEST))
 
 
 #: Where each channel method's official code is, and at which commit (empty where none was released).
@@ -232,16 +230,13 @@ def _kd_cells(profile: str) -> dict[str, tuple[str, str]]:
     (tuned, tuning), (done, planned) = stand["tuning"], stand["final"]
     weight = dict.fromkeys(CHANNEL_METHODS, "under way (tuning)")
     if tuning and tuned >= tuning:
-        s = load_staged(profile)
         chosen = staged_report.study_plan(profile).chosen.set_index("method")
-        chosen = chosen.assign(where=[staged_report.where(s, state) for state in chosen["state"]])
         weight = {m: _weight(chosen.loc[m]) if m in chosen.index else "not tuned" for m in CHANNEL_METHODS}
     if not staged_report.complete(profile):
         waiting = f"under way ({done} of {planned} final runs)" if planned else "under way (tuning)"
         return {m: (weight[m], waiting) for m in CHANNEL_METHODS}
-    kd = staged_report.family_table(profile, "vs kd")
-    kd = kd[[staged_report.names(profile)[(m, v)] == m for m, v in zip(kd["method"], kd["variant"],
-                                                                        strict=True)]].set_index("method")
+    own = staged_report.own_rows(profile)
+    kd = own[own["baseline"] == "kd"].set_index("method")
     return {m: (weight[m], _kd_cell(kd.loc[m]) if m in kd.index else
                 f"not in {STUDY_NAMES[profile].split(',')[0]}") for m in CHANNEL_METHODS}
 

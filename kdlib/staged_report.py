@@ -67,10 +67,11 @@ def teacher_records(s: staged.Staged) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class StudyPlan:
-    """What a study's tuning has decided so far: ``tuning`` (runs recorded, runs planned), the ``chosen``
-    weights (:func:`kdlib.study.staged.chosen_weights`), the final configurations' ``names`` (``{(method,
-    variant): name}``) and the final runs planned; empty until the teachers are, and the final plan until the
-    tuning is complete."""
+    """What a study's tuning has decided so far: ``tuning`` (runs recorded, runs planned); the ``chosen``
+    weights (:func:`kdlib.study.staged.chosen_weights`), with the multiples each method ``tried`` (those with
+    a score, in order) and ``where`` its choice fell (:func:`where`); the final configurations' ``names``
+    (``{(method, variant): name}``); and the final runs planned. Empty until the teachers are, and the final
+    plan until the tuning is complete."""
 
     tuning: tuple[int, int] = (0, 0)
     chosen: pd.DataFrame | None = None
@@ -98,6 +99,9 @@ def _study_plan(profile: str, files: tuple[tuple[str, int | None], ...]) -> Stud
     runs = staged.tuning_runs(s, records)
     missing = staged._missing(s, runs)
     chosen = staged.chosen_weights(s, records)
+    chosen = chosen.assign(tried=[sorted(m for m, v in scores.items() if v is not None)
+                                  for scores in chosen["scores"]],
+                           where=[where(s, state) for state in chosen["state"]])
     tuning = (len(runs) - len(missing), len(runs))
     if missing:
         return StudyPlan(tuning, chosen)
@@ -168,11 +172,10 @@ def tuning(profile: str) -> pd.DataFrame:
     seeds) at every multiple of the default tried (a column per multiple any method tried; ``–`` where this
     one did not, or could not choose it), the chosen multiple and where it fell (interior, at the limit,
     waiting for runs). The test set is not read."""
-    s = staged.load_staged(profile)
     records, chosen = stage_records(profile, "tuning"), study_plan(profile).chosen
     if chosen is None or not len(records):
         return pd.DataFrame()
-    multiples = sorted({m for scores in chosen["scores"] for m, v in scores.items() if v is not None})
+    multiples = sorted({m for tried in chosen["tried"] for m in tried})
     rows = []
     for row in chosen.itertuples():
         default = make_config(row.method)
@@ -184,7 +187,7 @@ def tuning(profile: str) -> pd.DataFrame:
             cells[multiple(m)] = "–" if score is None else report.number(score)
         waiting = row.state == comparison.WAITING or row.multiplier is None
         cells["chosen"] = "–" if waiting else multiple(row.multiplier)
-        cells["where"] = where(s, row.state)
+        cells["where"] = row.where
         rows.append(cells)
     return pd.DataFrame(rows)
 
@@ -276,6 +279,18 @@ def family_table(profile: str, family: str) -> pd.DataFrame:
     table = comparison.holm_comparisons(members, spec["baseline"], staged.load_staged(profile).final["alpha"])
     return table.assign(label=[label(known[(m, v)], v) for m, v in zip(table["method"], table["variant"],
                                                                        strict=True)])
+
+
+def own_rows(profile: str) -> pd.DataFrame:
+    """Every family's rows (:func:`family_table`, with its ``baseline``) of the configurations named as their
+    method: each method's own configuration, not an ablation; call it once :func:`complete` is true."""
+    known = names(profile)
+    frames = []
+    for family, spec in families(profile).items():
+        table = family_table(profile, family)
+        own = [known[(m, v)] == m for m, v in zip(table["method"], table["variant"], strict=True)]
+        frames.append(table[own].assign(baseline=spec["baseline"]))
+    return pd.concat(frames, ignore_index=True)
 
 
 def family_comparison(profile: str, family: str) -> pd.DataFrame:
