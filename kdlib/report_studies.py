@@ -165,8 +165,14 @@ def power_table(records: pd.DataFrame | None = None, profile: str = "proxy_v2") 
 
 def landing() -> str:
     """The landing page's answer in plain words: the newest complete staged study's
-    (:func:`kdlib.staged_report.headline`), else where the newest stands."""
-    return staged_report.headline(staged_report.resolve(staged_report.NEWEST))
+    (:func:`kdlib.staged_report.headline`), else where the newest stands; then, for each further pair of
+    its version (:data:`kdlib.staged_report.MORE_PAIRS`), that pair's headline or where it stands."""
+    newest = staged_report.resolve(staged_report.NEWEST)
+    parts = [staged_report.headline(newest)]
+    for ordinal, profile in zip(("second", "third"), staged_report.MORE_PAIRS.get(newest, ()), strict=False):
+        pair = load_staged(profile).pair
+        parts.append(f"On the {ordinal} pair, {pair.teacher} → {pair.student}: {staged_report.headline(profile)}")
+    return "\n\n".join(parts)
 
 
 #: Where each channel method's official code is, and at which commit (empty where none was released).

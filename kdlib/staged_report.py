@@ -35,6 +35,8 @@ from kdlib.study import staged
 
 #: The staged studies the book answers from, newest first (each version's decisive pair).
 STUDIES = ("proxy_v3", "proxy_v2")
+#: Each version's further pairs, by its decisive one: the landing page answers for them after it.
+MORE_PAIRS = {"proxy_v3": ("proxy_v3_resnet56",)}
 #: The names readers know methods by, where it is not the method's name in capitals.
 DISPLAY = {"ce": "ce (student alone)", "iekd": "IE-KD"}
 

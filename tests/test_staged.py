@@ -267,10 +267,11 @@ def test_the_landing_answer_is_version_3_once_complete(monkeypatch: pytest.Monke
     monkeypatch.setattr(staged_report, "headline", lambda profile: f"{profile}'s headline")
     monkeypatch.setattr(staged_report, "complete", lambda profile: profile == "proxy_v2")
     assert report_studies.landing() == "proxy_v2's headline"
+    both = "proxy_v3's headline\n\nOn the second pair, resnet56 → resnet20: proxy_v3_resnet56's headline"
     monkeypatch.setattr(staged_report, "complete", lambda profile: True)
-    assert report_studies.landing() == "proxy_v3's headline"
+    assert report_studies.landing() == both
     monkeypatch.setattr(staged_report, "complete", lambda profile: False)  # where the newest stands
-    assert report_studies.landing() == "proxy_v3's headline"
+    assert report_studies.landing() == both
 
 
 def test_a_study_under_way_says_where_it_stands_and_compares_nothing(tiny_v3: Path,

@@ -78,6 +78,7 @@ def test_the_answer_and_the_landing_page_speak_of_version_3(v3_complete: pd.Data
     above = kd[(kd["verdict"] == "above") & kd.index.isin(CHANNEL_METHODS)]
     assert headline.startswith(f"**{len(above)} of the 5 channel methods beat KD")
     assert "two teachers (resnet32)" in headline and "one pair (resnet32 → resnet8)" in headline
+    assert "\n\nOn the second pair, resnet56 → resnet20: " in headline  # its answer, or where it stands
 
 
 def test_the_forest_plot_has_a_panel_per_family(v3_complete: pd.DataFrame) -> None:
