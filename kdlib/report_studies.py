@@ -171,7 +171,8 @@ def landing() -> str:
     parts = [staged_report.headline(newest)]
     for ordinal, profile in zip(("second", "third"), staged_report.MORE_PAIRS.get(newest, ()), strict=False):
         pair = load_staged(profile).pair
-        parts.append(f"On the {ordinal} pair, {pair.teacher} → {pair.student}: {staged_report.headline(profile)}")
+        words = f"On the {ordinal} pair, {pair.teacher} → {pair.student}: "
+        parts.append(words + staged_report.headline(profile))
     return "\n\n".join(parts)
 
 
