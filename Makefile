@@ -22,7 +22,7 @@ KERNEL_NOTE := Kernel is running over TCP without encryption
 help:
 	@echo "make book   execute the notebooks and build the HTML book (book/_build/html/index.html)"
 	@echo "make test   the whole test-suite (pytest, ruff, nbval, book build with warnings as errors)"
-	@echo "make reproduce PROFILE=proxy|proxy_v2|cifar100|imagenet|smoke [JOBS=N | RUNS_PER_GPU=N] [EXECUTOR=local|submitit-local|slurm]"
+	@echo "make reproduce PROFILE=proxy|proxy_v2|proxy_v3|proxy_v3_resnet56|cifar100|imagenet|smoke [JOBS=N | RUNS_PER_GPU=N] [EXECUTOR=local|submitit-local|slurm]"
 	@echo "            the study at full scale (README); make book-from-records PROFILE=P: the book from its records"
 	@echo "make bench / make bench-gpu [RECORD=1]   speed of the trainer beside a conventional loop (RECORD=1: for the book)"
 	@echo "make clean  build outputs and the notebooks' scratch runs (keeps runs/teachers and runs/reproduce)"
