@@ -128,7 +128,7 @@ def verdict(method: str, profile: str = staged_report.NEWEST) -> str:
     v = staged_report.version(study)
     if not staged_report.complete(study):
         baselines = [short(b) for b in staged.load_staged(study).final["baselines"]]
-        return (f"Version {v} compares {name} with {', '.join(baselines[:-1])} and {baselines[-1]} once "
+        return (f"Version {v} compares {name} with {staged_report.in_words(baselines)} once "
                 "every one of its final runs is recorded, never from some of them.")
     own = staged_report.own_rows(study)
     mine = own[own["method"] == method]
@@ -146,7 +146,7 @@ def verdict(method: str, profile: str = staged_report.NEWEST) -> str:
         unit = "" if parts else " points of test top-1"
         parts.append(f"{r.mean:+.2f} [{r.lo:+.2f}, {r.hi:+.2f}]{unit} against {_against(r.baseline, chosen)} "
                      f"({stats.p_phrase(r.p_holm)}): **{_verdict(r.verdict, r.baseline)}**")
-    seeds = "–".join(str(n) for n in sorted({int(mine["n"].min()), int(mine["n"].max())}))
+    seeds = staged_report.seed_range(mine["n"])
     return (f"{text} At that weight, over {seeds} paired seeds, {mine['label'].iloc[0]} "
             "scores " + "; and ".join(parts) + ".")
 

@@ -166,13 +166,16 @@ def power_table(records: pd.DataFrame | None = None, profile: str = "proxy_v2") 
 def landing() -> str:
     """The landing page's answer in plain words: the newest complete staged study's
     (:func:`kdlib.staged_report.headline`), else where the newest stands; then, for each further pair of
-    its version (:data:`kdlib.staged_report.MORE_PAIRS`), that pair's headline or where it stands."""
+    its version (:data:`kdlib.staged_report.MORE_PAIRS`), that pair's headline or where it stands. Each
+    pair's answer is led by the version and the pair it is of."""
     newest = staged_report.resolve(staged_report.NEWEST)
-    parts = [staged_report.headline(newest)]
-    for ordinal, profile in zip(("second", "third"), staged_report.MORE_PAIRS.get(newest, ()), strict=False):
+    profiles = [newest, *staged_report.MORE_PAIRS.get(newest, ())]
+    parts = []
+    for ordinal, profile in zip(("first", "second", "third"), profiles, strict=False):
         pair = load_staged(profile).pair
-        words = f"On the {ordinal} pair, {pair.teacher} → {pair.student}: "
-        parts.append(words + staged_report.headline(profile))
+        which = f", {ordinal} pair" if len(profiles) > 1 else ""
+        lead = f"*Version {staged_report.version(profile)}{which} ({pair.teacher} → {pair.student}):*"
+        parts += [lead, staged_report.headline(profile)]
     return "\n\n".join(parts)
 
 

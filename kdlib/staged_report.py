@@ -35,7 +35,7 @@ from kdlib.study import staged
 
 #: The staged studies the book answers from, newest first (each version's decisive pair).
 STUDIES = ("proxy_v3", "proxy_v2")
-#: Each version's further pairs, by its decisive one: the landing page answers for them after it.
+#: Each version's further pairs, keyed by its decisive one; the landing page answers for them after it.
 MORE_PAIRS = {"proxy_v3": ("proxy_v3_resnet56",)}
 #: The names readers know methods by, where it is not the method's name in capitals.
 DISPLAY = {"ce": "ce (student alone)", "iekd": "IE-KD"}
@@ -49,6 +49,16 @@ def display_name(method: str) -> str:
 def short(method: str) -> str:
     """:func:`display_name` without its note: ``ce``, ``KD``, ``IE-KD``."""
     return display_name(method).split(" (")[0]
+
+
+def in_words(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return " and ".join(filter(None, [", ".join(items[:-1]), *items[-1:]]))
+
+
+def seed_range(n: pd.Series) -> str:
+    """How many paired seeds a set of comparisons rests on: ``15``, or ``15–20`` where they differ."""
+    return "–".join(str(k) for k in sorted({int(n.min()), int(n.max())}))
 
 
 def version(profile: str) -> int:
@@ -366,7 +376,7 @@ def beats(table: pd.DataFrame, baseline: str, short: Callable[[str], str] | None
     channel = table[table["method"].isin(CHANNEL_METHODS)]
     above = channel[channel["verdict"] == "above"]
     below = channel[channel["verdict"] == "below"]
-    seeds = "–".join(str(n) for n in sorted({int(channel["n"].min()), int(channel["n"].max())}))
+    seeds = seed_range(channel["n"])
     named = "; ".join(f"{r.label} {r.mean:+.2f} [{r.lo:+.2f}, {r.hi:+.2f}]" for r in above.itertuples())
     lead = (f"**{len(above)} of the {len(channel)} channel methods beat {baseline} at this scale**: {named} "
             f"points of test top-1 (mean and 95% interval over {seeds} paired seeds); " if len(above) else
@@ -444,15 +454,17 @@ def forest_text(profile: str) -> dict[str, str]:
     minus = [f"minus {'ce, the student trained alone' if b == 'ce' else shown(b)}" for b in baselines]
     if len(baselines) in PANELS:
         minus = [f"{m} ({side})" for m, side in zip(minus, PANELS[len(baselines)], strict=True)]
-    panels = minus[0] if len(minus) == 1 else f"{', '.join(minus[:-1])} and {minus[-1]}"
+    panels = in_words(minus)
     kd = data[data["baseline"] == baselines[0]]
     above = kd[kd["significant"] & (kd["mean"] > 0)]["label"].tolist()
     name = shown(baselines[0])
-    takeaway = (f"only {' and '.join(above)} beat {name} beyond the corrected noise" if above else
+    takeaway = (f"only {in_words(above)} beat{'s' * (len(above) == 1)} {name} beyond the corrected noise"
+                if above else
                 f"no configuration beats {name} beyond the corrected noise")
     sizes = "/".join(str(n) for n in dict.fromkeys(int((data["baseline"] == b).sum()) for b in baselines))
+    seeds = seed_range(data["n"])
     caption = (f"Version {version(profile)}'s final comparison: each configuration at its tuned weight "
-               f"{panels}, on the Fashion-MNIST test set; mean over {int(data['n'].min())} paired seeds with "
+               f"{panels}, on the Fashion-MNIST test set; mean over {seeds} paired seeds with "
                f"its 95% Student-t interval (uncorrected); a filled marker is significant after Holm's "
                f"correction over each panel's {sizes} comparison{'' if sizes == '1' else 's'} (α = "
                f"{staged.load_staged(profile).final['alpha']:g}). At this scale, {takeaway}.")

@@ -65,7 +65,7 @@ def test_the_caption_and_the_answer_say_what_the_records_say() -> None:
                                                                     strict=True))
     assert f"{ends} of the {len(chosen)} tuned weights sit at an end" in text
     caption = staged_report.forest_text(V2)
-    assert f"mean over {int(kd['n'].min())} paired seeds" in caption["caption"]
+    assert f"mean over {int(kd['n'].min())} paired seeds" in caption["caption"]  # one n in version 2
     names = [staged_report.label(m, v) for m, v in zip(kd["method"], kd["variant"], strict=True)]
     assert all(name in caption["alt"] for name in names)
 

@@ -266,8 +266,9 @@ def test_the_headline_names_the_channel_methods_above_below_and_within_the_noise
 def test_the_landing_answer_is_version_3_once_complete(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(staged_report, "headline", lambda profile: f"{profile}'s headline")
     monkeypatch.setattr(staged_report, "complete", lambda profile: profile == "proxy_v2")
-    assert report_studies.landing() == "proxy_v2's headline"
-    both = "proxy_v3's headline\n\nOn the second pair, resnet56 → resnet20: proxy_v3_resnet56's headline"
+    assert report_studies.landing() == "*Version 2 (resnet32 → resnet8):*\n\nproxy_v2's headline"
+    both = ("*Version 3, first pair (resnet32 → resnet8):*\n\nproxy_v3's headline\n\n"
+            "*Version 3, second pair (resnet56 → resnet20):*\n\nproxy_v3_resnet56's headline")
     monkeypatch.setattr(staged_report, "complete", lambda profile: True)
     assert report_studies.landing() == both
     monkeypatch.setattr(staged_report, "complete", lambda profile: False)  # where the newest stands
@@ -284,3 +285,10 @@ def test_a_study_under_way_says_where_it_stands_and_compares_nothing(tiny_v3: Pa
     assert staged_report.family_comparison("tiny_v3_more", "vs kd").empty
     assert staged_report.ablations("tiny_v3_more").empty and staged_report.noise("tiny_v3_more").empty
     assert staged_report.answer("tiny_v3_more").startswith("Under way: 2 of 2 teachers")
+
+
+def test_lists_and_seed_counts_read_as_words() -> None:
+    assert [staged_report.in_words(items) for items in (["CD"], ["CD", "CWT"], ["CD", "CWT", "DKD"])] == [
+        "CD", "CD and CWT", "CD, CWT and DKD"]
+    assert staged_report.seed_range(pd.Series([15, 20, 15])) == "15–20"
+    assert staged_report.seed_range(pd.Series([10, 10])) == "10"

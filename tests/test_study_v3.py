@@ -74,17 +74,20 @@ def test_the_answer_and_the_landing_page_speak_of_version_3(v3_complete: pd.Data
     cd = kd.loc["cd"]
     assert f"CD (cd_weight 24) {cd['mean']:+.2f} [{cd['lo']:+.2f}, {cd['hi']:+.2f}]" in answer
     headline = report_studies.landing()
-    assert headline.startswith("**") and "beat KD at this scale" in headline and "beat DKD" in headline
+    lead = "*Version 3, first pair (resnet32 → resnet8):*\n\n"
+    assert headline.startswith(lead) and "beat KD at this scale" in headline and "beat DKD" in headline
     above = kd[(kd["verdict"] == "above") & kd.index.isin(CHANNEL_METHODS)]
-    assert headline.startswith(f"**{len(above)} of the 5 channel methods beat KD")
+    assert headline.startswith(f"{lead}**{len(above)} of the 5 channel methods beat KD")
     assert "two teachers (resnet32)" in headline and "one pair (resnet32 → resnet8)" in headline
-    assert "\n\nOn the second pair, resnet56 → resnet20: " in headline  # its answer, or where it stands
+    # then the second pair's answer, or where it stands
+    assert "\n\n*Version 3, second pair (resnet56 → resnet20):*\n\n" in headline
 
 
 def test_the_forest_plot_has_a_panel_per_family(v3_complete: pd.DataFrame) -> None:
     (figure,) = staged_report.forest(V3)
     assert [ax.get_title() for ax in figure.axes if ax.get_title()] == ["minus KD", "minus DKD", "minus ce"]
     text = staged_report.forest_text(V3)
+    assert "mean over 15–20 paired seeds with its 95% Student-t interval" in text["caption"]
     assert text["caption"].startswith("Version 3's final comparison: each configuration at its tuned weight "
                                       "minus KD (left), minus DKD (middle) and minus ce")
 
