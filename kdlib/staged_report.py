@@ -261,7 +261,7 @@ def final(profile: str) -> pd.DataFrame:
         kinds = pd.Series(report.hardware(group)).value_counts()
         rows.append({"configuration": label(name, variant), "runs": len(done),
                      "diverged": int((group["status"] == results.STATUS_DIVERGED).sum()), **cells,
-                     "hardware": ", ".join(f"{kind} {n}" for kind, n in kinds.items())})
+                     "hardware": ", ".join(f"{kind} ({n})" for kind, n in kinds.items())})
     return pd.DataFrame(rows)
 
 
@@ -346,7 +346,7 @@ def answer(profile: str) -> str:
         len(kd["configurations"]), final["alpha"])["detectable"]
     words = comparison.answer(records, list(tables), final["alpha"], detectable=detectable,
                               label=lambda m, v: label(known[(m, v)], v), intervals=True, tables=tables)
-    return f"{words}\n\n{caveat(profile)}".strip()
+    return "\n\n".join(filter(None, [words, ablation_words(profile), caveat(profile)]))
 
 
 def conditions(records: pd.DataFrame) -> str:
@@ -483,9 +483,10 @@ def _differences(records: pd.DataFrame, a: str, b: str, metric: str = "top1_last
     return (left[common] - right[common]).to_numpy()
 
 
-def ablations(profile: str) -> pd.DataFrame:
-    """Each ablation pair of the protocol (``a`` minus ``b``, paired seeds), Holm-corrected over the pairs;
-    empty until every final run has its record, or when the protocol names none."""
+def ablation_differences(profile: str) -> pd.DataFrame:
+    """Each ablation pair of the protocol, ``a`` minus ``b`` over paired seeds: ``comparison``, ``paired
+    seeds``, ``mean``, ``lo``, ``hi`` (95% interval), ``p`` and ``p_holm`` (Holm over the pairs); empty until
+    every final run has its record, or when the protocol names none."""
     pairs = staged.load_staged(profile).final.get("comparisons", {}).get("ablations", {}).get("pairs", [])
     if not pairs or not complete(profile):
         return pd.DataFrame()
@@ -497,16 +498,36 @@ def ablations(profile: str) -> pd.DataFrame:
         rows.append({"comparison": f"{shown(a)} minus {shown(b)}", "paired seeds": len(d),
                      "mean": float(d.mean()), "lo": lo, "hi": hi, "p": stats.paired_test(d)[1]})
     table = pd.DataFrame(rows)
+    return table.assign(p_holm=stats.holm(table["p"].tolist()))
+
+
+def ablations(profile: str) -> pd.DataFrame:
+    """:func:`ablation_differences` as the study page shows them, with each pair's verdict."""
+    table = ablation_differences(profile)
+    if table.empty:
+        return table
     alpha = staged.load_staged(profile).final["alpha"]
-    holm = stats.holm(table["p"].tolist())
     return pd.DataFrame({
         "comparison": table["comparison"], "paired seeds": table["paired seeds"],
         "difference": [report.mean_ci(m, lo, hi, n) for m, lo, hi, n in
                        zip(table["mean"], table["lo"], table["hi"], table["paired seeds"], strict=True)],
-        "p": [stats.format_p(p) for p in table["p"]], "Holm p": [stats.format_p(p) for p in holm],
+        "p": [stats.format_p(p) for p in table["p"]], "Holm p": [stats.format_p(p) for p in table["p_holm"]],
         "verdict": [("positive" if m > 0 else "negative") if h <= alpha else "within the corrected noise"
-                    for m, h in zip(table["mean"], holm, strict=True)],
+                    for m, h in zip(table["mean"], table["p_holm"], strict=True)],
     })
+
+
+def ablation_words(profile: str) -> str:
+    """The ablations in one sentence: each pair's difference with its 95% interval and Holm's p (Holm over
+    the pairs); empty when there are none to state."""
+    table = ablation_differences(profile)
+    if table.empty:
+        return ""
+    parts = [f"{r.comparison} {r.mean:+.2f} [{r.lo:+.2f}, {r.hi:+.2f}] ({stats.p_phrase(r.p_holm)})"
+             for r in table.itertuples()]
+    seeds = seed_range(table["paired seeds"])
+    return (f"The ablations, over {seeds} paired seeds (test top-1 points, mean and 95% interval, Holm over "
+            f"the {len(table)}): {'; '.join(parts)}.")
 
 
 def noise(profile: str, baseline: str = "kd") -> pd.DataFrame:

@@ -71,7 +71,7 @@ def test_the_v2_page_renders_its_records_through_the_staged_report() -> None:
     assert cd["minus KD"] == report.mean_ci(mean, lo, hi, 10)
     assert cd["Holm p"] == stats.format_p(raw.loc["cd", "p_holm"]) == "< 0.001" and cd["verdict"] == "above"
     final = staged_report.final("proxy_v2").set_index("configuration")
-    assert set(final["runs"]) == {10} and final.loc["KD (default weights)", "hardware"] == "AMD EPYC 10"
+    assert set(final["runs"]) == {10} and final.loc["KD (default weights)", "hardware"] == "AMD EPYC (10)"
 
 
 def test_no_answer_from_part_of_the_final_runs(monkeypatch: pytest.MonkeyPatch) -> None:

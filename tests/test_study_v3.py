@@ -73,6 +73,12 @@ def test_the_answer_and_the_landing_page_speak_of_version_3(v3_complete: pd.Data
     kd = _holm(v3_complete, "kd").set_index("method")
     cd = kd.loc["cd"]
     assert f"CD (cd_weight 24) {cd['mean']:+.2f} [{cd['lo']:+.2f}, {cd['hi']:+.2f}]" in answer
+    names = staged_report.names(V3)
+    keys = zip(v3_complete["method"], v3_complete["variant"], strict=True)
+    done = v3_complete.assign(configuration=[names[key] for key in keys])
+    by_seed = done.pivot_table(index="seed", columns="configuration", values="top1_last")
+    d = (by_seed["cd"] - by_seed["cd without GKD"]).dropna()
+    assert len(d) == 20 and f"CD minus CD without GKD {d.mean():+.2f} [" in answer  # the ablations, in words
     headline = report_studies.landing()
     lead = "*Version 3, first pair (resnet32 → resnet8):*\n\n"
     assert headline.startswith(lead) and "beat KD at this scale" in headline and "beat DKD" in headline
