@@ -81,7 +81,7 @@ def test_the_claims_table_has_one_row_per_channel_method_with_the_papers_gain() 
     claim = table.set_index("method").loc["CD", "paper's gain over KD, CIFAR-100 (top-1 points)"]
     assert claim.startswith(f"{kd_err - cd_err:+.2f} on ")
     if DONE:
-        v2 = table.set_index("method")["version 2 minus KD [95% CI]"]
+        v2 = table.set_index("method")[report_studies.V2_COLUMN]
         kd = comparison.holm_comparisons(FINAL, "kd").set_index("method")
         for method, name in zip(CHANNEL_METHODS, table["method"], strict=True):
             r = kd.loc[method]
@@ -89,9 +89,9 @@ def test_the_claims_table_has_one_row_per_channel_method_with_the_papers_gain() 
     tuned, tuning = staged_report.progress("proxy_v3")["tuning"]
     if tuning and tuned >= tuning:  # the weights version 3's tuning chose, interior (no "an end" or "limit")
         chosen = chosen_weights(load_staged("proxy_v3")).set_index("method")
-        for method, cell in zip(CHANNEL_METHODS, table["version 3 weight (tuned)"], strict=True):
+        for method, cell in zip(CHANNEL_METHODS, table[report_studies.V3_COLUMN], strict=True):
             assert cell.endswith(f"({staged_report.multiple(chosen.loc[method, 'multiplier'])})"), cell
-    v3 = table["version 3 minus KD [95% CI]"]
+    v3 = table[report_studies.V3_COLUMN]
     if staged_report.complete("proxy_v3"):
         kd3 = staged_report.family_table("proxy_v3", "vs kd").set_index("method")
         for method, name in zip(CHANNEL_METHODS, table["method"], strict=True):

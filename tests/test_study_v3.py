@@ -113,7 +113,7 @@ def test_each_chapter_states_version_3s_verdict(v3_complete: pd.DataFrame, metho
 
 def test_the_claims_table_fills_in_version_3(v3_complete: pd.DataFrame) -> None:
     kd = _holm(v3_complete, "kd").set_index("method")
-    cells = report_studies.claims_table().set_index("method")["version 3 minus KD [95% CI]"]
+    cells = report_studies.claims_table().set_index("method")[report_studies.V3_COLUMN]
     for method in CHANNEL_METHODS:
         r = kd.loc[method]
         assert cells[staged_report.display_name(method)].startswith(
