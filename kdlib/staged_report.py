@@ -9,8 +9,9 @@
   baseline, as version 2 did).
 - :func:`noise`: the SD of the paired differences to KD, and the part of it between teachers.
 - :func:`cost`: the wall time each stage has taken, by CPU kind.
-- :func:`answer`, :func:`headline`, :func:`forest`: the answer in words, in plain words with its conditions,
-  and drawn; :func:`newest_complete`: the newest of :data:`STUDIES` whose final runs are all recorded.
+- :func:`answer`, :func:`headline`: the answer in words, and in plain words with its conditions (drawn by
+  :mod:`kdlib.staged_forest`); :func:`newest_complete`: the newest of :data:`STUDIES` whose final runs are all
+  recorded.
 
 Nothing is compared until every final run of the study has its record, never from some of them.
 """
@@ -26,9 +27,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure
 
-from kdlib import comparison, plots, report, results, stats
+from kdlib import comparison, report, results, stats
 from kdlib.methods import CHANNEL_METHODS, METHODS, make_config, options_in_words
 from kdlib.paths import profile_file
 from kdlib.study import staged
@@ -417,63 +417,6 @@ def resolve(profile: str) -> str:
     return (newest_complete() or STUDIES[0]) if profile == NEWEST else profile
 
 
-def forest_data(profile: str) -> pd.DataFrame:
-    """Every family's configurations minus its baseline (:func:`family_table`): ``label``, ``baseline``,
-    ``n``, ``mean``, ``lo``, ``hi`` (95% interval), ``p_holm`` and ``significant`` (Holm's p at most the
-    protocol's alpha); empty until every final run is recorded. ``profile`` may be :data:`NEWEST`."""
-    profile = resolve(profile)
-    if not complete(profile):
-        return pd.DataFrame()
-    alpha = staged.load_staged(profile).final["alpha"]
-    frames = [family_table(profile, family).assign(baseline=spec["baseline"])
-              for family, spec in families(profile).items()]
-    data = pd.concat(frames, ignore_index=True)
-    return data.assign(significant=data["p_holm"] <= alpha)
-
-
-def forest(profile: str) -> list[Figure]:
-    """:func:`forest_data` drawn (:func:`kdlib.plots.forest`): one panel per family."""
-    data = forest_data(profile)
-    if data.empty:
-        return []
-    return [plots.forest(data.assign(baseline=data["baseline"].map(shown)),
-                         xlabel="test top-1 difference (points, last epoch)")]
-
-
-#: Where each panel of a forest plot stands, by the number of panels.
-PANELS = {2: ("left", "right"), 3: ("left", "middle", "right")}
-
-
-def forest_text(profile: str) -> dict[str, str]:
-    """The caption and the alt text of :func:`forest`, from the same numbers."""
-    profile = resolve(profile)
-    data = forest_data(profile)
-    if data.empty:
-        return {"caption": "", "alt": ""}
-    baselines = list(dict.fromkeys(data["baseline"]))
-    minus = [f"minus {'ce, the student trained alone' if b == 'ce' else shown(b)}" for b in baselines]
-    if len(baselines) in PANELS:
-        minus = [f"{m} ({side})" for m, side in zip(minus, PANELS[len(baselines)], strict=True)]
-    panels = in_words(minus)
-    kd = data[data["baseline"] == baselines[0]]
-    above = kd[kd["significant"] & (kd["mean"] > 0)]["label"].tolist()
-    name = shown(baselines[0])
-    takeaway = (f"only {in_words(above)} beat{'s' * (len(above) == 1)} {name} beyond the corrected noise"
-                if above else
-                f"no configuration beats {name} beyond the corrected noise")
-    sizes = "/".join(str(n) for n in dict.fromkeys(int((data["baseline"] == b).sum()) for b in baselines))
-    seeds = seed_range(data["n"])
-    caption = (f"Version {version(profile)}'s final comparison: each configuration at its tuned weight "
-               f"{panels}, on the Fashion-MNIST test set; mean over {seeds} paired seeds with "
-               f"its 95% Student-t interval (uncorrected); a filled marker is significant after Holm's "
-               f"correction over each panel's {sizes} comparison{'' if sizes == '1' else 's'} (α = "
-               f"{staged.load_staged(profile).final['alpha']:g}). At this scale, {takeaway}.")
-    rows = "; ".join(f"{r.label} {r.mean:+.2f} [{r.lo:+.2f}, {r.hi:+.2f}]" for r in kd.itertuples())
-    alt = (f"Forest plot of test top-1 differences with 95% intervals, {len(baselines)} panels. "
-           f"Minus {name}: {rows}. {takeaway[0].upper()}{takeaway[1:]}.")
-    return {"caption": caption, "alt": alt}
-
-
 def _differences(records: pd.DataFrame, a: str, b: str, metric: str = "top1_last") -> np.ndarray:
     """Configuration ``a`` minus configuration ``b``, seed by seed (completed runs of both)."""
     done = records[records["status"] == "completed"]
@@ -616,7 +559,3 @@ TABLES: dict[str, Any] = {
     "study-final": final, "study-family": family_comparison, "study-ablations": ablations,
     "study-noise": noise, "study-cost": cost, "study-provenance": provenance,
 }
-#: A staged study's figures for the book's ``kdlib-figure`` directive (with ``:study:``), and their caption
-#: and alt text.
-FIGURES: dict[str, Callable[[str], list[Figure]]] = {"study-forest": forest}
-FIGURE_TEXT: dict[str, Callable[[str], dict[str, str]]] = {"study-forest": forest_text}

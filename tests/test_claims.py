@@ -11,7 +11,7 @@ import pytest
 from matplotlib.collections import LineCollection
 from matplotlib.text import Text
 
-from kdlib import comparison, report_studies, staged_report
+from kdlib import comparison, report_studies, staged_forest, staged_report
 from kdlib.methods import CHANNEL_METHODS
 from kdlib.paths import REPORTED_CSV
 from kdlib.study.staged import chosen_weights, load_staged
@@ -27,7 +27,7 @@ def test_the_forest_plot_draws_the_records_numbers() -> None:
     """Each panel's points and intervals are Holm's comparisons recomputed from the records, a filled marker
     exactly where Holm's p is at most alpha, and no text under 9 pt."""
     alpha = load_staged(V2).final["alpha"]
-    (figure,) = staged_report.forest(V2)
+    (figure,) = staged_forest.forest(V2)
     axes = [ax for ax in figure.axes if ax.get_title()]
     labels = [t.get_text() for t in axes[0].get_yticklabels()]
     for ax, baseline in zip(axes, ("kd", "ce"), strict=True):
@@ -64,7 +64,7 @@ def test_the_caption_and_the_answer_say_what_the_records_say() -> None:
     ends = sum(m in (min(scores), max(scores)) for m, scores in zip(chosen["multiplier"], chosen["scores"],
                                                                     strict=True))
     assert f"{ends} of the {len(chosen)} tuned weights sit at an end" in text
-    caption = staged_report.forest_text(V2)
+    caption = staged_forest.forest_text(V2)
     assert f"mean over {int(kd['n'].min())} paired seeds" in caption["caption"]  # one n in version 2
     names = [staged_report.label(m, v) for m, v in zip(kd["method"], kd["variant"], strict=True)]
     assert all(name in caption["alt"] for name in names)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from helpers import write_fashion_mnist, write_teacher
 
-from kdlib import report_studies, staged_report, study
+from kdlib import report_studies, staged_forest, staged_report, study
 from kdlib.study import staged
 
 
@@ -228,20 +228,20 @@ def test_a_study_is_drawn_one_panel_per_family(tiny_v3: Path, monkeypatch: pytes
     study's one, then the same records compared in two families (as version 2 compared with KD and ce)."""
     monkeypatch.setattr(staged, "PROFILES_DIR", tiny_v3 / "profiles")
     assert study.main(["reproduce", "--profile", "tiny_v3"]) == 0  # trained above, or now
-    (figure,) = staged_report.forest("tiny_v3")
+    (figure,) = staged_forest.forest("tiny_v3")
     assert [ax.get_title() for ax in figure.axes if ax.get_title()] == ["minus KD"]
-    assert staged_report.forest_text("tiny_v3")["caption"].startswith(
+    assert staged_forest.forest_text("tiny_v3")["caption"].startswith(
         "Version 2's final comparison: each configuration at its tuned weight minus KD, on the")
     profile = json.loads((tiny_v3 / "profiles" / "tiny_v3.json").read_text())
     profile["stages"]["final"]["comparisons"] = {
         "vs kd": {"baseline": "kd", "configurations": ["ce"]},
         "vs ce": {"baseline": "ce", "configurations": ["kd"]}}
     (tiny_v3 / "profiles" / "tiny_v3_two.json").write_text(json.dumps(profile))
-    data = staged_report.forest_data("tiny_v3_two")
+    data = staged_forest.forest_data("tiny_v3_two")
     assert data.groupby("baseline", sort=False).size().to_dict() == {"kd": 1, "ce": 1}
-    (figure,) = staged_report.forest("tiny_v3_two")
+    (figure,) = staged_forest.forest("tiny_v3_two")
     assert [ax.get_title() for ax in figure.axes if ax.get_title()] == ["minus KD", "minus ce"]
-    text = staged_report.forest_text("tiny_v3_two")
+    text = staged_forest.forest_text("tiny_v3_two")
     assert "minus KD (left) and minus ce, the student trained alone (right)" in text["caption"]
     assert "2 panels" in text["alt"] and "over each panel's 1 comparison (" in text["caption"]
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kdlib import comparison, report_methods, report_studies, staged_report
+from kdlib import comparison, report_methods, report_studies, staged_forest, staged_report
 from kdlib.methods import CHANNEL_METHODS
 from kdlib.study import staged
 
@@ -90,9 +90,9 @@ def test_the_answer_and_the_landing_page_speak_of_version_3(v3_complete: pd.Data
 
 
 def test_the_forest_plot_has_a_panel_per_family(v3_complete: pd.DataFrame) -> None:
-    (figure,) = staged_report.forest(V3)
+    (figure,) = staged_forest.forest(V3)
     assert [ax.get_title() for ax in figure.axes if ax.get_title()] == ["minus KD", "minus DKD", "minus ce"]
-    text = staged_report.forest_text(V3)
+    text = staged_forest.forest_text(V3)
     assert "mean over 15–20 paired seeds with its 95% Student-t interval" in text["caption"]
     assert text["caption"].startswith("Version 3's final comparison: each configuration at its tuned weight "
                                       "minus KD (left), minus DKD (middle) and minus ce")

@@ -57,6 +57,7 @@ from kdlib import (
     report_papers,
     report_studies,
     results,
+    staged_forest,
     staged_report,
 )
 from kdlib.methods import METHODS
@@ -226,10 +227,10 @@ class KdlibAnswer(SphinxDirective):
 
 
 #: Every figure the ``kdlib-figure`` directive draws, by name, and the captions and alt texts of those that
-#: have them (:data:`kdlib.report.FIGURE_TEXT`, :data:`kdlib.staged_report.FIGURE_TEXT`); a staged study's
+#: have them (:data:`kdlib.report.FIGURE_TEXT`, :data:`kdlib.staged_forest.FIGURE_TEXT`); a staged study's
 #: take its profile (option ``:study:``).
-FIGURES = {**report.FIGURES, **staged_report.FIGURES}
-FIGURE_TEXT = {**report.FIGURE_TEXT, **staged_report.FIGURE_TEXT}
+FIGURES = {**report.FIGURES, **staged_forest.FIGURES}
+FIGURE_TEXT = {**report.FIGURE_TEXT, **staged_forest.FIGURE_TEXT}
 
 
 class KdlibFigure(SphinxDirective):
@@ -243,9 +244,9 @@ class KdlibFigure(SphinxDirective):
         name = self.arguments[0]
         if name not in FIGURES:
             raise self.error(f"unknown kdlib-figure '{name}'; choose one of: {', '.join(FIGURES)}")
-        if (name in staged_report.FIGURES) != ("study" in self.options):
+        if (name in staged_forest.FIGURES) != ("study" in self.options):
             raise self.error(f"the option :study: (a staged profile) goes with the figures "
-                             f"{', '.join(staged_report.FIGURES)}, and only with them")
+                             f"{', '.join(staged_forest.FIGURES)}, and only with them")
         args = [self.options["study"]] if "study" in self.options else []
         plots.setup()
         figures = FIGURES[name](*args)
