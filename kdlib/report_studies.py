@@ -251,8 +251,9 @@ def _kd_cells(profile: str) -> dict[str, str]:
             f"not in {STUDY_NAMES[profile].split(',')[0]}" for m in CHANNEL_METHODS}
 
 
-#: The claims table's columns of the staged studies: each one's difference from KD at the weight it tuned.
+#: The claims table's column of version 2, its difference from KD at the weight it tuned.
 V2_COLUMN = "version 2 minus KD [95% CI] (tuned weight)"
+#: The same of version 3's first pair.
 V3_COLUMN = "version 3 minus KD [95% CI] (bracketed weight)"
 
 
