@@ -218,7 +218,8 @@ def _sentence(table: pd.DataFrame, baseline: str, alpha: float, label: Callable[
 
 def answer(records: pd.DataFrame, baselines: Sequence[str] = ("kd", "ce"), alpha: float = 0.05,
            detectable: float | None = None, label: Callable[[str, str], str] = _slash,
-           intervals: bool = False, tables: Mapping[str, pd.DataFrame] | None = None) -> str:
+           intervals: bool = False, tables: Mapping[str, pd.DataFrame] | None = None,
+           more: Sequence[str] = ()) -> str:
     """The answer in words (Markdown), generated from ``records`` (one comparable group): per baseline, the
     configurations above and below it after Holm's correction and those that cannot be told apart, with
     mean top-1 differences (points, last epoch), then what the study cannot say. ``detectable``: the
@@ -226,7 +227,8 @@ def answer(records: pd.DataFrame, baselines: Sequence[str] = ("kd", "ce"), alpha
     how a configuration is named from its method and variant (default ``method/variant``); ``intervals``:
     each difference with its 95% interval (uncorrected); ``tables``: each baseline's comparisons where they
     are already made (a staged study's families, :func:`kdlib.staged_report.family_table`), else
-    :func:`holm_comparisons` of ``records``."""
+    :func:`holm_comparisons` of ``records``; ``more``: paragraphs said before what the study cannot say (its
+    ablations)."""
     paragraphs = []
     for baseline in baselines:
         table = holm_comparisons(records, baseline, alpha) if tables is None else tables[baseline]
@@ -238,6 +240,7 @@ def answer(records: pd.DataFrame, baselines: Sequence[str] = ("kd", "ce"), alpha
     if len(diverged):
         names = sorted({label(m, v) for m, v in zip(diverged["method"], diverged["variant"], strict=True)})
         paragraphs.append(f"Diverged runs (no accuracy, left out of the comparisons): {', '.join(names)}.")
+    paragraphs += [text for text in more if text]
     cannot = ("What this cannot say: a difference smaller than the design detects is not evidence of no "
               "difference")
     cannot += f" (about {detectable:.2f} points here, with 80% power)" if detectable else ""

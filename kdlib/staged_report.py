@@ -345,8 +345,9 @@ def answer(profile: str) -> str:
         _with(records, [kd["baseline"], *kd["configurations"]]), len(final["seeds"]),
         len(kd["configurations"]), final["alpha"])["detectable"]
     words = comparison.answer(records, list(tables), final["alpha"], detectable=detectable,
-                              label=lambda m, v: label(known[(m, v)], v), intervals=True, tables=tables)
-    return "\n\n".join(filter(None, [words, ablation_words(profile), caveat(profile)]))
+                              label=lambda m, v: label(known[(m, v)], v), intervals=True, tables=tables,
+                              more=[ablation_words(profile)])
+    return f"{words}\n\n{caveat(profile)}".strip()
 
 
 def conditions(records: pd.DataFrame) -> str:

@@ -79,6 +79,7 @@ def test_the_answer_and_the_landing_page_speak_of_version_3(v3_complete: pd.Data
     by_seed = done.pivot_table(index="seed", columns="configuration", values="top1_last")
     d = (by_seed["cd"] - by_seed["cd without GKD"]).dropna()
     assert len(d) == 20 and f"CD minus CD without GKD {d.mean():+.2f} [" in answer  # the ablations, in words
+    assert answer.index("The ablations") < answer.index("What this cannot say")
     headline = report_studies.landing()
     lead = "*Version 3, first pair (resnet32 → resnet8):*\n\n"
     assert headline.startswith(lead) and "beat KD at this scale" in headline and "beat DKD" in headline
