@@ -68,7 +68,7 @@ def tuning_rows(profile: str, methods: Sequence[str] | None = None) -> pd.DataFr
         return pd.DataFrame()
     rows = []
     for row in _chosen(profile).itertuples():
-        if (methods is not None and row.method not in methods) or row.multiplier is None:
+        if (methods is not None and row.method not in methods) or pd.isna(row.multiplier):  # still waiting
             continue
         rows.append({
             "method": display_name(row.method),
