@@ -11,8 +11,7 @@ from matplotlib.figure import Figure
 from kdlib import plots
 from kdlib.staged_report import (
     complete,
-    families,
-    family_table,
+    family_rows,
     in_words,
     resolve,
     seed_range,
@@ -23,18 +22,15 @@ from kdlib.study import staged
 
 
 def forest_data(profile: str) -> pd.DataFrame:
-    """Every family's configurations minus its baseline (:func:`kdlib.staged_report.family_table`): ``label``,
+    """Every family's configurations minus its baseline (:func:`kdlib.staged_report.family_rows`): ``label``,
     ``baseline``, ``n``, ``mean``, ``lo``, ``hi`` (95% interval), ``p_holm`` and ``significant`` (Holm's p at
     most the protocol's alpha); empty until every final run is recorded. ``profile`` may be
     :data:`kdlib.staged_report.NEWEST`."""
     profile = resolve(profile)
     if not complete(profile):
         return pd.DataFrame()
-    alpha = staged.load_staged(profile).final["alpha"]
-    frames = [family_table(profile, family).assign(baseline=spec["baseline"])
-              for family, spec in families(profile).items()]
-    data = pd.concat(frames, ignore_index=True)
-    return data.assign(significant=data["p_holm"] <= alpha)
+    data = family_rows(profile)
+    return data.assign(significant=data["p_holm"] <= staged.load_staged(profile).final["alpha"])
 
 
 def forest(profile: str) -> list[Figure]:

@@ -293,16 +293,20 @@ def family_table(profile: str, family: str) -> pd.DataFrame:
                                                                        strict=True)])
 
 
+def family_rows(profile: str) -> pd.DataFrame:
+    """Every family's rows (:func:`family_table`), each with its family's ``baseline``; call it once
+    :func:`complete` is true."""
+    return pd.concat([family_table(profile, family).assign(baseline=spec["baseline"])
+                      for family, spec in families(profile).items()], ignore_index=True)
+
+
 def own_rows(profile: str) -> pd.DataFrame:
-    """Every family's rows (:func:`family_table`, with its ``baseline``) of the configurations named as their
-    method: each method's own configuration, not an ablation; call it once :func:`complete` is true."""
+    """:func:`family_rows` of the configurations named as their method: each method's own configuration, not
+    an ablation; call it once :func:`complete` is true."""
     known = names(profile)
-    frames = []
-    for family, spec in families(profile).items():
-        table = family_table(profile, family)
-        own = [known[(m, v)] == m for m, v in zip(table["method"], table["variant"], strict=True)]
-        frames.append(table[own].assign(baseline=spec["baseline"]))
-    return pd.concat(frames, ignore_index=True)
+    rows = family_rows(profile)
+    own = [known[(m, v)] == m for m, v in zip(rows["method"], rows["variant"], strict=True)]
+    return rows[own].reset_index(drop=True)
 
 
 def family_comparison(profile: str, family: str) -> pd.DataFrame:
