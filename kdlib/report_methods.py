@@ -17,6 +17,8 @@ from kdlib.staged_report import display_name, short
 from kdlib.study import staged
 
 #: A Holm verdict (:func:`kdlib.comparison.holm_comparisons`) in the words a chapter uses, by baseline.
+#: A tuning row's choice while the rule still waits for runs.
+WAITING = "none yet: tuning is still running"
 VERDICT_WORDS = {"above": "above {b}", "below": "below {b}",
                  "within the corrected noise": "within the noise of {b}"}
 
@@ -62,21 +64,25 @@ def _chosen(profile: str) -> pd.DataFrame:
 def tuning_rows(profile: str, methods: Sequence[str] | None = None) -> pd.DataFrame:
     """Each tuned method's row of the study's tuning: the weights tried, the mean validation top-1 (last
     epoch, over the tuning seeds) at each, the weight chosen and whether it is at an end of the weights tried
-    (which, where the tuning brackets, only its limit can be). ``methods``: only these methods' rows."""
+    (which, where the tuning brackets, only its limit can be). A method whose tuning still waits for runs (the
+    rule has extended its grid, or a weight lacks a seed) has no choice yet: its row says so, and lists the
+    weights with a score so far. ``methods``: only these methods' rows."""
     profile = staged_report.resolve(profile)
     if not len(staged_report.stage_records(profile, "tuning")):
         return pd.DataFrame()
     rows = []
     for row in _chosen(profile).itertuples():
-        if (methods is not None and row.method not in methods) or pd.isna(row.multiplier):  # still waiting
+        if methods is not None and row.method not in methods:
             continue
+        waiting = row.state == comparison.WAITING or pd.isna(row.multiplier)
         rows.append({
             "method": display_name(row.method),
             "weights tried": _grid(row.method, row.tried),
             "validation top-1 at each (%)": ", ".join(report.number(row.scores.get(m)) or "diverged"
                                                       for m in row.tried),
-            "chosen": f"{_weights(row.method, row.multiplier)} ({staged_report.multiple(row.multiplier)})",
-            "at an end of the weights tried": _end(row.multiplier, row.tried),
+            "chosen": WAITING if waiting else (f"{_weights(row.method, row.multiplier)} "
+                                               f"({staged_report.multiple(row.multiplier)})"),
+            "at an end of the weights tried": "–" if waiting else _end(row.multiplier, row.tried),
         })
     return pd.DataFrame(rows)
 

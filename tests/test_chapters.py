@@ -113,6 +113,24 @@ def test_the_tuning_row_is_the_chosen_weight() -> None:
     assert list(report_methods.tuning_rows(V2, ["cd"])["method"]) == ["CD"]
 
 
+@needs_final
+def test_a_tuning_still_waiting_for_runs_shows_no_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While the rule has extended a method's grid and the new weight has no record yet, the provisional best
+    is at an end of the weights scored: the row must not present it as the choice, nor as one at an end."""
+    chosen = report_methods._chosen(V2)
+    waiting = chosen.assign(state=[comparison.WAITING if m == "cd" else s
+                                   for m, s in zip(chosen["method"], chosen["state"], strict=True)])
+    before = report_methods.tuning_rows(V2).set_index("method")
+    monkeypatch.setattr(report_methods, "_chosen", lambda profile: waiting)
+    rows = report_methods.tuning_rows(V2).set_index("method")
+    assert before.loc["CD", "chosen"].endswith("(×4)")
+    assert before.loc["CD", "at an end of the weights tried"].startswith("yes")
+    assert rows.loc["CD", "chosen"] == report_methods.WAITING
+    assert rows.loc["CD", "at an end of the weights tried"] == "–"
+    assert rows.loc["CD", "validation top-1 at each (%)"] == before.loc["CD", "validation top-1 at each (%)"]
+    assert rows.drop("CD").equals(before.drop("CD"))
+
+
 @pytest.mark.parametrize(("method", "stale"), [
     ("ccs", "does not sweep"), ("ccs", "No other weights are run"), ("cwt", "not swept"),
     ("cwt", "does not sweep"), ("iekd", "no committed record measures"), ("ccs", "specification"),
