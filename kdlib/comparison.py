@@ -198,7 +198,7 @@ def _sentence(table: pd.DataFrame, baseline: str, alpha: float, label: Callable[
     above, below = table[table["verdict"] == "above"], table[table["verdict"] == "below"]
     noise = table[table["verdict"] == "within the corrected noise"]
     name = baseline if baseline == "ce" else baseline.upper()
-    seeds = "/".join(str(n) for n in sorted(set(table["n"])))
+    seeds = stats.seed_range(table["n"])
     lead = (f"**{len(above)} of {len(table)} configurations beat {name} beyond the Holm-corrected noise**"
             f" ({seeds} paired seeds, family-wise level {alpha:g}): {_named(above, label, intervals)}."
             if len(above) else

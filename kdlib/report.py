@@ -500,7 +500,7 @@ def difference_text(records: pd.DataFrame | None = None, baseline: str = "kd") -
         return {"caption": "", "alt": ""}
     title, diffs = groups[0]
     clear = diffs[(diffs["lo"] > 0) | (diffs["hi"] < 0)]
-    seeds = "/".join(str(n) for n in sorted(set(diffs["n"])))
+    seeds = stats.seed_range(diffs["n"])
     caption = (f"Version 1, the papers' weights ({title}): each configuration's test top-1 at the last epoch "
                f"minus {baseline.upper()}'s on the same seeds, mean over {seeds} paired seeds with its 95% "
                f"Student-t interval, uncorrected for the {len(diffs)} comparisons. {len(clear)} of the "

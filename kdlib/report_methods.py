@@ -152,7 +152,7 @@ def verdict(method: str, profile: str = staged_report.NEWEST) -> str:
         unit = "" if parts else " points of test top-1"
         parts.append(f"{r.mean:+.2f} [{r.lo:+.2f}, {r.hi:+.2f}]{unit} against {_against(r.baseline, chosen)} "
                      f"({stats.p_phrase(r.p_holm)}): **{_verdict(r.verdict, r.baseline)}**")
-    seeds = staged_report.seed_range(mine["n"])
+    seeds = stats.seed_range(mine["n"])
     return (f"{text} At that weight, over {seeds} paired seeds, {mine['label'].iloc[0]} "
             "scores " + "; and ".join(parts) + ".")
 

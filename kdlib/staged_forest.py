@@ -8,13 +8,12 @@ from collections.abc import Callable
 import pandas as pd
 from matplotlib.figure import Figure
 
-from kdlib import plots
+from kdlib import plots, stats
 from kdlib.staged_report import (
     complete,
     family_rows,
     in_words,
     resolve,
-    seed_range,
     shown,
     version,
 )
@@ -64,7 +63,7 @@ def forest_text(profile: str) -> dict[str, str]:
                 if above else
                 f"no configuration beats {name} beyond the corrected noise")
     sizes = "/".join(str(n) for n in dict.fromkeys(int((data["baseline"] == b).sum()) for b in baselines))
-    seeds = seed_range(data["n"])
+    seeds = stats.seed_range(data["n"])
     caption = (f"Version {version(profile)}'s final comparison: each configuration at its tuned weight "
                f"{panels}, on the Fashion-MNIST test set; mean over {seeds} paired seeds with "
                f"its 95% Student-t interval (uncorrected); a filled marker is significant after Holm's "

@@ -56,11 +56,6 @@ def in_words(items: list[str]) -> str:
     return " and ".join(filter(None, [", ".join(items[:-1]), *items[-1:]]))
 
 
-def seed_range(n: pd.Series) -> str:
-    """How many paired seeds a set of comparisons rests on: ``15``, or ``15–20`` where they differ."""
-    return "–".join(str(k) for k in sorted({int(n.min()), int(n.max())}))
-
-
 def version(profile: str) -> int:
     """The study's version (the profile's ``version``): how the book names it."""
     return int(json.loads(profile_file(profile, staged.PROFILES_DIR).read_text())["version"])
@@ -381,7 +376,7 @@ def beats(table: pd.DataFrame, baseline: str, short: Callable[[str], str] | None
     channel = table[table["method"].isin(CHANNEL_METHODS)]
     above = channel[channel["verdict"] == "above"]
     below = channel[channel["verdict"] == "below"]
-    seeds = seed_range(channel["n"])
+    seeds = stats.seed_range(channel["n"])
     named = "; ".join(f"{r.label} {r.mean:+.2f} [{r.lo:+.2f}, {r.hi:+.2f}]" for r in above.itertuples())
     lead = (f"**{len(above)} of the {len(channel)} channel methods beat {baseline} at this scale**: {named} "
             f"points of test top-1 (mean and 95% interval over {seeds} paired seeds); " if len(above) else
@@ -473,7 +468,7 @@ def ablation_words(profile: str) -> str:
         return ""
     parts = [f"{r.comparison} {r.mean:+.2f} [{r.lo:+.2f}, {r.hi:+.2f}] ({stats.p_phrase(r.p_holm)})"
              for r in table.itertuples()]
-    seeds = seed_range(table["paired seeds"])
+    seeds = stats.seed_range(table["paired seeds"])
     return (f"The ablations, over {seeds} paired seeds (test top-1 points, mean and 95% interval, Holm over "
             f"the {len(table)}): {'; '.join(parts)}.")
 

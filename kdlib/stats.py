@@ -46,6 +46,11 @@ def p_phrase(p: float, name: str = "Holm p") -> str:
     return f"{name} {text}" if text.startswith("<") else f"{name} = {text}"
 
 
+def seed_range(n: Sequence[int]) -> str:
+    """How many paired seeds a set of comparisons rests on: ``15``, or ``15–20`` where they differ."""
+    return "–".join(str(k) for k in sorted({int(min(n)), int(max(n))}))
+
+
 def holm(pvalues: Sequence[float]) -> list[float]:
     """Holm's adjusted p-values, in the order given: sorted ascending, the k-th smallest (0-based) times
     ``m − k``, made non-decreasing, capped at 1. A comparison is significant at family-wise level α when its

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from helpers import write_fashion_mnist, write_teacher
 
-from kdlib import report_studies, staged_forest, staged_report, study
+from kdlib import report_studies, staged_forest, staged_report, stats, study
 from kdlib.study import staged
 
 
@@ -290,5 +290,5 @@ def test_a_study_under_way_says_where_it_stands_and_compares_nothing(tiny_v3: Pa
 def test_lists_and_seed_counts_read_as_words() -> None:
     assert [staged_report.in_words(items) for items in (["CD"], ["CD", "CWT"], ["CD", "CWT", "DKD"])] == [
         "CD", "CD and CWT", "CD, CWT and DKD"]
-    assert staged_report.seed_range(pd.Series([15, 20, 15])) == "15–20"
-    assert staged_report.seed_range(pd.Series([10, 10])) == "10"
+    assert stats.seed_range(pd.Series([15, 20, 15])) == "15–20"
+    assert stats.seed_range(pd.Series([10, 10])) == "10"
