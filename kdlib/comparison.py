@@ -199,7 +199,8 @@ def _sentence(table: pd.DataFrame, baseline: str, alpha: float, label: Callable[
     noise = table[table["verdict"] == "within the corrected noise"]
     name = baseline if baseline == "ce" else baseline.upper()
     seeds = stats.seed_range(table["n"])
-    lead = (f"**{len(above)} of {len(table)} configurations beat {name} beyond the Holm-corrected noise**"
+    lead = (f"**{len(above)} of {len(table)} configurations beat{'s' * (len(above) == 1)} {name} beyond the "
+            "Holm-corrected noise**"
             f" ({seeds} paired seeds, family-wise level {alpha:g}): {_named(above, label, intervals)}."
             if len(above) else
             f"**No configuration beats {name} beyond the Holm-corrected noise** ({seeds} paired seeds, "

@@ -372,19 +372,23 @@ def beats(table: pd.DataFrame, baseline: str, short: Callable[[str], str] | None
     """One sentence: how many of the channel methods in ``table`` (one family's :func:`family_table`, or any
     :func:`kdlib.comparison.holm_comparisons` with a ``label``) are above ``baseline`` after Holm's
     correction, by how much (mean and 95% interval over the paired seeds), which fall below it (by their
-    label, or by ``short(method)``) and how many are within the noise."""
+    label, or by ``short(method)``) and which are within the noise."""
     channel = table[table["method"].isin(CHANNEL_METHODS)]
     above = channel[channel["verdict"] == "above"]
     below = channel[channel["verdict"] == "below"]
     seeds = stats.seed_range(channel["n"])
     named = "; ".join(f"{r.label} {r.mean:+.2f} [{r.lo:+.2f}, {r.hi:+.2f}]" for r in above.itertuples())
-    lead = (f"**{len(above)} of the {len(channel)} channel methods beat {baseline} at this scale**: {named} "
+    lead = (f"**{len(above)} of the {len(channel)} channel methods beat{'s' * (len(above) == 1)} {baseline} "
+            f"at this scale**: {named} "
             f"points of test top-1 (mean and 95% interval over {seeds} paired seeds); " if len(above) else
             f"**None of the {len(channel)} channel methods beats {baseline} at this scale**; ")
-    noise = len(channel) - len(above) - len(below)
-    fallen = below["label"] if short is None else below["method"].map(short)
-    parts = [f"{', '.join(fallen)} fall below it"] * bool(len(below)) + [
-        f"{noise} {'is' if noise == 1 else 'are'} within the noise"] * bool(noise)
+    noise = channel[~channel["verdict"].isin(["above", "below"])]
+
+    def named_in(rows: pd.DataFrame) -> str:
+        return in_words(list(rows["label"] if short is None else rows["method"].map(short)))
+
+    parts = [f"{named_in(below)} {'falls' if len(below) == 1 else 'fall'} below it"] * bool(len(below)) + [
+        f"{named_in(noise)} {'is' if len(noise) == 1 else 'are'} within its noise"] * bool(len(noise))
     return lead + f"{' and '.join(parts) or 'none is below it'}, after Holm's correction."
 
 

@@ -127,7 +127,7 @@ def test_holm_comparisons_and_the_answer_in_words() -> None:
     assert (kd["p_holm"] >= kd["p"]).all() and kd.loc["ickd", "n"] == 10
     records = pd.concat([records, pd.DataFrame([_record("cwt", "default", 0, None, None, "diverged")])])
     text = comparison.answer(records, detectable=1.56)
-    assert text.startswith("**1 of 4 configurations beat KD beyond the Holm-corrected noise** (10 paired")
+    assert text.startswith("**1 of 4 configurations beats KD beyond the Holm-corrected noise** (10 paired")
     assert "ickd/default (+1.50, Holm p < 0.001)" in text and "2 fall below KD: ccs/default" in text
     assert "1 cannot be told apart from KD: cd/default (+0.05)" in text
     assert "**4 of 4 configurations beat ce" in text

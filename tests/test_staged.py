@@ -256,11 +256,13 @@ def test_the_headline_names_the_channel_methods_above_below_and_within_the_noise
     assert staged_report.beats(table, "DKD") == (
         "**2 of the 5 channel methods beat DKD at this scale**: CD (×4) +3.77 [+3.19, +4.35]; CWT (×¼) "
         "+1.47 [+1.03, +1.91] points of test top-1 (mean and 95% interval over 15–20 paired seeds); ICKD "
-        "(×16), IE-KD fall below it and 1 is within the noise, after Holm's correction.")
+        "(×16) and IE-KD fall below it and CCS is within its noise, after Holm's correction.")
     none = table.assign(verdict="within the corrected noise")
-    assert staged_report.beats(none, "KD") == (
-        "**None of the 5 channel methods beats KD at this scale**; 5 are within the noise, after Holm's "
-        "correction.")
+    assert staged_report.beats(none, "KD", short=str.upper) == (
+        "**None of the 5 channel methods beats KD at this scale**; CD, CWT, ICKD, CCS and IEKD are within "
+        "its noise, after Holm's correction.")
+    one = table.assign(verdict=["below", "above", "above", "below", "above", "above"])
+    assert staged_report.beats(one, "KD").endswith("ICKD (×16) falls below it, after Holm's correction.")
 
 
 def test_the_landing_answer_is_version_3_once_complete(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -93,7 +93,7 @@ def test_no_answer_from_part_of_the_final_runs(monkeypatch: pytest.MonkeyPatch) 
     assert "and 72 final runs are recorded" in staged_report.answer("proxy_v2")
     use(final)
     text = staged_report.answer("proxy_v2")
-    assert "1 of 7 configurations beat KD beyond the Holm-corrected noise" in text
+    assert "1 of 7 configurations beats KD beyond the Holm-corrected noise" in text
     assert "cannot be told apart from KD" in text and "/" not in text.replace("×1/4", "")
     ickd = comparison.holm_comparisons(final, "kd").set_index("method").loc["ickd"]
     assert (f"ICKD (ickd_weight 10) {ickd['mean']:+.2f} [{ickd['lo']:+.2f}, {ickd['hi']:+.2f}] (Holm p "
