@@ -260,13 +260,18 @@ V3_COLUMN = "version 3 minus KD [95% CI] (bracketed weight)"
 def claims_table(v1: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per channel method, what its paper claims beside what this study measured: public code, the paper's
     gain over KD on CIFAR-100, version 1's verdict at the paper's weights, version 2's difference from KD
-    with Holm's verdict at its tuned weight, and version 3's (its first pair) once complete: how each verdict
-    moved from version to version."""
+    with Holm's verdict at its tuned weight, and version 3's once complete: its first pair's, then, for the
+    methods a further pair of it runs (:data:`kdlib.staged_report.MORE_PAIRS`), that pair's, named. How each
+    verdict moved from version to version."""
     reported = results.map_reported(pd.read_csv(REPORTED_CSV, dtype=str, keep_default_na=False),
                                     results.load_method_map())
     code = pd.read_csv(OFFICIAL_CODE_CSV, dtype=str, keep_default_na=False).set_index("method")
     paired = report.paired(report.study_records() if v1 is None else v1)
     v2, v3 = _kd_cells("proxy_v2"), _kd_cells("proxy_v3")
+    for profile in staged_report.MORE_PAIRS.get("proxy_v3", ()):
+        pair, cells = load_staged(profile).pair, _kd_cells(profile)
+        for method in set(load_staged(profile).tuning["methods"]) & set(CHANNEL_METHODS):
+            v3[method] += f". {pair.teacher} → {pair.student}: {cells[method]}"
     rows = []
     for method in CHANNEL_METHODS:
         c = code.loc[method] if method in code.index else None

@@ -90,8 +90,18 @@ def test_the_claims_table_has_one_row_per_channel_method_with_the_papers_gain() 
     if tuning and tuned >= tuning:  # the weights version 3's tuning chose, interior (no "an end" or "limit")
         chosen = chosen_weights(load_staged("proxy_v3")).set_index("method")
         for method, cell in zip(CHANNEL_METHODS, table[report_studies.V3_COLUMN], strict=True):
-            assert cell.endswith(f"({staged_report.multiple(chosen.loc[method, 'multiplier'])})"), cell
+            first = cell.split(". resnet56 → resnet20: ")[0]
+            assert first.endswith(f"({staged_report.multiple(chosen.loc[method, 'multiplier'])})"), cell
     v3 = table[report_studies.V3_COLUMN]
+    second = {name for name, cell in zip(table["method"], v3, strict=True)
+              if ". resnet56 → resnet20: " in cell}
+    assert second == {"CD", "CWT"}  # the methods the second pair runs, and only those
+    done = staged_report.complete("proxy_v3_resnet56")
+    kd56 = staged_report.family_table("proxy_v3_resnet56", "vs kd").set_index("method") if done else None
+    for method in ("cd", "cwt"):
+        cell = v3[table["method"] == staged_report.display_name(method)].iloc[0]
+        part = cell.split(". resnet56 → resnet20: ")[1]
+        assert part.startswith(f"{kd56.loc[method, 'mean']:+.2f} [" if done else "under way"), cell
     if staged_report.complete("proxy_v3"):
         kd3 = staged_report.family_table("proxy_v3", "vs kd").set_index("method")
         for method, name in zip(CHANNEL_METHODS, table["method"], strict=True):
