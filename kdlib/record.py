@@ -179,20 +179,23 @@ def now() -> str:
 
 
 def git_info() -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the repository holding this package; (None, None) outside git."""
+    """(commit, dirty) of the repository holding this package; (None, None) outside git. Dirty: a tracked
+    file has uncommitted changes, or the package holds a file git does not track (code the commit does not
+    name). Other untracked files do not count: a study writes its records into the tree before they are
+    committed."""
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True, timeout=10)
+
     try:
-        commit = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-        status = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10,
-        )
+        commit = git("rev-parse", "HEAD")
+        status = git("status", "--porcelain", "--untracked-files=no")
+        untracked = git("ls-files", "--others", "--exclude-standard", "--", Path(__file__).parent.name)
     except (OSError, subprocess.SubprocessError):
         return None, None
+    clean = status.returncode == untracked.returncode == 0
     return (
         commit.stdout.strip() or None if commit.returncode == 0 else None,
-        bool(status.stdout.strip()) if status.returncode == 0 else None,
+        bool(status.stdout.strip() or untracked.stdout.strip()) if clean else None,
     )
 
 

@@ -176,3 +176,27 @@ def test_a_rule_named_for_the_pair_puts_its_value_in_the_record(tmp_path: Path) 
     assert run_record.config_id_of(parsed) == run_record.config_id(settings)
     with pytest.raises(ValueError, match="nckd_weight 'mdistiller' is set per teacher → student pair"):
         plan(dataclasses.replace(named, teacher=None))
+
+
+def test_git_dirty_counts_changed_and_untracked_code_but_not_new_records(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       check=True, capture_output=True)
+
+    (tmp_path / "kdlib").mkdir()
+    (tmp_path / "kdlib" / "loss.py").write_text("A = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "code")
+    monkeypatch.setattr(run_record, "REPO", tmp_path)
+    commit, dirty = run_record.git_info()
+    assert commit and len(commit) == 40 and dirty is False
+    (tmp_path / "data" / "results").mkdir(parents=True)
+    (tmp_path / "data" / "results" / "record.json").write_text("{}")
+    assert run_record.git_info()[1] is False  # a record a study wrote and has not committed yet
+    (tmp_path / "kdlib" / "new_loss.py").write_text("B = 2\n")
+    assert run_record.git_info()[1] is True  # code the commit does not name
+    (tmp_path / "kdlib" / "new_loss.py").unlink()
+    (tmp_path / "kdlib" / "loss.py").write_text("A = 2\n")
+    assert run_record.git_info()[1] is True
