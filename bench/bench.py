@@ -33,7 +33,6 @@ torch (``PYTHONPATH=. python3 bench/bench.py --device cuda``).
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import itertools
 import math
@@ -58,6 +57,7 @@ from kdlib import distributed, models
 from kdlib.data import DataError, default_data_root, get_dataset_spec
 from kdlib.distill import Distiller
 from kdlib.fast import PRECISIONS, DeviceLoader, DeviceMetrics, resolve_precision
+from kdlib.files import append_csv
 from kdlib.loop import Runtime, evaluate, fast_step, make_optimizer, prepare_fast
 from kdlib.methods import build_distiller
 from kdlib.paths import BENCH_CSV
@@ -377,20 +377,7 @@ def _cell(key: str, value: Any) -> Any:
 
 def append_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     """Append ``rows`` to the CSV ``path`` (header :data:`COLUMNS`); a file with other columns is an error."""
-    new = not path.is_file() or path.stat().st_size == 0
-    if not new:
-        with open(path, newline="") as f:
-            header = next(csv.reader(f), [])
-        if header != list(COLUMNS):
-            raise ValueError(f"{path} has other columns than this benchmark writes; move it aside "
-                             f"(expected: {','.join(COLUMNS)})")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS, lineterminator="\n")
-        if new:
-            writer.writeheader()
-        for row in rows:
-            writer.writerow({k: _cell(k, v) for k, v in row.items()})
+    append_csv(path, [{k: _cell(k, v) for k, v in row.items()} for row in rows], COLUMNS)
 
 
 def main(argv: list[str] | None = None) -> int:

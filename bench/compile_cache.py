@@ -15,7 +15,6 @@ are appended to ``--out`` (default the git-ignored ``runs/bench/compile_cache.cs
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import json
 import os
@@ -26,6 +25,7 @@ import time
 from pathlib import Path
 
 from kdlib.compilation import CACHE_ENV
+from kdlib.files import append_csv
 from kdlib.paths import REPO, RUNS_DIR, TEACHERS_DIR, relative
 
 COLUMNS = ("date", "commit", "cpu", "torch", "threads", "subset", "cache", "folder", "seed", "compile_s",
@@ -73,19 +73,12 @@ def main() -> None:
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    new = not args.out.is_file()
-    with open(args.out, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
-        for cache, folder, seed in RUNS:
-            row = one_run(args.work, cache, folder, seed, args)
-            writer.writerow(row)
-            f.flush()
-            print(f"{cache} {folder} seed {seed}: compile {row['compile_s']} s, first epoch "
-                  f"{row['first_epoch_compute_s']} s, FX hits/misses {row['fx_graph_cache_hits']}/"
-                  f"{row['fx_graph_cache_misses']}", flush=True)
+    for cache, folder, seed in RUNS:
+        row = one_run(args.work, cache, folder, seed, args)
+        append_csv(args.out, [row], COLUMNS)
+        print(f"{cache} {folder} seed {seed}: compile {row['compile_s']} s, first epoch "
+              f"{row['first_epoch_compute_s']} s, FX hits/misses {row['fx_graph_cache_hits']}/"
+              f"{row['fx_graph_cache_misses']}", flush=True)
     print(f"{datetime.datetime.now(datetime.UTC):%H:%M:%S} rows appended to {relative(args.out)}")
 
 

@@ -49,6 +49,7 @@ from kdlib.cifar import write_synthetic_cifar100
 from kdlib.compilation import cudagraph_verdict, watch_cudagraphs  # CUDA graphs: used or skipped
 from kdlib.data import load_data
 from kdlib.fast import CompiledOrEager, resolve_precision
+from kdlib.files import append_csv
 
 SCRIPT = Path(__file__).resolve()
 REPO = SCRIPT.parents[1]
@@ -85,14 +86,9 @@ def pair_name(pair: tuple[str, str, str]) -> str:
     return f"{pair[0]} {pair[1]}->{pair[2]}"
 
 
-def append_csv(path: Path, row: dict[str, Any]) -> None:
-    """Append ``row`` to the CSV ``path``, whose header is the first row's keys."""
-    new = not path.is_file()
-    with open(path, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row), lineterminator="\n")
-        if new:
-            writer.writeheader()
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Append ``row`` to the CSV ``path``, whose header is the first row's keys (floats to 6 digits)."""
+    append_csv(path, [{k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}])
 
 
 log = functools.partial(print, file=sys.stderr, flush=True)
@@ -194,7 +190,7 @@ def stage_parity(ctx: Context) -> None:
             same_inputs &= bool(xc == xe)
             logit_diffs.append((lc - le).abs().max().item())
             loss_diffs.append(max((tc[k] - te[k]).abs().max().item() for k in tc))
-            append_csv(ctx.out / "parity.csv", {
+            append_row(ctx.out / "parity.csv", {
                 "precision": precision, "step": i, "logits_max_abs_diff": logit_diffs[-1],
                 "loss_max_abs_diff": loss_diffs[-1], "loss_compiled": sum(v.item() for v in tc.values()),
                 "loss_eager": sum(v.item() for v in te.values())})
@@ -202,7 +198,7 @@ def stage_parity(ctx: Context) -> None:
         diffs = {k: (w_c[k] - w_e[k]).abs().max().item() for k in w_e}
         worst = max(diffs, key=diffs.get)
         graphs, pair = compiled["graphs"], pair_name(s.parity_pair)
-        append_csv(ctx.out / "parity_summary.csv", {
+        append_row(ctx.out / "parity_summary.csv", {
             "precision": precision, "pair": pair, "batch": s.batch, "steps": s.parity_steps,
             "data": ctx.args.data_kind, "same_inputs": same_inputs, "forward_compiled": compiled["forward"],
             "forward_eager": eager["forward"], "logits_max_abs_diff": max(logit_diffs),
@@ -245,7 +241,7 @@ def stage_profile(ctx: Context) -> None:
                    key=lambda e: _device_time(e, cuda), reverse=True)
     total = sum(_device_time(e, cuda) for e in kinds) or 1.0
     for rank, e in enumerate(kinds[:25], start=1):
-        append_csv(ctx.out / "profile_ops.csv", {
+        append_row(ctx.out / "profile_ops.csv", {
             "rank": rank, "name": e.key[:160], "calls": e.count, "time_total_ms": _device_time(e, cuda) / 1e3,
             "pct_of_total": 100 * _device_time(e, cuda) / total,
             "clock": "device kernel time" if cuda else "self cpu time"})
@@ -300,7 +296,7 @@ def stage_reproduce(ctx: Context) -> None:
     grid_s = time.perf_counter() - tick
     for outcome in outcomes:
         record = outcome.record or {}
-        append_csv(ctx.out / "reproduce.csv", {
+        append_row(ctx.out / "reproduce.csv", {
             "run": outcome.run.label, "status": outcome.status, "message": outcome.message[:200],
             "planned_config_id": record.get("config_id") == outcome.run.config_id,
             "epochs": len(record.get("history", [])), "top1_last": record.get("top1_last"),
@@ -446,7 +442,7 @@ def stage_throughput(ctx: Context, mode: str) -> None:
                     workers.send(range(level), {"pair": p, "steps": ctx.sizes.steps})
                     done = list(workers.collect(range(level), ctx.deadline).values())
                 row = level_row(ctx, mode, pair, level, ready, done)
-                append_csv(ctx.out / "throughput.csv", row)
+                append_row(ctx.out / "throughput.csv", row)
                 log(f"{mode} {row['pair']} x{level}: {row['status']}, {row['aggregate_steps_per_s']} steps/s")
     finally:
         workers.close()

@@ -16,7 +16,6 @@ the median wall time of each and their ratio. Rows are appended to ``--out`` (de
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
 import os
 import shutil
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from kdlib.files import append_csv
 from kdlib.paths import RUNS_DIR, TEACHERS_DIR
 from kdlib.record import git_info, hardware
 from kdlib.study import Pair, Parameters, Variant, plan_runs, run_grid
@@ -92,13 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"{row['path']}: jobs=1 threads={cores} {sequential:.1f} s, jobs={cores} threads=1 "
           f"{parallel:.1f} s; faster: {row['faster']}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    new = not args.out.exists()
-    with open(args.out, "a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    append_csv(args.out, [row], COLUMNS)
     return 0
 
 

@@ -64,6 +64,19 @@ def test_committed_records_are_finished_runs_of_clean_commits() -> None:
         assert record["git_commit"] and record["git_dirty"] is False, path
 
 
+def test_measurement_tables_append_under_one_header_with_unix_line_ends(tmp_path: Path) -> None:
+    from kdlib.files import append_csv
+
+    table = tmp_path / "bench" / "t.csv"
+    append_csv(table, [{"a": 1, "b": "x, y"}])
+    append_csv(table, [{"a": 2, "b": "z"}, {"a": 3}])
+    assert table.read_bytes() == b'a,b\n1,"x, y"\n2,z\n3,\n'
+    with pytest.raises(ValueError, match="t.csv has other columns"):
+        append_csv(table, [{"a": 4}], columns=["a"])
+    for committed in sorted((ROOT / "bench").rglob("*.csv")):  # every committed table, as its writer writes
+        assert b"\r" not in committed.read_bytes(), committed
+
+
 def test_the_repository_root_is_named_once() -> None:
     """kdlib.paths owns the repository's paths; no other module derives the root from its own file."""
     from kdlib import paths
