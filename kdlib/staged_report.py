@@ -177,8 +177,8 @@ def teachers(profile: str) -> pd.DataFrame:
 def tuning(profile: str) -> pd.DataFrame:
     """Each tuned method: its main weight, its runs, the mean validation top-1 (last epoch, over the tuning
     seeds) at every multiple of the default tried (a column per multiple any method tried; ``–`` where this
-    one did not, or could not choose it), the chosen multiple and where it fell (interior, at the limit,
-    waiting for runs). The test set is not read."""
+    one did not, or could not choose it), the chosen multiple (``none yet`` while the tuning waits for runs)
+    and where it fell (interior, at the limit, waiting for runs). The test set is not read."""
     records, chosen = stage_records(profile, "tuning"), study_plan(profile).chosen
     if chosen is None or not len(records):
         return pd.DataFrame()
@@ -193,7 +193,7 @@ def tuning(profile: str) -> pd.DataFrame:
             score = row.scores.get(m)
             cells[multiple(m)] = "–" if score is None else report.number(score)
         waiting = row.state == comparison.WAITING or row.multiplier is None
-        cells["chosen"] = "–" if waiting else multiple(row.multiplier)
+        cells["chosen"] = "none yet" if waiting else multiple(row.multiplier)
         cells["where"] = row.where
         rows.append(cells)
     return pd.DataFrame(rows)
