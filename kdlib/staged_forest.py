@@ -64,7 +64,9 @@ def forest_text(profile: str) -> dict[str, str]:
                 f"no configuration beats {name} beyond the corrected noise")
     sizes = "/".join(str(n) for n in dict.fromkeys(int((data["baseline"] == b).sum()) for b in baselines))
     seeds = stats.seed_range(data["n"])
-    caption = (f"Version {version(profile)}'s final comparison: each configuration at its tuned weight "
+    pair = staged.load_staged(profile).pair
+    caption = (f"Version {version(profile)}'s final comparison on {pair.teacher} → {pair.student}: each "
+               f"configuration at its tuned weight "
                f"{panels}, on the Fashion-MNIST test set; mean over {seeds} paired seeds with "
                f"its 95% Student-t interval (uncorrected); a filled marker is significant after Holm's "
                f"correction over each panel's {sizes} comparison{'' if sizes == '1' else 's'} (α = "

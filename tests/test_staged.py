@@ -231,7 +231,8 @@ def test_a_study_is_drawn_one_panel_per_family(tiny_v3: Path, monkeypatch: pytes
     (figure,) = staged_forest.forest("tiny_v3")
     assert [ax.get_title() for ax in figure.axes if ax.get_title()] == ["minus KD"]
     assert staged_forest.forest_text("tiny_v3")["caption"].startswith(
-        "Version 2's final comparison: each configuration at its tuned weight minus KD, on the")
+        "Version 2's final comparison on resnet8 → resnet8: each configuration at its tuned weight minus KD, "
+        "on the")
     profile = json.loads((tiny_v3 / "profiles" / "tiny_v3.json").read_text())
     profile["stages"]["final"]["comparisons"] = {
         "vs kd": {"baseline": "kd", "configurations": ["ce"]},

@@ -95,8 +95,9 @@ def test_the_forest_plot_has_a_panel_per_family(v3_complete: pd.DataFrame) -> No
     assert [ax.get_title() for ax in figure.axes if ax.get_title()] == ["minus KD", "minus DKD", "minus ce"]
     text = staged_forest.forest_text(V3)
     assert "mean over 15–20 paired seeds with its 95% Student-t interval" in text["caption"]
-    assert text["caption"].startswith("Version 3's final comparison: each configuration at its tuned weight "
-                                      "minus KD (left), minus DKD (middle) and minus ce")
+    assert text["caption"].startswith("Version 3's final comparison on resnet32 → resnet8: each "
+                                      "configuration at its tuned weight minus KD (left), minus DKD (middle) "
+                                      "and minus ce")
 
 
 @pytest.mark.parametrize("method", CHANNEL_METHODS)

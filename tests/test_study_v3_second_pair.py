@@ -172,6 +172,8 @@ def test_the_noise_and_the_figure(complete: Path) -> None:
     assert list(noise["baseline"]) == ["kd"] and noise["SD of paired differences"].iloc[0].endswith("df)")
     (figure,) = staged_forest.forest(P2)
     assert [ax.get_title() for ax in figure.axes if ax.get_title()] == ["minus KD", "minus DKD", "minus ce"]
-    assert "mean over 10 paired seeds" in staged_forest.forest_text(P2)["caption"]
+    caption = staged_forest.forest_text(P2)["caption"]
+    assert caption.startswith("Version 3's final comparison on resnet56 → resnet20: ")
+    assert "mean over 10 paired seeds" in caption
     cost = staged_report.cost(P2)
     assert set(cost["stage"]) == {"teacher", "tuning", "final"}
