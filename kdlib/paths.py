@@ -11,6 +11,8 @@ from pathlib import Path
 
 #: The repository root (the folder holding ``kdlib/``).
 REPO = Path(__file__).resolve().parents[1]
+#: This package's code.
+PACKAGE_DIR = REPO / "kdlib"
 NOTEBOOKS_DIR = REPO / "notebooks"
 #: Each profile's notebook parameters, ``notebooks/profiles/<profile>.json``.
 PROFILES_DIR = NOTEBOOKS_DIR / "profiles"

@@ -43,7 +43,7 @@ from kdlib.files import file_sha256, save_json
 from kdlib.loop import NonFiniteLoss
 from kdlib.methods import variant_string
 from kdlib.models import checkpoint_arch
-from kdlib.paths import REPO, relative
+from kdlib.paths import PACKAGE_DIR, REPO, relative
 from kdlib.recipes import recipe_identity
 
 log = logging.getLogger(__name__)
@@ -189,7 +189,7 @@ def git_info() -> tuple[str | None, bool | None]:
     try:
         commit = git("rev-parse", "HEAD")
         status = git("status", "--porcelain", "--untracked-files=no")
-        untracked = git("ls-files", "--others", "--exclude-standard", "--", Path(__file__).parent.name)
+        untracked = git("ls-files", "--others", "--exclude-standard", "--", PACKAGE_DIR.name)
     except (OSError, subprocess.SubprocessError):
         return None, None
     clean = status.returncode == untracked.returncode == 0
