@@ -330,11 +330,14 @@ def answer(profile: str) -> str:
     stand = progress(profile)
     if not _complete(stand):
         (teachers_done, teachers_planned), (tuned, planned) = stand["teacher"], stand["tuning"]
-        tuning_words = (f"{tuned} of the {planned} tuning runs planned so far" if planned else
-                        "no tuning run (it starts once every teacher is)")
+        (done, final_planned) = stand["final"]
+        tuning_words = ("no tuning run (it starts once every teacher is)" if not planned else
+                        f"all {planned} tuning runs" if final_planned else
+                        f"{tuned} of the {planned} tuning runs planned so far")
+        final_words = f"{done} of the {final_planned} final runs" if final_planned else f"{done} final runs"
         return (f"Under way: {teachers_done} of {teachers_planned} teachers, {tuning_words} and "
-                f"{stand['final'][0]} final runs are recorded. The answer is written here once every final "
-                "run is, never from some of them.")
+                f"{final_words} are recorded. The answer is written here once every final run is, never from "
+                "some of them.")
     final, known = staged.load_staged(profile).final, names(profile)
     records = _named(stage_records(profile, "final"), known)
     specs = families(profile)

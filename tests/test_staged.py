@@ -287,7 +287,8 @@ def test_a_study_under_way_says_where_it_stands_and_compares_nothing(tiny_v3: Pa
     assert staged_report.progress("tiny_v3_more")["final"] == (10, 13)
     assert staged_report.family_comparison("tiny_v3_more", "vs kd").empty
     assert staged_report.ablations("tiny_v3_more").empty and staged_report.noise("tiny_v3_more").empty
-    assert staged_report.answer("tiny_v3_more").startswith("Under way: 2 of 2 teachers")
+    assert staged_report.answer("tiny_v3_more").startswith(
+        "Under way: 2 of 2 teachers, all 6 tuning runs and 10 of the 13 final runs are recorded.")
 
 
 def test_lists_and_seed_counts_read_as_words() -> None:

@@ -90,7 +90,7 @@ def test_no_answer_from_part_of_the_final_runs(monkeypatch: pytest.MonkeyPatch) 
                             else real(profile, stage))
 
     use(final[final["seed"] != 9])
-    assert "and 72 final runs are recorded" in staged_report.answer("proxy_v2")
+    assert "all 42 tuning runs and 72 of the 80 final runs are recorded" in staged_report.answer("proxy_v2")
     use(final)
     text = staged_report.answer("proxy_v2")
     assert "1 of 7 configurations beats KD beyond the Holm-corrected noise" in text
