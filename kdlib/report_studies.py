@@ -269,9 +269,9 @@ def claims_table(v1: pd.DataFrame | None = None) -> pd.DataFrame:
     paired = report.paired(report.study_records() if v1 is None else v1)
     v2, v3 = _kd_cells("proxy_v2"), _kd_cells("proxy_v3")
     for profile in staged_report.MORE_PAIRS.get("proxy_v3", ()):
-        pair, cells = load_staged(profile).pair, _kd_cells(profile)
-        for method in set(load_staged(profile).tuning["methods"]) & set(CHANNEL_METHODS):
-            v3[method] += f". {pair.teacher} → {pair.student}: {cells[method]}"
+        s, cells = load_staged(profile), _kd_cells(profile)
+        for method in set(s.tuning["methods"]) & set(CHANNEL_METHODS):
+            v3[method] += f". {s.pair.teacher} → {s.pair.student}: {cells[method]}"
     rows = []
     for method in CHANNEL_METHODS:
         c = code.loc[method] if method in code.index else None
