@@ -74,15 +74,14 @@ def tuning_rows(profile: str, methods: Sequence[str] | None = None) -> pd.DataFr
     for row in _chosen(profile).itertuples():
         if methods is not None and row.method not in methods:
             continue
-        waiting = row.state == comparison.WAITING or pd.isna(row.multiplier)
         rows.append({
             "method": display_name(row.method),
             "weights tried": _grid(row.method, row.tried),
             "validation top-1 at each (%)": ", ".join(report.number(row.scores.get(m)) or "diverged"
                                                       for m in row.tried),
-            "chosen": WAITING if waiting else (f"{_weights(row.method, row.multiplier)} "
-                                               f"({staged_report.multiple(row.multiplier)})"),
-            "at an end of the weights tried": "–" if waiting else _end(row.multiplier, row.tried),
+            "chosen": WAITING if row.waiting else (f"{_weights(row.method, row.multiplier)} "
+                                                   f"({staged_report.multiple(row.multiplier)})"),
+            "at an end of the weights tried": "–" if row.waiting else _end(row.multiplier, row.tried),
         })
     return pd.DataFrame(rows)
 

@@ -76,7 +76,8 @@ def teacher_records(s: staged.Staged) -> pd.DataFrame:
 class StudyPlan:
     """What a study's tuning has decided so far: ``tuning`` (runs recorded, runs planned); the ``chosen``
     weights (:func:`kdlib.study.staged.chosen_weights`), with the multiples each method ``tried`` (those with
-    a score, in order) and ``where`` its choice fell (:func:`where`); the final configurations' ``names``
+    a score, in order), ``where`` its choice fell (:func:`where`) and whether it is still ``waiting`` for runs
+    (no weight chosen yet); the final configurations' ``names``
     (``{(method, variant): name}``); and the final runs planned. Empty until the teachers are, and the final
     plan until the tuning is complete."""
 
@@ -108,7 +109,8 @@ def _study_plan(profile: str, files: tuple[tuple[str, int | None], ...]) -> Stud
     chosen = staged.chosen_weights(s, records)
     chosen = chosen.assign(tried=[sorted(m for m, v in scores.items() if v is not None)
                                   for scores in chosen["scores"]],
-                           where=[where(s, state) for state in chosen["state"]])
+                           where=[where(s, state) for state in chosen["state"]],
+                           waiting=(chosen["state"] == comparison.WAITING) | chosen["multiplier"].isna())
     tuning = (len(runs) - len(missing), len(runs))
     if missing:
         return StudyPlan(tuning, chosen)
@@ -192,8 +194,7 @@ def tuning(profile: str) -> pd.DataFrame:
         for m in multiples:
             score = row.scores.get(m)
             cells[multiple(m)] = "–" if score is None else report.number(score)
-        waiting = row.state == comparison.WAITING or row.multiplier is None
-        cells["chosen"] = "none yet" if waiting else multiple(row.multiplier)
+        cells["chosen"] = "none yet" if row.waiting else multiple(row.multiplier)
         cells["where"] = row.where
         rows.append(cells)
     return pd.DataFrame(rows)
