@@ -177,3 +177,10 @@ def test_the_noise_and_the_figure(complete: Path) -> None:
     assert "mean over 10 paired seeds" in caption
     cost = staged_report.cost(P2)
     assert set(cost["stage"]) == {"teacher", "tuning", "final"}
+
+
+def test_the_version_3_page_answers_for_each_pair() -> None:
+    page = (Path(__file__).resolve().parents[1] / "book" / "study_v3.md").read_text()
+    section = page.split("\n## The answer\n")[1].split("\n## ")[0]
+    studies = re.findall(r"```\{kdlib-answer\} study\n:study: (\S+)\n```", section)
+    assert studies == ["proxy_v3", *staged_report.MORE_PAIRS["proxy_v3"]]
