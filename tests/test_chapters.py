@@ -14,10 +14,12 @@ import os
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from kdlib import comparison, report_methods, staged_report
 from kdlib.methods import CHANNEL_METHODS
+from kdlib.study import staged
 from kdlib.study.staged import chosen_weights, load_staged
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,12 +119,19 @@ def test_the_tuning_row_is_the_chosen_weight() -> None:
 def test_a_tuning_still_waiting_for_runs_shows_no_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     """While the rule has extended a method's grid and the new weight has no record yet, the provisional best
     is at an end of the weights scored: the row must not present it as the choice, nor as one at an end."""
-    chosen = report_methods._chosen(V2)
-    waiting = chosen.assign(state=[comparison.WAITING if m == "cd" else s
-                                   for m, s in zip(chosen["method"], chosen["state"], strict=True)])
+    real = staged.chosen_weights
+
+    def cd_waits(*args, **kwargs) -> pd.DataFrame:
+        chosen = real(*args, **kwargs)
+        return chosen.assign(state=chosen["state"].where(chosen["method"] != "cd", comparison.WAITING))
+
     before = report_methods.tuning_rows(V2).set_index("method")
-    monkeypatch.setattr(report_methods, "_chosen", lambda profile: waiting)
-    rows = report_methods.tuning_rows(V2).set_index("method")
+    monkeypatch.setattr(staged, "chosen_weights", cd_waits)
+    staged_report._study_plan.cache_clear()
+    try:
+        rows = report_methods.tuning_rows(V2).set_index("method")
+    finally:
+        staged_report._study_plan.cache_clear()
     assert before.loc["CD", "chosen"].endswith("(×4)")
     assert before.loc["CD", "at an end of the weights tried"].startswith("yes")
     assert rows.loc["CD", "chosen"] == report_methods.WAITING
