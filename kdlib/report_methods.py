@@ -16,9 +16,9 @@ from kdlib.methods import make_config
 from kdlib.staged_report import display_name, short
 from kdlib.study import staged
 
-#: A Holm verdict (:func:`kdlib.comparison.holm_comparisons`) in the words a chapter uses, by baseline.
 #: A tuning row's choice while the rule still waits for runs.
 WAITING = "none yet: tuning is still running"
+#: A Holm verdict (:func:`kdlib.comparison.holm_comparisons`) in the words a chapter uses, by baseline.
 VERDICT_WORDS = {"above": "above {b}", "below": "below {b}",
                  "within the corrected noise": "within the noise of {b}"}
 
